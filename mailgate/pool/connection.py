@@ -1,0 +1,204 @@
+"""One pooled upstream session and the questions it can answer about itself.
+
+Following httpcore's model, the pool never inspects another object's
+timestamps by hand: a connection says whether it has expired, needs a health
+check or is still connected, given the limits in force *now* (limits can be
+reconfigured while the connection lives).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import aiosmtplib
+
+from .settings import AccountSettings, AuthMethod, PoolLimits, TLSMode
+
+QUIT_TIMEOUT = 2.0
+
+
+class CloseReason(str, Enum):
+    """Why a connection left the pool; counted in ``stats()`` by value."""
+
+    TTL = "ttl"
+    MAX_MESSAGES = "max_messages"
+    IDLE = "idle"
+    ERROR = "error"
+    RECONFIGURE = "reconfigure"
+    SHUTDOWN = "shutdown"
+
+
+class Phase(str, Enum):
+    """How far a transaction got; decides whether a failed send may be retried."""
+
+    ENVELOPE = "envelope"
+    DATA = "data"
+
+
+@dataclass
+class TransactionResult:
+    """The upstream's verdict on one message."""
+
+    refused: dict[str, tuple[int, str]]
+    accepted: list[str]
+    code: int
+    message: str
+
+
+class TransactionError(Exception):
+    """Wraps an upstream failure with the phase it happened in."""
+
+    def __init__(self, phase: Phase, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.phase = phase
+        self.cause = cause
+
+
+@dataclass(eq=False)
+class PooledConnection:
+    """An authenticated aiosmtplib session plus the bookkeeping the pool needs."""
+
+    smtp: aiosmtplib.SMTP
+    account: str
+    generation: int
+    created_at: float = field(default_factory=time.monotonic)
+    last_used: float = field(default_factory=time.monotonic)
+    messages: int = 0
+
+    def is_connected(self) -> bool:
+        return self.smtp.is_connected
+
+    def expiry_reason(self, now: float, limits: PoolLimits) -> CloseReason | None:
+        """TTL counts from creation, so a connection that is never idle still expires."""
+        if now - self.created_at >= limits.ttl:
+            return CloseReason.TTL
+        if self.messages >= limits.max_messages_per_connection:
+            return CloseReason.MAX_MESSAGES
+        return None
+
+    def is_idle_expired(self, now: float, limits: PoolLimits) -> bool:
+        return now - self.last_used >= limits.idle_timeout
+
+    def needs_health_check(self, now: float, limits: PoolLimits) -> bool:
+        """A NOOP costs a round trip, so only a connection that sat idle a while earns one."""
+        return now - self.last_used >= limits.health_check_after_idle
+
+    def is_reused(self) -> bool:
+        return self.messages > 0
+
+    def touch(self) -> None:
+        self.last_used = time.monotonic()
+
+    async def _is_alive(self) -> bool:
+        """NOOP round trip; any failure means the session is unusable."""
+        try:
+            response = await self.smtp.noop(timeout=min(self.smtp.timeout or 5.0, 5.0))
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            return False
+        return response.code == 250
+
+    async def transaction(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> TransactionResult:
+        """MAIL, RCPT, DATA step by step so a failure knows its phase.
+
+        aiosmtplib's ``sendmail`` hides whether DATA had started; a retry on a
+        fresh connection is only safe before it did (no duplicate delivery).
+        """
+        smtp = self.smtp
+        self.messages += 1
+        options = list(mail_options)
+        utf8 = any(option.lower() == "smtputf8" for option in options)
+        encoding = "utf-8" if utf8 else "ascii"
+        phase = Phase.ENVELOPE
+        try:
+            await smtp._ehlo_or_helo_if_needed()
+            if utf8 and not smtp.supports_extension("smtputf8"):
+                raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by the upstream server")
+            if smtp.supports_extension("size"):
+                options.insert(0, f"SIZE={len(message)}")
+            await smtp.mail(sender, options=options, encoding=encoding)
+            refused: dict[str, tuple[int, str]] = {}
+            accepted: list[str] = []
+            for recipient in recipients:
+                try:
+                    await smtp.rcpt(recipient, options=list(rcpt_options), encoding=encoding)
+                    accepted.append(recipient)
+                except aiosmtplib.SMTPRecipientRefused as exc:
+                    refused[recipient] = (exc.code, exc.message)
+            if not accepted:
+                await self._reset()
+                raise aiosmtplib.SMTPRecipientsRefused(
+                    [aiosmtplib.SMTPRecipientRefused(code, text, rcpt) for rcpt, (code, text) in refused.items()]
+                )
+            phase = Phase.DATA
+            response = await smtp.data(message)
+        except aiosmtplib.SMTPResponseException as exc:
+            if phase is Phase.ENVELOPE and exc.code != 421:
+                await self._reset()
+            raise TransactionError(phase, exc) from exc
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+            raise TransactionError(phase, exc) from exc
+        return TransactionResult(refused, accepted, response.code, response.message)
+
+    async def _reset(self) -> None:
+        """RSET so a refused envelope leaves the session reusable; a failing RSET is not an error here."""
+        try:
+            await self.smtp.rset()
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+
+    async def aclose(self) -> None:
+        """QUIT politely with a short deadline, then drop the transport whatever happened."""
+        try:
+            if self.smtp.is_connected:
+                await self.smtp.quit(timeout=QUIT_TIMEOUT)
+        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.smtp.close()
+
+
+async def open_connection(
+    account: str,
+    generation: int,
+    settings: AccountSettings,
+    tls_context: ssl.SSLContext | None,
+) -> PooledConnection:
+    """Connect, enforce the TLS mode and authenticate; the socket is closed on any failure."""
+    username = settings.username if settings.auth is not AuthMethod.NONE else None
+    token = settings.token
+
+    async def token_generator() -> str:
+        assert token is not None
+        return token
+
+    smtp = aiosmtplib.SMTP(
+        hostname=settings.host,
+        port=settings.effective_port,
+        use_tls=settings.tls is TLSMode.IMPLICIT,
+        # True: STARTTLS is required and its absence is an error, never a silent plaintext session.
+        start_tls=settings.tls is TLSMode.STARTTLS,
+        tls_context=tls_context,
+        timeout=settings.command_timeout,
+        local_hostname=settings.local_hostname,
+        username=username,
+        password=settings.password if settings.auth is AuthMethod.LOGIN else None,
+        oauth_token_generator=token_generator if settings.auth is AuthMethod.XOAUTH2 else None,
+    )
+    try:
+        await smtp.connect()
+    except BaseException:
+        smtp.close()
+        raise
+    return PooledConnection(smtp=smtp, account=account, generation=generation)

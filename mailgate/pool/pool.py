@@ -1,0 +1,555 @@
+"""SMTPPool: one pool of warm, authenticated upstream sessions per account.
+
+The design follows httpcore's pool: every state change happens in plain
+synchronous methods (``_AccountPool._assign`` and friends) that only touch
+memory, so on a single event loop they are atomic and need no lock at all.
+Network I/O (connect, NOOP, QUIT, the transaction) runs outside them and only
+ever on a connection the calling task owns exclusively. An upstream that
+stalls therefore delays nobody but the tasks waiting on that very account.
+
+Waiters queue FIFO as futures. A released connection, or a freed slot, is
+handed straight to the first waiter inside ``_assign``, so a newcomer can
+never overtake a waiter and no wake-up can be lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+
+from .connection import CloseReason, PooledConnection, Phase, TransactionError, TransactionResult, open_connection
+from .errors import PoolClosed, PoolTimeout, UnknownAccount
+from .settings import AccountSettings, PoolLimits
+
+log = logging.getLogger("mailgate.pool")
+
+_DEFAULT = object()
+# A waiter is granted either a connection or the right to open one (None).
+_Grant = PooledConnection | None
+
+
+@dataclass
+class HealthCheck:
+    """The last liveness verdict on an account's upstream, for probes and status."""
+
+    ok: bool
+    at: float
+    error: str | None = None
+
+
+@dataclass
+class SendResult(TransactionResult):
+    """A transaction result plus how the pool got there (for metrics and logs)."""
+
+    wait_seconds: float = 0.0
+    attempts: int = 1
+    connection_reused: bool = False
+
+
+@dataclass
+class _AccountPool:
+    """The state of one account; every method here is synchronous by design."""
+
+    name: str
+    settings: AccountSettings
+    limits: PoolLimits
+    tls_context: Any
+    generation: int = 0
+    idle: deque[PooledConnection] = field(default_factory=deque)
+    active: set[PooledConnection] = field(default_factory=set)
+    opening: int = 0
+    waiters: deque[asyncio.Future[_Grant]] = field(default_factory=deque)
+    created: int = 0
+    closed: Counter[str] = field(default_factory=Counter)
+    messages_sent: int = 0
+    health: HealthCheck | None = None
+    last_error: str | None = None
+    removed: bool = False
+
+    def total(self) -> int:
+        return len(self.idle) + len(self.active) + self.opening
+
+    def is_stale(self, conn: PooledConnection) -> bool:
+        return conn.generation != self.generation
+
+    def retire_reason(self, conn: PooledConnection, now: float) -> CloseReason | None:
+        """Why a connection must not go back to idle, if any."""
+        if self.is_stale(conn) or self.total() > self.limits.max_connections or self.removed:
+            return CloseReason.RECONFIGURE
+        if not conn.is_connected():
+            return CloseReason.ERROR
+        return conn.expiry_reason(now, self.limits)
+
+    def take_idle(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> PooledConnection | None:
+        """Pop the most recently used usable connection; expired ones go to ``retire``.
+
+        LIFO reuse keeps the working set small, so surplus connections idle out.
+        """
+        while self.idle:
+            conn = self.idle.pop()
+            reason = conn.expiry_reason(now, self.limits) or (None if conn.is_connected() else CloseReason.ERROR)
+            if reason is None:
+                self.active.add(conn)
+                return conn
+            retire.append((conn, reason))
+        return None
+
+    def assign(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
+        """Hand idle connections or free slots to waiters in FIFO order."""
+        while self.waiters:
+            waiter = self.waiters[0]
+            if waiter.done():  # cancelled or timed out; it removes itself, but be safe
+                self.waiters.popleft()
+                continue
+            conn = self.take_idle(now, retire)
+            if conn is not None:
+                self.waiters.popleft().set_result(conn)
+                continue
+            if self.total() < self.limits.max_connections:
+                self.opening += 1
+                self.waiters.popleft().set_result(None)
+                continue
+            return
+
+    def trim_idle(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
+        """Drop idle connections that are expired, idle too long, stale or over the limit."""
+        keep: deque[PooledConnection] = deque()
+        for conn in self.idle:
+            reason = conn.expiry_reason(now, self.limits)
+            if reason is None and (self.is_stale(conn) or self.removed):
+                reason = CloseReason.RECONFIGURE
+            if reason is None and not conn.is_connected():
+                reason = CloseReason.ERROR
+            if reason is None and conn.is_idle_expired(now, self.limits):
+                reason = CloseReason.IDLE
+            if reason is None:
+                keep.append(conn)
+            else:
+                retire.append((conn, reason))
+        self.idle = keep
+        while self.idle and self.total() > self.limits.max_connections:
+            retire.append((self.idle.popleft(), CloseReason.RECONFIGURE))
+
+    def stats(self) -> dict[str, Any]:
+        health = self.health
+        return {
+            "upstream": self.settings.display_key(),
+            "max_connections": self.limits.max_connections,
+            "idle": len(self.idle),
+            "active": len(self.active),
+            "opening": self.opening,
+            "waiting": sum(1 for w in self.waiters if not w.done()),
+            "created": self.created,
+            "closed": dict(self.closed),
+            "messages_sent": self.messages_sent,
+            "last_health_check": None
+            if health is None
+            else {"ok": health.ok, "age_seconds": round(time.monotonic() - health.at, 3), "error": health.error},
+            "last_error": self.last_error,
+        }
+
+
+def describe_error(exc: BaseException) -> str:
+    """A log- and status-safe description: exception type and the server's words, never our inputs."""
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        return f"{type(exc).__name__}: {exc.code} {exc.message}"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class SMTPPool:
+    """Pools of upstream SMTP sessions, one per configured account.
+
+    ``ttl`` and ``max_per_account`` are defaults for accounts whose settings
+    carry no ``limits`` (the seed's constructor). Accounts are registered with
+    ``configure(name, settings)`` and later changed live with ``reconfigure``;
+    passing an ``AccountSettings`` to ``acquire`` registers it on the fly.
+    """
+
+    def __init__(
+        self,
+        ttl: float = 300.0,
+        max_per_account: int = 5,
+        *,
+        cleanup_interval: float = 1.0,
+        close_grace: float = 30.0,
+    ) -> None:
+        self.ttl = ttl
+        self.max_per_account = max_per_account
+        self.cleanup_interval = cleanup_interval
+        self.close_grace = close_grace
+        self._accounts: dict[str, _AccountPool] = {}
+        self._closing_tasks: set[asyncio.Task[None]] = set()
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._drained = asyncio.Event()
+
+    # -- configuration -------------------------------------------------
+
+    def _limits_for(self, settings: AccountSettings) -> PoolLimits:
+        return settings.limits or PoolLimits(max_connections=self.max_per_account, ttl=self.ttl)
+
+    def configure(self, account: str, settings: AccountSettings) -> None:
+        """Register an account, or apply new settings to an existing one."""
+        if account in self._accounts:
+            self.reconfigure(account, settings)
+            return
+        self._accounts[account] = _AccountPool(
+            name=account,
+            settings=settings,
+            limits=self._limits_for(settings),
+            tls_context=settings.build_ssl_context(),
+        )
+
+    def reconfigure(self, account: str, settings: AccountSettings) -> None:
+        """Apply limits, TTLs or credentials live; in-flight sends are never interrupted.
+
+        A new session identity bumps the generation: idle old sessions close
+        now, checked-out ones when released. A raised limit admits waiters at
+        once; a lowered one retires surplus connections as they come back.
+        """
+        pool = self._get(account)
+        if settings.session_key() != pool.settings.session_key():
+            pool.generation += 1
+            pool.tls_context = settings.build_ssl_context()
+        pool.settings = settings
+        pool.limits = self._limits_for(settings)
+        self._reassign(pool)
+
+    def remove(self, account: str) -> None:
+        """Forget an account: waiters fail with UnknownAccount, connections drain."""
+        pool = self._accounts.pop(account, None)
+        if pool is None:
+            return
+        pool.removed = True
+        while pool.waiters:
+            waiter = pool.waiters.popleft()
+            if not waiter.done():
+                waiter.set_exception(UnknownAccount(account))
+        self._reassign(pool)
+
+    def accounts(self) -> list[str]:
+        return list(self._accounts)
+
+    def settings(self, account: str) -> AccountSettings:
+        return self._get(account).settings
+
+    def _get(self, account: str) -> _AccountPool:
+        try:
+            return self._accounts[account]
+        except KeyError:
+            raise UnknownAccount(account) from None
+
+    def _resolve(self, account: str | AccountSettings) -> _AccountPool:
+        if isinstance(account, str):
+            return self._get(account)
+        name = account.display_key()
+        self.configure(name, account)
+        return self._accounts[name]
+
+    # -- acquire / release --------------------------------------------
+
+    async def acquire(
+        self,
+        account: str | AccountSettings,
+        *,
+        timeout: float | None | object = _DEFAULT,
+        fresh: bool = False,
+    ) -> PooledConnection:
+        """Check out a connection exclusively.
+
+        ``timeout`` is a deadline for the whole acquire, connect included:
+        ``0`` means do not wait for a busy pool, ``None`` waits forever, the
+        default is the account's ``acquire_timeout``. ``fresh`` skips idle
+        sessions (used for the one retry after a reused session was dead).
+        """
+        if self._closed:
+            raise PoolClosed("the pool is closed")
+        pool = self._resolve(account)
+        self._ensure_cleanup_task()
+        limit = pool.limits.acquire_timeout if timeout is _DEFAULT else timeout
+        assert limit is None or isinstance(limit, (int, float))
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        while True:
+            grant = await self._grant(pool, deadline, fresh)
+            if grant is None:
+                return await self._open(pool, deadline)
+            conn = grant
+            if conn.needs_health_check(time.monotonic(), pool.limits):
+                try:
+                    alive = await conn._is_alive()
+                except BaseException:
+                    self._discard(pool, conn, CloseReason.ERROR)
+                    raise
+                pool.health = HealthCheck(ok=alive, at=time.monotonic(), error=None if alive else "NOOP failed")
+                if not alive:
+                    self._discard(pool, conn, CloseReason.ERROR)
+                    continue
+            return conn
+
+    async def _grant(self, pool: _AccountPool, deadline: float | None, fresh: bool) -> _Grant:
+        """Take an idle connection or a slot now, or queue FIFO until one is handed over."""
+        retire: list[tuple[PooledConnection, CloseReason]] = []
+        try:
+            if not pool.waiters:
+                if not fresh:
+                    conn = pool.take_idle(time.monotonic(), retire)
+                    if conn is not None:
+                        return conn
+                elif pool.idle and pool.total() >= pool.limits.max_connections:
+                    retire.append((pool.idle.popleft(), CloseReason.RECONFIGURE))
+                if pool.total() < pool.limits.max_connections:
+                    pool.opening += 1
+                    return None
+        finally:
+            self._retire(pool, retire)
+        loop = asyncio.get_running_loop()
+        remaining = None if deadline is None else deadline - loop.time()
+        if remaining is not None and remaining <= 0:
+            raise PoolTimeout(f"no connection available for account {pool.name!r} (pool saturated)")
+        waiter: asyncio.Future[_Grant] = loop.create_future()
+        pool.waiters.append(waiter)
+        try:
+            await asyncio.wait({waiter}, timeout=remaining)
+        except asyncio.CancelledError:
+            self._abandon(pool, waiter)
+            raise
+        if not waiter.done():
+            self._abandon(pool, waiter)
+            raise PoolTimeout(f"timed out after waiting for a connection to account {pool.name!r} (pool saturated)")
+        return waiter.result()
+
+    def _abandon(self, pool: _AccountPool, waiter: asyncio.Future[_Grant]) -> None:
+        """A waiter gave up: leave the queue, and give back anything granted meanwhile."""
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(waiter)
+        if not waiter.done():
+            waiter.cancel()
+            return
+        if waiter.cancelled() or waiter.exception() is not None:
+            return
+        granted = waiter.result()
+        if granted is None:
+            pool.opening -= 1
+            self._reassign(pool)
+        else:
+            self._put_back(pool, granted)
+
+    async def _open(self, pool: _AccountPool, deadline: float | None) -> PooledConnection:
+        """Open a connection on a reserved slot; the slot is returned on any failure."""
+        loop = asyncio.get_running_loop()
+        settings, generation = pool.settings, pool.generation
+        try:
+            remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
+            # The acquire deadline bounds the connect too; the command timeout bounds it anyway.
+            conn = await asyncio.wait_for(
+                open_connection(pool.name, generation, settings, pool.tls_context), timeout=remaining
+            )
+        except BaseException as exc:
+            pool.opening -= 1
+            if not isinstance(exc, asyncio.CancelledError):
+                pool.last_error = describe_error(exc)
+                pool.health = HealthCheck(ok=False, at=time.monotonic(), error=pool.last_error)
+                log.warning("connect to %s for account %s failed: %s", settings.display_key(), pool.name, pool.last_error)
+            self._reassign(pool)
+            raise
+        pool.opening -= 1
+        pool.created += 1
+        pool.last_error = None
+        pool.health = HealthCheck(ok=True, at=time.monotonic())
+        pool.active.add(conn)
+        return conn
+
+    async def release(self, conn: PooledConnection, *, discard: bool = False) -> None:
+        """Return a connection; ``discard`` closes it (it failed mid-command)."""
+        pool = self._accounts.get(conn.account)
+        if pool is None or conn not in pool.active:
+            # Removed account or foreign connection: never leak its socket.
+            self._spawn_close(conn)
+            return
+        if discard:
+            self._discard(pool, conn, CloseReason.ERROR)
+        else:
+            self._put_back(pool, conn)
+
+    def _put_back(self, pool: _AccountPool, conn: PooledConnection) -> None:
+        conn.touch()
+        # Decide while the connection still counts as active, so the limit check sees the real total.
+        reason = CloseReason.SHUTDOWN if self._closed else pool.retire_reason(conn, time.monotonic())
+        pool.active.discard(conn)
+        if reason is None:
+            pool.idle.append(conn)
+        else:
+            self._count_close(pool, reason)
+            self._spawn_close(conn)
+        self._reassign(pool)
+
+    def _discard(self, pool: _AccountPool, conn: PooledConnection, reason: CloseReason) -> None:
+        pool.active.discard(conn)
+        self._count_close(pool, reason)
+        self._spawn_close(conn)
+        self._reassign(pool)
+
+    def _reassign(self, pool: _AccountPool) -> None:
+        retire: list[tuple[PooledConnection, CloseReason]] = []
+        pool.trim_idle(time.monotonic(), retire)
+        if not pool.removed and not self._closed:
+            pool.assign(time.monotonic(), retire)
+        self._retire(pool, retire)
+        if self._closed and not any(p.active or p.opening for p in self._accounts.values()):
+            self._drained.set()
+
+    def _retire(self, pool: _AccountPool, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
+        for conn, reason in retire:
+            self._count_close(pool, reason)
+            self._spawn_close(conn)
+
+    @staticmethod
+    def _count_close(pool: _AccountPool, reason: CloseReason) -> None:
+        pool.closed[reason.value] += 1
+
+    def _spawn_close(self, conn: PooledConnection) -> None:
+        """QUIT runs in its own task: the caller never waits on a slow upstream's goodbye."""
+        task = asyncio.get_running_loop().create_task(conn.aclose())
+        self._closing_tasks.add(task)
+        task.add_done_callback(self._closing_tasks.discard)
+
+    @contextlib.asynccontextmanager
+    async def connection(
+        self, account: str | AccountSettings, *, timeout: float | None | object = _DEFAULT
+    ) -> AsyncIterator[PooledConnection]:
+        """Acquire and always release; an exception inside discards the connection."""
+        conn = await self.acquire(account, timeout=timeout)
+        try:
+            yield conn
+        except BaseException:
+            await self.release(conn, discard=True)
+            raise
+        await self.release(conn)
+
+    # -- sending ----------------------------------------------------------
+
+    async def send(
+        self,
+        account: str | AccountSettings,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        *,
+        mail_options: Sequence[str] = (),
+        timeout: float | None | object = _DEFAULT,
+    ) -> SendResult:
+        """Relay one message, with the pool's retry and discard rules.
+
+        A reused session found dead before DATA is retried once on a fresh
+        session (idle drops are normal: providers close idle sessions). After
+        DATA started, or on any answer from the server, nothing is retried:
+        the message might have been delivered, and a 5xx is final.
+        """
+        started = time.monotonic()
+        fresh = False
+        attempts = 0
+        while True:
+            attempts += 1
+            conn = await self.acquire(account, timeout=timeout, fresh=fresh)
+            wait = time.monotonic() - started
+            reused = conn.is_reused()
+            pool = self._accounts.get(conn.account)
+            try:
+                result = await conn.transaction(sender, recipients, message, mail_options)
+            except TransactionError as failure:
+                dead = not isinstance(failure.cause, aiosmtplib.SMTPResponseException) or failure.cause.code == 421
+                await self.release(conn, discard=dead)
+                if pool is not None and dead:
+                    pool.last_error = describe_error(failure.cause)
+                if dead and reused and failure.phase is Phase.ENVELOPE and not fresh:
+                    log.info("reused session to %s was dead; retrying once on a fresh one", conn.account)
+                    fresh = True
+                    continue
+                raise failure.cause from None
+            except BaseException:
+                await self.release(conn, discard=True)
+                raise
+            if pool is not None:
+                pool.messages_sent += 1
+            await self.release(conn)
+            return SendResult(
+                refused=result.refused,
+                accepted=result.accepted,
+                code=result.code,
+                message=result.message,
+                wait_seconds=wait,
+                attempts=attempts,
+                connection_reused=reused,
+            )
+
+    # -- maintenance ------------------------------------------------------
+
+    def _ensure_cleanup_task(self) -> None:
+        if self._cleanup_task is None or self._cleanup_task.done():
+            self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup_loop(), name="smtp-pool-cleanup")
+
+    async def _cleanup_loop(self) -> None:
+        while not self._closed:
+            await asyncio.sleep(self.cleanup_interval)
+            await self.cleanup()
+
+    async def cleanup(self) -> None:
+        """Close idle-expired, TTL-expired and dropped idle connections; no NOOPs here."""
+        for pool in list(self._accounts.values()):
+            self._reassign(pool)
+
+    async def check_health(self, account: str) -> HealthCheck:
+        """Probe an account now (used by the admin status on demand): NOOP an idle session or connect."""
+        conn = await self.acquire(account, timeout=0)
+        pool = self._get(account)
+        alive = await conn._is_alive()
+        pool.health = HealthCheck(ok=alive, at=time.monotonic(), error=None if alive else "NOOP failed")
+        await self.release(conn, discard=not alive)
+        return pool.health
+
+    async def close_all(self, grace: float | None = None) -> None:
+        """Stop handing out connections, close idle ones now and checked-out ones on release.
+
+        Connections still checked out after ``grace`` seconds are closed
+        anyway so that shutdown always ends; then every QUIT task is awaited.
+        """
+        self._closed = True
+        if self._cleanup_task is not None:
+            self._cleanup_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup_task
+        for pool in self._accounts.values():
+            while pool.waiters:
+                waiter = pool.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_exception(PoolClosed("the pool is closing"))
+            retire = [(conn, CloseReason.SHUTDOWN) for conn in pool.idle]
+            pool.idle.clear()
+            self._retire(pool, retire)
+        if any(pool.active or pool.opening for pool in self._accounts.values()):
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._drained.wait(), self.close_grace if grace is None else grace)
+        for pool in self._accounts.values():
+            for conn in list(pool.active):
+                pool.active.discard(conn)
+                self._count_close(pool, CloseReason.SHUTDOWN)
+                self._spawn_close(conn)
+        if self._closing_tasks:
+            await asyncio.gather(*self._closing_tasks, return_exceptions=True)
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-account counters; safe to expose (no credential, only user@host:port)."""
+        return {name: pool.stats() for name, pool in self._accounts.items()}
+
+    def health(self, account: str) -> HealthCheck | None:
+        return self._get(account).health

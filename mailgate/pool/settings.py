@@ -1,0 +1,126 @@
+"""What identifies an upstream SMTP account and how its pool may behave.
+
+The pool is deliberately independent of Kubernetes and of the CRD model: the
+gateway resolves an ``SmtpAccount`` plus its Secret into these plain, frozen
+objects, and the pool only ever sees resolved credentials.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ssl
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+
+class TLSMode(str, Enum):
+    """How the session is encrypted; ``starttls`` never falls back to plaintext."""
+
+    IMPLICIT = "implicit"
+    STARTTLS = "starttls"
+    NONE = "none"
+
+
+class AuthMethod(str, Enum):
+    """``login`` lets aiosmtplib pick PLAIN/LOGIN/CRAM-MD5 from what the server offers."""
+
+    LOGIN = "login"
+    XOAUTH2 = "xoauth2"
+    NONE = "none"
+
+
+DEFAULT_PORTS = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587, TLSMode.NONE: 25}
+
+
+@dataclass(frozen=True)
+class PoolLimits:
+    """Per-gateway limits of one account's pool (the operator splits cluster-wide ones)."""
+
+    max_connections: int = 3
+    ttl: float = 300.0
+    idle_timeout: float = 60.0
+    health_check_after_idle: float = 10.0
+    max_messages_per_connection: int = 100
+    acquire_timeout: float | None = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_connections < 0:
+            raise ValueError("max_connections must be >= 0")
+        if self.ttl <= 0 or self.idle_timeout <= 0:
+            raise ValueError("ttl and idle_timeout must be > 0")
+        if self.max_messages_per_connection < 1:
+            raise ValueError("max_messages_per_connection must be >= 1")
+
+
+@dataclass(frozen=True)
+class AccountSettings:
+    """Everything needed to open and authenticate one upstream session.
+
+    Credentials are excluded from ``repr`` so that a settings object can be
+    logged or shown in a traceback without leaking a secret.
+    """
+
+    host: str
+    port: int | None = None
+    tls: TLSMode = TLSMode.STARTTLS
+    auth: AuthMethod = AuthMethod.NONE
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+    limits: PoolLimits | None = None
+    verify_tls: bool = True
+    ca_pem: str | None = field(default=None, repr=False)
+    command_timeout: float = 30.0
+    local_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tls", TLSMode(self.tls))
+        object.__setattr__(self, "auth", AuthMethod(self.auth))
+        if self.auth is AuthMethod.LOGIN and (self.username is None or self.password is None):
+            raise ValueError("auth method 'login' needs a username and a password")
+        if self.auth is AuthMethod.XOAUTH2 and (self.username is None or self.token is None):
+            raise ValueError("auth method 'xoauth2' needs a username and a token")
+
+    @property
+    def effective_port(self) -> int:
+        return self.port if self.port is not None else DEFAULT_PORTS[self.tls]
+
+    def credential_fingerprint(self) -> str:
+        """A short, non-reversible digest: distinguishes rotated secrets without storing them."""
+        digest = hashlib.sha256()
+        for part in (self.auth.value, self.username or "", self.password or "", self.token or ""):
+            digest.update(part.encode("utf-8"))
+            digest.update(b"\0")
+        return digest.hexdigest()[:16]
+
+    def session_key(self) -> tuple[object, ...]:
+        """Everything that identifies a session: a change means old sessions must drain."""
+        ca_digest = hashlib.sha256(self.ca_pem.encode()).hexdigest()[:16] if self.ca_pem else ""
+        return (
+            self.host,
+            self.effective_port,
+            self.tls.value,
+            self.verify_tls,
+            ca_digest,
+            self.username or "",
+            self.credential_fingerprint(),
+            self.local_hostname or "",
+        )
+
+    def display_key(self) -> str:
+        """A human-readable identity for logs and stats, never containing a credential."""
+        user = f"{self.username}@" if self.username else ""
+        return f"{user}{self.host}:{self.effective_port}"
+
+    def with_limits(self, limits: PoolLimits) -> AccountSettings:
+        return replace(self, limits=limits)
+
+    def build_ssl_context(self) -> ssl.SSLContext | None:
+        """One context per account: building a context per connection costs a CA load each time."""
+        if self.tls is TLSMode.NONE:
+            return None
+        context = ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else ssl.create_default_context()
+        if not self.verify_tls:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        return context
