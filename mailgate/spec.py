@@ -1,0 +1,246 @@
+"""The SmtpAccount resource: one pydantic model, the single source of its schema.
+
+The CRD in ``crds/`` is rendered from these models (``mailgate crd``), the
+standalone gateway validates its YAML with them and the operator parses
+objects with them, so the three can never disagree. Constraints the
+apiserver must enforce live here as field bounds, patterns and CEL rules
+(``x-kubernetes-validations``) rather than in code that runs later.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+GROUP = "mailgate.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SmtpAccount"
+PLURAL = "smtpaccounts"
+
+# local@domain, *@domain or *@*.domain (any subdomain); IDN domains allowed as UTF-8.
+SENDER_PATTERN = r"^(\*|[^@\s*]+)@(\*\.)?[^@\s*.]+(\.[^@\s*.]+)+$"
+SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+
+class _Model(BaseModel):
+    """camelCase on the wire (Kubernetes convention), snake_case in Python; unknown fields rejected."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", use_enum_values=False)
+
+
+class TLSMode(str, Enum):
+    implicit = "implicit"
+    starttls = "starttls"
+    none = "none"
+
+
+class AuthMethod(str, Enum):
+    login = "login"
+    xoauth2 = "xoauth2"
+    none = "none"
+
+
+class ServerSpec(_Model):
+    """Where the upstream listens and how the session is encrypted."""
+
+    host: str = Field(min_length=1, max_length=253, description="Upstream SMTP server host name or IP address.")
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="TCP port. Defaults by TLS mode: 465 for implicit, 587 for starttls, 25 for none.",
+    )
+    tls: TLSMode = Field(
+        default=TLSMode.starttls,
+        description="implicit: TLS from the first byte (port 465). starttls: upgrade is required, "
+        "never a silent plaintext fallback. none: plaintext (trusted internal relays only).",
+    )
+    verify_certificate: bool = Field(
+        default=True, description="Verify the server certificate and host name. Disable only for lab servers."
+    )
+    ca_certificate: str | None = Field(
+        default=None,
+        max_length=65536,
+        description="PEM CA bundle to trust instead of the system store (private CAs).",
+    )
+
+
+class SecretRef(_Model):
+    """A Secret in the SmtpAccount's own namespace."""
+
+    name: str = Field(min_length=1, max_length=253, description="Name of the Secret in the account's namespace.")
+
+
+class AuthSpec(_Model):
+    """How the gateway authenticates to the upstream."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.method == 'none' || has(self.secretRef)",
+                    "message": "secretRef is required unless method is none",
+                    "fieldPath": ".secretRef",
+                    "reason": "FieldValueRequired",
+                }
+            ]
+        }
+    )
+
+    method: AuthMethod = Field(
+        default=AuthMethod.none,
+        description="login: username and password (PLAIN/LOGIN/CRAM-MD5, as offered). "
+        "xoauth2: username and an OAuth2 access token. none: no AUTH.",
+    )
+    secret_ref: SecretRef | None = Field(
+        default=None,
+        description="Secret with key username, and password (login) or token (xoauth2). Required unless method is none.",
+    )
+
+
+class PoolSpec(_Model):
+    """Connection pool limits. maxConnections is cluster-wide; the operator splits it across gateways."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.healthCheckAfterIdleSeconds < self.ttlSeconds",
+                    "message": "healthCheckAfterIdleSeconds must be below ttlSeconds",
+                    "fieldPath": ".healthCheckAfterIdleSeconds",
+                }
+            ]
+        }
+    )
+
+    max_connections: int = Field(
+        default=3, ge=1, le=1000, description="Cluster-wide maximum of concurrent upstream sessions (Office 365: 3)."
+    )
+    ttl_seconds: int = Field(
+        default=300, ge=1, le=86400, description="Maximum lifetime of a session, counted from its creation."
+    )
+    idle_timeout_seconds: int = Field(default=60, ge=1, le=86400, description="Idle sessions are closed after this.")
+    health_check_after_idle_seconds: int = Field(
+        default=10, ge=0, le=86400, description="A session idle this long is checked with NOOP before reuse."
+    )
+    max_messages_per_connection: int = Field(
+        default=100, ge=1, le=100000, description="Reconnect after this many messages (providers cap them per session)."
+    )
+    acquire_timeout_seconds: int = Field(
+        default=30, ge=0, le=600, description="How long a send may wait for a free session before 503."
+    )
+
+
+class RateLimitSpec(_Model):
+    """Cluster-wide sending rate; the operator splits it across gateways."""
+
+    messages_per_minute: int | None = Field(
+        default=None, ge=1, le=1000000, description="Messages per minute, cluster-wide (Office 365: 30). Unset: unlimited."
+    )
+
+
+class AccessSpec(_Model):
+    """Who may send through this account. Empty lists: nobody in cluster mode."""
+
+    service_accounts: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="ServiceAccounts allowed to send, as namespace/name.",
+        json_schema_extra={"items": {"type": "string", "pattern": SERVICE_ACCOUNT_PATTERN, "maxLength": 317}},
+    )
+    namespaces: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Namespaces whose every ServiceAccount may send.",
+        json_schema_extra={"items": {"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63}},
+    )
+
+
+class SmtpAccountSpec(_Model):
+    """Desired state of one upstream SMTP account."""
+
+    server: ServerSpec = Field(description="The upstream SMTP server.")
+    auth: AuthSpec = Field(default_factory=AuthSpec, description="Authentication to the upstream.")
+    pool: PoolSpec = Field(default_factory=PoolSpec, description="Connection pool limits.")
+    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending rate limit.")
+    senders: list[str] = Field(
+        default_factory=list,
+        max_length=256,
+        description="Allowed envelope and header From addresses: local@domain, *@domain or *@*.domain. "
+        "Empty: any sender.",
+        json_schema_extra={"items": {"type": "string", "pattern": SENDER_PATTERN, "maxLength": 320}},
+    )
+    access: AccessSpec = Field(default_factory=AccessSpec, description="Callers allowed to use this account.")
+    max_message_bytes: int = Field(
+        default=26214400, ge=1024, le=157286400, description="Largest message accepted, in bytes (413 above)."
+    )
+    suspend: bool = Field(default=False, description="Stop sending through this account; requests get 503.")
+
+
+ConditionStatus = Literal["True", "False", "Unknown"]
+
+
+class Condition(_Model):
+    """Standard metav1.Condition shape."""
+
+    type: str = Field(description="Ready, CredentialsResolved, Synced or UpstreamHealthy.")
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    reason: str = Field(description="CamelCase reason for the last transition.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: datetime | None = Field(default=None, description="When the status last changed.")
+    observed_generation: int | None = Field(default=None, description="Generation this condition was computed for.")
+
+
+class GatewaySync(_Model):
+    synced: int = Field(default=0, description="Gateways serving the current generation.")
+    total: int = Field(default=0, description="Ready gateways.")
+
+
+class EffectiveLimits(_Model):
+    max_connections_per_gateway: list[int] = Field(default_factory=list, description="Each gateway's connection share.")
+    messages_per_minute_per_gateway: list[int] = Field(default_factory=list, description="Each gateway's rate share.")
+
+
+class SmtpAccountStatus(_Model):
+    """Observed state, written by the operator through the status subresource."""
+
+    observed_generation: int | None = Field(default=None, description="The generation the status describes.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready, CredentialsResolved, Synced, UpstreamHealthy.")
+    gateways: GatewaySync = Field(default_factory=GatewaySync, description="How many gateways serve the spec.")
+    effective: EffectiveLimits = Field(default_factory=EffectiveLimits, description="The per-gateway split of the limits.")
+
+
+class ObjectMeta(BaseModel):
+    """The part of metadata the gateway needs; everything else is kept but ignored."""
+
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    namespace: str = Field(default="default", pattern=DNS_LABEL_PATTERN)
+    generation: int | None = None
+
+
+class SmtpAccount(BaseModel):
+    """A whole SmtpAccount object, as `kubectl apply` and standalone mode read it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_version: Literal["mailgate.dev/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["SmtpAccount"]
+    metadata: ObjectMeta
+    spec: SmtpAccountSpec
+    status: SmtpAccountStatus | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.metadata.namespace}/{self.metadata.name}"
+
+
+def parse_spec(raw: dict[str, Any]) -> SmtpAccountSpec:
+    return SmtpAccountSpec.model_validate(raw)
