@@ -8,7 +8,6 @@ reconfigured while the connection lives).
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 import time
 from collections.abc import Sequence
@@ -98,7 +97,7 @@ class PooledConnection:
         """NOOP round trip; any failure means the session is unusable."""
         try:
             response = await self.smtp.noop(timeout=min(self.smtp.timeout or 5.0, 5.0))
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             return False
         return response.code == 250
 
@@ -147,7 +146,7 @@ class PooledConnection:
             if phase is Phase.ENVELOPE and exc.code != 421:
                 await self._reset()
             raise TransactionError(phase, exc) from exc
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
             raise TransactionError(phase, exc) from exc
         return TransactionResult(refused, accepted, response.code, response.message)
 
@@ -155,7 +154,7 @@ class PooledConnection:
         """RSET so a refused envelope leaves the session reusable; a failing RSET is not an error here."""
         try:
             await self.smtp.rset()
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             pass
 
     async def aclose(self) -> None:
@@ -163,7 +162,7 @@ class PooledConnection:
         try:
             if self.smtp.is_connected:
                 await self.smtp.quit(timeout=QUIT_TIMEOUT)
-        except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+        except (TimeoutError, aiosmtplib.SMTPException, OSError):
             pass
         finally:
             self.smtp.close()

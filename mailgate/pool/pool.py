@@ -25,7 +25,7 @@ from typing import Any
 
 import aiosmtplib
 
-from .connection import CloseReason, PooledConnection, Phase, TransactionError, TransactionResult, open_connection
+from .connection import CloseReason, Phase, PooledConnection, TransactionError, TransactionResult, open_connection
 from .errors import PoolClosed, PoolTimeout, UnknownAccount
 from .settings import AccountSettings, PoolLimits
 
@@ -261,7 +261,7 @@ class SMTPPool:
         self,
         account: str | AccountSettings,
         *,
-        timeout: float | None | object = _DEFAULT,
+        timeout: float | object | None = _DEFAULT,
         fresh: bool = False,
     ) -> PooledConnection:
         """Check out a connection exclusively.
@@ -425,7 +425,7 @@ class SMTPPool:
 
     @contextlib.asynccontextmanager
     async def connection(
-        self, account: str | AccountSettings, *, timeout: float | None | object = _DEFAULT
+        self, account: str | AccountSettings, *, timeout: float | object | None = _DEFAULT
     ) -> AsyncIterator[PooledConnection]:
         """Acquire and always release; an exception inside discards the connection."""
         conn = await self.acquire(account, timeout=timeout)
@@ -446,7 +446,7 @@ class SMTPPool:
         message: bytes,
         *,
         mail_options: Sequence[str] = (),
-        timeout: float | None | object = _DEFAULT,
+        timeout: float | object | None = _DEFAULT,
     ) -> SendResult:
         """Relay one message, with the pool's retry and discard rules.
 

@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
@@ -157,7 +158,7 @@ def wait_for(check: Callable[[], T | None], *, timeout: float, what: str, interv
                 return result
         except ControlPlaneError:
             raise
-        except Exception as exc:  # noqa: BLE001 - remembered for the timeout message
+        except Exception as exc:  # remembered for the timeout message
             last_error = exc
         if time.monotonic() >= deadline:
             detail = f" (last error: {last_error})" if last_error else ""
@@ -177,6 +178,8 @@ def _die_with_parent() -> None:
     """Runs in the child before exec: get SIGKILL when the test process dies.
 
     Why: a crashed or SIGKILLed pytest must not leave etcd/apiserver running.
+    Linux sends it when the *thread* that started the child exits, so start
+    the control plane from a long-lived thread (pytest's main thread is).
     """
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -208,9 +211,7 @@ def _generate_sa_key(key_path: Path, pub_path: Path) -> None:
         )
     )
     pub_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
 
 
@@ -228,8 +229,7 @@ class _Process:
         code = self.popen.poll()
         if code is not None:
             raise ControlPlaneError(
-                f"{self.name} exited with code {code}; last log lines ({self.log_path}):\n"
-                f"{tail(self.log_path)}"
+                f"{self.name} exited with code {code}; last log lines ({self.log_path}):\n{tail(self.log_path)}"
             )
 
     def stop(self, timeout: float) -> None:
@@ -358,9 +358,7 @@ class ControlPlane:
     def _prepare_files(self) -> None:
         self.log_dir.mkdir()
         _generate_sa_key(self.workdir / "sa.key", self.workdir / "sa.pub")
-        (self.workdir / "tokens.csv").write_text(
-            f'{self.admin_token},admin,admin,"system:masters"\n'
-        )
+        (self.workdir / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
 
     def _spawn(self, name: str, args: list[str]) -> _Process:
         log_path = self.log_dir / f"{name}.log"
@@ -371,7 +369,7 @@ class ControlPlane:
             stdout=log_file,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only prctl, no locks
+            preexec_fn=_die_with_parent,  # only prctl, no locks taken
         )
         proc = _Process(name, popen, log_path, log_file)
         self._procs.append(proc)
@@ -509,9 +507,7 @@ class ControlPlane:
 
     # -- raw API access
 
-    def request(
-        self, method: str, path: str, body: Any = None, *, timeout: float = 10
-    ) -> tuple[int, Any]:
+    def request(self, method: str, path: str, body: Any = None, *, timeout: float = 10) -> tuple[int, Any]:
         """An HTTP call to the apiserver as admin: (status, parsed JSON or text).
 
         Why next to kubectl: some checks need the status code itself (e.g. the
@@ -528,7 +524,8 @@ class ControlPlane:
             with urllib.request.urlopen(req, timeout=timeout, context=self._ssl) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read()
+            with err:  # an unclosed HTTPError leaks its socket (ResourceWarning)
+                status, raw = err.code, err.read()
         text = raw.decode(errors="replace")
         try:
             return status, json.loads(text)
@@ -544,9 +541,7 @@ class ControlPlane:
         env = {**os.environ, "KUBECACHEDIR": str(self.workdir / "kube-cache")}
         env.pop("KUBECONFIG", None)
         argv = [str(self.bin_dirs.path("kubectl")), f"--kubeconfig={self.kubeconfig}", *args]
-        result = subprocess.run(
-            argv, input=input, capture_output=True, text=True, env=env, timeout=timeout
-        )
+        result = subprocess.run(argv, input=input, capture_output=True, text=True, env=env, timeout=timeout)
         if check and result.returncode != 0:
             self._check_processes()
             raise KubectlError(args, result.returncode, result.stdout, result.stderr)
@@ -596,23 +591,17 @@ class ControlPlane:
         """A ServiceAccount with no permissions (RBAC grants nothing by default)."""
         return self.kubectl_json("create", "serviceaccount", name, "-n", namespace)
 
-    def wait_for_service_account(
-        self, namespace: str, name: str = "default", *, timeout: float = 30
-    ) -> dict[str, Any]:
+    def wait_for_service_account(self, namespace: str, name: str = "default", *, timeout: float = 30) -> dict[str, Any]:
         """Wait until a ServiceAccount exists (e.g. ``default``, made by the controller)."""
 
         def exists() -> dict[str, Any] | None:
             self._check_processes()
-            status, body = self.request(
-                "GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}"
-            )
+            status, body = self.request("GET", f"/api/v1/namespaces/{namespace}/serviceaccounts/{name}")
             return body if status == 200 else None
 
         return wait_for(exists, timeout=timeout, what=f"serviceaccount {namespace}/{name}")
 
-    def token(
-        self, namespace: str, service_account: str, audience: str = "mailgate", duration: str = "10m"
-    ) -> str:
+    def token(self, namespace: str, service_account: str, audience: str = "mailgate", duration: str = "10m") -> str:
         """A bound ServiceAccount token via the TokenRequest API."""
         result = self.kubectl(
             "create", "token", service_account, "-n", namespace,
@@ -750,8 +739,7 @@ class ControlPlane:
             if not version.get("served", True):
                 continue
             path = f"/apis/{spec['group']}/{version['name']}/{spec['names']['plural']}"
-            wait_for(
-                lambda p=path: self.request("GET", p)[0] == 200,
-                timeout=timeout,
-                what=f"GET {path} to answer 200",
-            )
+            wait_for(partial(self._answers_200, path), timeout=timeout, what=f"GET {path} to answer 200")
+
+    def _answers_200(self, path: str) -> bool:
+        return self.request("GET", path)[0] == 200

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.k8s.cluster import ControlPlane
+from tests.k8s.cluster import ControlPlane, locate_binaries
 
 HERE = Path(__file__).resolve().parent
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
@@ -19,6 +20,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "k8s: needs the real kube-apiserver")
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselection looks at the markers
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test under tests/k8s with ``k8s`` so `-m "not k8s"` can leave them out.
 
@@ -27,6 +29,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if HERE == item.path.parent or HERE in item.path.parents:
             item.add_marker(pytest.mark.k8s)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build missing binaries before any test runs, and only if a k8s test is selected.
+
+    Why here and not in the fixture: a cold build takes ~13 minutes, far beyond
+    the per-test timeout, and its progress lines should reach the terminal.
+    """
+    if not any(item.get_closest_marker("k8s") for item in session.items):
+        return
+    capman = session.config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        locate_binaries()
 
 
 @pytest.fixture(scope="session")

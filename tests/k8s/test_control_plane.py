@@ -18,9 +18,7 @@ def test_apiserver_reports_built_version(control_plane: ControlPlane) -> None:
     assert version["clientVersion"]["gitVersion"] == K8S_VERSION
 
 
-def test_namespace_gets_default_service_account(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_namespace_gets_default_service_account(control_plane: ControlPlane, namespace: str) -> None:
     """Proves the controller-manager runs (serviceaccount controller)."""
     sa = control_plane.wait_for_service_account(namespace, "default", timeout=30)
     assert sa["metadata"]["namespace"] == namespace
@@ -37,9 +35,7 @@ def test_deleted_namespace_disappears(control_plane: ControlPlane) -> None:
     )
 
 
-def test_token_with_mailgate_audience_passes_token_review(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_token_with_mailgate_audience_passes_token_review(control_plane: ControlPlane, namespace: str) -> None:
     """The gateway authenticates callers by reviewing their projected SA tokens."""
     control_plane.create_service_account(namespace, "app")
     token = control_plane.token(namespace, "app", audience="mailgate")
@@ -58,9 +54,7 @@ def test_garbage_token_is_not_authenticated(control_plane: ControlPlane) -> None
     assert not status.get("authenticated"), status
 
 
-def test_registered_pods_listed_by_label_with_ip_and_readiness(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_registered_pods_listed_by_label_with_ip_and_readiness(control_plane: ControlPlane, namespace: str) -> None:
     """Gateway discovery reads exactly these fields; no kubelet exists to set them."""
     labels = {"app.kubernetes.io/name": "mailgate-gateway"}
     control_plane.register_pod(namespace, "gw-0", "127.0.0.11", labels)
@@ -71,9 +65,7 @@ def test_registered_pods_listed_by_label_with_ip_and_readiness(
         pods = control_plane.kubectl_json(
             "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=mailgate-gateway"
         )["items"]
-        return {
-            p["metadata"]["name"]: (p["status"]["podIP"], _ready(p)) for p in pods
-        }
+        return {p["metadata"]["name"]: (p["status"]["podIP"], _ready(p)) for p in pods}
 
     assert listed() == {"gw-0": ("127.0.0.11", "True"), "gw-1": ("127.0.0.12", "False")}
 
@@ -89,17 +81,13 @@ def _ready(pod: dict) -> str:
     return next(c["status"] for c in pod["status"]["conditions"] if c["type"] == "Ready")
 
 
-def test_fresh_service_account_has_no_rights_until_bound(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_fresh_service_account_has_no_rights_until_bound(control_plane: ControlPlane, namespace: str) -> None:
     """RBAC is on: the gateway's and operator's Roles are what grants access."""
     control_plane.create_service_account(namespace, "app")
     user = f"--as=system:serviceaccount:{namespace}:app"
 
     def can_get_secrets() -> str:
-        result = control_plane.kubectl(
-            "auth", "can-i", "get", "secrets", user, "-n", namespace, check=False
-        )
+        result = control_plane.kubectl("auth", "can-i", "get", "secrets", user, "-n", namespace, check=False)
         return result.stdout.strip()
 
     assert can_get_secrets() == "no"
@@ -160,9 +148,7 @@ spec:
 """
 
 
-def test_install_crds_serves_and_validates(
-    control_plane: ControlPlane, namespace: str, tmp_path: Path
-) -> None:
+def test_install_crds_serves_and_validates(control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
     """install_crds returns only once the new resource can be used right away."""
     (tmp_path / "widget.yaml").write_text(CRD_YAML)
     (tmp_path / "notes.txt").write_text("not a manifest")
