@@ -1,7 +1,9 @@
 """Render the SmtpAccount CustomResourceDefinition from the pydantic models.
 
 A CRD needs a *structural* OpenAPI schema: no ``$ref``, no ``anyOf`` with
-null, no titles, defaults on parent objects so nested defaults apply. This
+null, no titles, no null in defaults. Optional sub-objects default to their
+model's defaults (``Field(default=PoolSpec())``), so the apiserver fills in
+``spec.pool`` whole when it is left out, and a default passes the CEL rules. This
 module turns pydantic's JSON Schema into that shape, so ``mailgate/spec.py``
 stays the single source of truth (a test proves the checked-in file matches).
 """
@@ -41,15 +43,18 @@ def _inline(node: Any, defs: dict[str, Any]) -> Any:
             continue
         if key == "properties":
             out[key] = {name: _inline(prop, defs) for name, prop in value.items()}
+        elif key == "default":
+            out[key] = _without_nulls(value)
         else:
             out[key] = _inline(value, defs)
-    if out.get("type") == "object" and "properties" in out:
-        required = set(out.get("required", []))
-        for name, prop in out["properties"].items():
-            # Without a default on the parent, the apiserver never applies nested defaults.
-            if prop.get("type") == "object" and name not in required and "default" not in prop:
-                prop["default"] = {}
     return out
+
+
+def _without_nulls(value: Any) -> Any:
+    """A default is validated like any value, and CRD fields are not nullable: drop unset members."""
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    return value
 
 
 def structural_schema(model: type[spec.BaseModel]) -> dict[str, Any]:

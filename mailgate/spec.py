@@ -166,9 +166,9 @@ class SmtpAccountSpec(_Model):
     """Desired state of one upstream SMTP account."""
 
     server: ServerSpec = Field(description="The upstream SMTP server.")
-    auth: AuthSpec = Field(default_factory=AuthSpec, description="Authentication to the upstream.")
-    pool: PoolSpec = Field(default_factory=PoolSpec, description="Connection pool limits.")
-    rate_limit: RateLimitSpec = Field(default_factory=RateLimitSpec, description="Sending rate limit.")
+    auth: AuthSpec = Field(default=AuthSpec(), description="Authentication to the upstream.")
+    pool: PoolSpec = Field(default=PoolSpec(), description="Connection pool limits.")
+    rate_limit: RateLimitSpec = Field(default=RateLimitSpec(), description="Sending rate limit.")
     senders: list[str] = Field(
         default_factory=list,
         max_length=256,
@@ -176,7 +176,7 @@ class SmtpAccountSpec(_Model):
         "Empty: any sender.",
         json_schema_extra={"items": {"type": "string", "pattern": SENDER_PATTERN, "maxLength": 320}},
     )
-    access: AccessSpec = Field(default_factory=AccessSpec, description="Callers allowed to use this account.")
+    access: AccessSpec = Field(default=AccessSpec(), description="Callers allowed to use this account.")
     max_message_bytes: int = Field(
         default=26214400, ge=1024, le=157286400, description="Largest message accepted, in bytes (413 above)."
     )

@@ -69,7 +69,9 @@ class _UpstreamSMTP(SMTP):
         self.upstream = upstream
 
     def connection_made(self, transport: Any) -> None:
-        if not getattr(self, "_counted", False):
+        peer = transport.get_extra_info("peername")
+        is_trigger = peer is not None and peer[1] == self.upstream._trigger_port
+        if not getattr(self, "_counted", False) and not is_trigger:
             self._counted = True
             counters = self.upstream.counters
             with counters.lock:
@@ -164,8 +166,10 @@ class Upstream:
         ca: TestCA | None = None,
         users: dict[str, str] | None = None,
         tokens: dict[str, str] | None = None,
+        auth_exclude: list[str] | None = None,
     ) -> None:
         self.tls = tls
+        self.auth_exclude = list(auth_exclude or [])  # e.g. ["PLAIN"] to make clients use LOGIN
         self.ca = ca
         self.users = dict(users or {})
         self.tokens = dict(tokens or {})
@@ -178,6 +182,7 @@ class Upstream:
         self.drop_at_data = False
         self._sessions: set[_UpstreamSMTP] = set()
         self._sessions_lock = threading.Lock()
+        self._trigger_port: int | None = None
         self.port = _free_port()
         self._controller = self._make_controller()
 
@@ -193,6 +198,8 @@ class Upstream:
             server_ssl = self.ca.server_context()  # type: ignore[union-attr]
         if self.users or self.tokens:
             kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=self.tls == "starttls")
+        if self.auth_exclude:
+            kwargs.update(auth_exclude_mechanism=self.auth_exclude)
 
         class _Controller(Controller):
             def factory(self) -> SMTP:
@@ -201,8 +208,9 @@ class Upstream:
             def _trigger_server(self) -> None:
                 # The stock trigger opens a throwaway session (and a TLS handshake);
                 # counting sessions must not see it, so wait for the factory instead.
-                with socket.create_connection((self.hostname, self.port), timeout=5):
-                    pass
+                with socket.create_connection((self.hostname, self.port), timeout=5) as sock:
+                    # Its connection_made may run after start() reset the counters: skip it by port.
+                    upstream._trigger_port = sock.getsockname()[1]
                 self._factory_invoked.wait(5)
 
         return _Controller(

@@ -282,7 +282,8 @@ class SMTPPool:
         while True:
             grant = await self._grant(pool, deadline, fresh)
             if grant is None:
-                return await self._open(pool, deadline)
+                # ``0`` forbids waiting for a busy pool, not connecting: the command timeout bounds that.
+                return await self._open(pool, None if limit == 0 else deadline)
             conn = grant
             if conn.needs_health_check(time.monotonic(), pool.limits):
                 try:

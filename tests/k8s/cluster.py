@@ -497,9 +497,7 @@ class ControlPlane:
         try:
             wait_for(probe, timeout=self.startup_timeout, what=what, interval=0.1)
         except TimeoutError as exc:
-            raise ControlPlaneError(
-                f"{exc}; last log lines of {proc.name} ({proc.log_path}):\n{tail(proc.log_path)}"
-            ) from None
+            raise ControlPlaneError(f"{exc}; last log lines of {proc.name} ({proc.log_path}):\n{tail(proc.log_path)}") from None
 
     def _check_processes(self) -> None:
         for proc in self._procs:

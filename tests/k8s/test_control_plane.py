@@ -62,9 +62,9 @@ def test_registered_pods_listed_by_label_with_ip_and_readiness(control_plane: Co
     control_plane.register_pod(namespace, "other", "127.0.0.13", {"app": "other"})
 
     def listed() -> dict[str, tuple[str, str]]:
-        pods = control_plane.kubectl_json(
-            "get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=mailgate-gateway"
-        )["items"]
+        pods = control_plane.kubectl_json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/name=mailgate-gateway")[
+            "items"
+        ]
         return {p["metadata"]["name"]: (p["status"]["podIP"], _ready(p)) for p in pods}
 
     assert listed() == {"gw-0": ("127.0.0.11", "True"), "gw-1": ("127.0.0.12", "False")}

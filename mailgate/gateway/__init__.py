@@ -1,0 +1,1 @@
+"""The gateway process: HTTP and SMTP front doors around one relay core."""
