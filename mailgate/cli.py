@@ -23,7 +23,125 @@ def _add_crd(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_crd)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crd]
+def _serve(args: argparse.Namespace) -> int:
+    from .standalone.serve import serve
+
+    return serve(args)
+
+
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run a gateway without a cluster, from SmtpAccount and Secret YAML files (reloaded on change)",
+        description="Serve the send API from the same SmtpAccount and Secret YAML that `kubectl apply -f` takes. "
+        "The files are watched and reloaded on change; a broken file keeps the last good configuration.",
+    )
+    parser.add_argument("-f", "--filename", action="append", required=True, metavar="FILE", help="YAML file (repeatable)")
+    parser.add_argument("--api-keys", metavar="FILE", help="YAML file of hashed API keys (see `mailgate apikey`)")
+    parser.add_argument(
+        "--insecure-no-auth", action="store_true", help="without --api-keys: let any caller use any account"
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
+    parser.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS", help="file poll interval")
+    parser.add_argument("--log-format", choices=["json", "text"], default="text", help="log format (default text)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=_serve)
+
+
+def _dev(args: argparse.Namespace) -> int:
+    from .standalone.dev import dev
+
+    return dev(args)
+
+
+def _add_dev(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "dev",
+        help="zero-config demo: a gateway, a local capture SMTP server and a sample account, no auth",
+        description="Start a capture SMTP server on 127.0.0.1, a sample account pointing at it and a gateway "
+        "without authentication; captured messages are listed at GET /dev/messages. For development only.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080; 0 picks a free one)")
+    parser.set_defaults(func=_dev)
+
+
+def _apikey(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from .standalone.apikeys import entry_line, generate_key
+
+    key = generate_key()
+    try:
+        line = entry_line(args.name, key, args.account)  # validates name and patterns before printing a key
+    except ValidationError as error:
+        for problem in error.errors(include_input=False, include_url=False):
+            where = ".".join(str(part) for part in problem["loc"])
+            print(f"mailgate apikey: {where}: {problem['msg']}", file=sys.stderr)
+        return 2
+    print(f"# API key for {args.name!r}: shown only now; give it to the caller and keep it secret.")
+    print(key)
+    print("# Add this entry under `keys:` in the file given to `mailgate serve --api-keys` (it holds only a hash):")
+    print(line)
+    return 0
+
+
+def _add_apikey(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("apikey", help="generate an API key for `mailgate serve` and print the entry for the keys file")
+    parser.add_argument("--name", required=True, help="caller name shown in logs (letters, digits, - _ .)")
+    parser.add_argument(
+        "--account",
+        action="append",
+        required=True,
+        metavar="PATTERN",
+        help="account the key may use: namespace/name, namespace/* or * (repeatable)",
+    )
+    parser.set_defaults(func=_apikey)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from .gateway.main import main
+
+    return main(args)
+
+
+def _add_gateway(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "gateway",
+        help="run a gateway fed by the operator over the admin API (the in-cluster Deployment)",
+        description="Serve the send API, probes and metrics on --port and the admin (config) API on --admin-port. "
+        "The gateway is unready until the first configuration snapshot arrives. SIGTERM drains gracefully.",
+    )
+    parser.add_argument("--host", help="send API address (default 127.0.0.1; 0.0.0.0 with --in-cluster)")
+    parser.add_argument("--port", type=int, default=8080, help="send API port (default 8080; 0 picks a free one)")
+    parser.add_argument("--admin-host", help="admin API address (default: --host)")
+    parser.add_argument("--admin-port", type=int, default=8081, help="admin API port (default 8081)")
+    parser.add_argument(
+        "--admin-token-file", metavar="FILE", help="file holding the admin bearer token (else $MAILGATE_ADMIN_TOKEN)"
+    )
+    parser.add_argument("--api-keys", metavar="FILE", help="YAML file of hashed API keys callers authenticate with")
+    parser.add_argument("--insecure-no-auth", action="store_true", help="let any caller use any account (tests, demos)")
+    parser.add_argument(
+        "--in-cluster", action="store_true", help="pod defaults: listen on 0.0.0.0, JSON logs, $POD_NAME, 5 s unready delay"
+    )
+    parser.add_argument("--log-format", choices=["json", "text"], help="log format (default text; json with --in-cluster)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--hostname", help="domain of generated Message-IDs (default: the host or pod name)")
+    parser.add_argument("--ehlo-hostname", help="name sent in EHLO to upstreams (default: the FQDN)")
+    parser.add_argument(
+        "--upstream-timeout", type=float, default=30.0, metavar="SECONDS", help="per SMTP command, connect included"
+    )
+    parser.add_argument(
+        "--shutdown-delay", type=float, metavar="SECONDS", help="after SIGTERM, stay up unready this long before closing"
+    )
+    parser.add_argument(
+        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS", help="time in-flight requests get to finish"
+    )
+    parser.set_defaults(func=_gateway)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crd, _add_serve, _add_dev, _add_apikey, _add_gateway]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,13 @@ class Credentials(_Model):
         return value.get_secret_value() if value is not None else None
 
 
+class SmtpClientCredential(_Model):
+    """An SMTP ingress login of an account: the username and a ``mailgate.passwords`` hash, never the password."""
+
+    username: str = Field(min_length=1, max_length=256)
+    password_hash: str = Field(min_length=1, max_length=512, repr=False)
+
+
 class AccountShare(_Model):
     """This gateway's part of the cluster-wide limits, computed by the operator."""
 
@@ -48,6 +55,10 @@ class AccountConfig(_Model):
     spec: SmtpAccountSpec
     credentials: Credentials = Field(default_factory=Credentials)
     share: AccountShare | None = Field(default=None, description="Absent: this gateway alone holds the whole limits.")
+    smtp_clients: list[SmtpClientCredential] = Field(
+        default_factory=list,
+        description="Resolved spec.access.smtpClients, hashed with mailgate.passwords.hash_password by the sender.",
+    )
 
     @property
     def key(self) -> str:

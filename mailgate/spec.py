@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "mailgate.dev"
@@ -26,6 +26,11 @@ PLURAL = "smtpaccounts"
 SENDER_PATTERN = r"^(\*|[^@\s*]+)@(\*\.)?[^@\s*.]+(\.[^@\s*.]+)+$"
 SERVICE_ACCOUNT_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# Constrained strings: pydantic enforces them in standalone mode, the CRD carries them to the apiserver.
+SenderPattern = Annotated[str, StringConstraints(pattern=SENDER_PATTERN, max_length=320)]
+ServiceAccountName = Annotated[str, StringConstraints(pattern=SERVICE_ACCOUNT_PATTERN, max_length=317)]
+NamespaceName = Annotated[str, StringConstraints(pattern=DNS_LABEL_PATTERN, max_length=63)]
 
 
 class _Model(BaseModel):
@@ -103,6 +108,13 @@ class AuthSpec(_Model):
         description="Secret with key username, and password (login) or token (xoauth2). Required unless method is none.",
     )
 
+    @model_validator(mode="after")
+    def _secret_ref_required(self) -> AuthSpec:
+        """The same rule as the CEL validation above, for standalone mode (no apiserver there)."""
+        if self.method is not AuthMethod.none and self.secret_ref is None:
+            raise ValueError("secretRef is required unless method is none")
+        return self
+
 
 class PoolSpec(_Model):
     """Connection pool limits. maxConnections is cluster-wide; the operator splits it across gateways."""
@@ -136,6 +148,13 @@ class PoolSpec(_Model):
         default=30, ge=0, le=600, description="How long a send may wait for a free session before 503."
     )
 
+    @model_validator(mode="after")
+    def _health_check_below_ttl(self) -> PoolSpec:
+        """The same rule as the CEL validation above, for standalone mode."""
+        if self.health_check_after_idle_seconds >= self.ttl_seconds:
+            raise ValueError("healthCheckAfterIdleSeconds must be below ttlSeconds")
+        return self
+
 
 class RateLimitSpec(_Model):
     """Cluster-wide sending rate; the operator splits it across gateways."""
@@ -145,20 +164,33 @@ class RateLimitSpec(_Model):
     )
 
 
+class SmtpClientRef(_Model):
+    """One SMTP AUTH login of the gateway's SMTP ingress (a client credential, never the upstream's)."""
+
+    secret_ref: SecretRef = Field(
+        description="Secret with keys username and password: what an app sends in SMTP AUTH to the gateway. "
+        "Gateways receive only a salted hash of the password. Usernames must be unique across accounts."
+    )
+
+
 class AccessSpec(_Model):
     """Who may send through this account. Empty lists: nobody in cluster mode."""
 
-    service_accounts: list[str] = Field(
+    service_accounts: list[ServiceAccountName] = Field(
         default_factory=list,
         max_length=256,
         description="ServiceAccounts allowed to send, as namespace/name.",
-        json_schema_extra={"items": {"type": "string", "pattern": SERVICE_ACCOUNT_PATTERN, "maxLength": 317}},
     )
-    namespaces: list[str] = Field(
+    namespaces: list[NamespaceName] = Field(
         default_factory=list,
         max_length=256,
         description="Namespaces whose every ServiceAccount may send.",
-        json_schema_extra={"items": {"type": "string", "pattern": DNS_LABEL_PATTERN, "maxLength": 63}},
+    )
+    smtp_clients: list[SmtpClientRef] = Field(
+        default_factory=list,
+        max_length=64,
+        description="SMTP AUTH logins for apps that send through the gateway's SMTP ingress. "
+        "A client that logs in with one of them sends through this account, with From addresses limited to senders.",
     )
 
 
@@ -169,12 +201,11 @@ class SmtpAccountSpec(_Model):
     auth: AuthSpec = Field(default=AuthSpec(), description="Authentication to the upstream.")
     pool: PoolSpec = Field(default=PoolSpec(), description="Connection pool limits.")
     rate_limit: RateLimitSpec = Field(default=RateLimitSpec(), description="Sending rate limit.")
-    senders: list[str] = Field(
+    senders: list[SenderPattern] = Field(
         default_factory=list,
         max_length=256,
         description="Allowed envelope and header From addresses: local@domain, *@domain or *@*.domain. "
         "Empty: any sender.",
-        json_schema_extra={"items": {"type": "string", "pattern": SENDER_PATTERN, "maxLength": 320}},
     )
     access: AccessSpec = Field(default=AccessSpec(), description="Callers allowed to use this account.")
     max_message_bytes: int = Field(

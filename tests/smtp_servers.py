@@ -208,9 +208,13 @@ class Upstream:
             def _trigger_server(self) -> None:
                 # The stock trigger opens a throwaway session (and a TLS handshake);
                 # counting sessions must not see it, so wait for the factory instead.
-                with socket.create_connection((self.hostname, self.port), timeout=5) as sock:
-                    # Its connection_made may run after start() reset the counters: skip it by port.
+                with socket.socket() as sock:
+                    # Its connection_made may run before or after start() resets the counters: skip it
+                    # by its port, known before connecting.
+                    sock.bind((self.hostname, 0))
                     upstream._trigger_port = sock.getsockname()[1]
+                    sock.settimeout(5)
+                    sock.connect((self.hostname, self.port))
                 self._factory_invoked.wait(5)
 
         return _Controller(

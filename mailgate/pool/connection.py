@@ -8,6 +8,7 @@ reconfigured while the connection lives).
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Sequence
@@ -56,6 +57,13 @@ class TransactionError(Exception):
         super().__init__(str(cause))
         self.phase = phase
         self.cause = cause
+
+    @property
+    def session_broken(self) -> bool:
+        """421, a disconnect or a timeout leave the session unusable; a refusal does not."""
+        if isinstance(self.cause, aiosmtplib.SMTPResponseException):
+            return self.cause.code == 421
+        return not isinstance(self.cause, (aiosmtplib.SMTPRecipientsRefused, aiosmtplib.SMTPNotSupported))
 
 
 @dataclass(eq=False)
@@ -134,6 +142,8 @@ class PooledConnection:
                     await smtp.rcpt(recipient, options=list(rcpt_options), encoding=encoding)
                     accepted.append(recipient)
                 except aiosmtplib.SMTPRecipientRefused as exc:
+                    if exc.code == 421:  # the server is closing the session, not refusing a recipient
+                        raise
                     refused[recipient] = (exc.code, exc.message)
             if not accepted:
                 await self._reset()
@@ -158,14 +168,21 @@ class PooledConnection:
             pass
 
     async def aclose(self) -> None:
-        """QUIT politely with a short deadline, then drop the transport whatever happened."""
+        """QUIT politely with a short deadline, then drop the transport whatever happened.
+
+        Once QUIT is answered (or failed) the session is over, so the socket is
+        aborted rather than closed: a TLS close_notify exchange would keep it
+        open past ``close_all`` and leak it if the event loop ends first.
+        """
+        transport = self.smtp.transport
         try:
             if self.smtp.is_connected:
                 await self.smtp.quit(timeout=QUIT_TIMEOUT)
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             pass
         finally:
-            self.smtp.close()
+            _abort(self.smtp, transport)
+        await asyncio.sleep(0)  # the transport closes its socket on the next loop iteration
 
 
 async def open_connection(
@@ -174,14 +191,11 @@ async def open_connection(
     settings: AccountSettings,
     tls_context: ssl.SSLContext | None,
 ) -> PooledConnection:
-    """Connect, enforce the TLS mode and authenticate; the socket is closed on any failure."""
-    username = settings.username if settings.auth is not AuthMethod.NONE else None
-    token = settings.token
+    """Connect, enforce the TLS mode and authenticate; the socket is closed on any failure.
 
-    async def token_generator() -> str:
-        assert token is not None
-        return token
-
+    Authentication runs here rather than inside aiosmtplib's ``connect`` so that a
+    rejected login still holds the transport and can abort it (see ``_abort``).
+    """
     smtp = aiosmtplib.SMTP(
         hostname=settings.host,
         port=settings.effective_port,
@@ -191,13 +205,31 @@ async def open_connection(
         tls_context=tls_context,
         timeout=settings.command_timeout,
         local_hostname=settings.local_hostname,
-        username=username,
-        password=settings.password if settings.auth is AuthMethod.LOGIN else None,
-        oauth_token_generator=token_generator if settings.auth is AuthMethod.XOAUTH2 else None,
     )
     try:
         await smtp.connect()
+        await _authenticate(smtp, settings)
     except BaseException:
-        smtp.close()
+        _abort(smtp, smtp.transport)
         raise
     return PooledConnection(smtp=smtp, account=account, generation=generation)
+
+
+async def _authenticate(smtp: aiosmtplib.SMTP, settings: AccountSettings) -> None:
+    """LOGIN lets aiosmtplib pick PLAIN/LOGIN/CRAM-MD5; XOAUTH2 must be offered, never guessed."""
+    if settings.auth is AuthMethod.LOGIN:
+        assert settings.username is not None and settings.password is not None
+        await smtp.login(settings.username, settings.password)
+    elif settings.auth is AuthMethod.XOAUTH2:
+        assert settings.username is not None and settings.token is not None
+        await smtp._ehlo_or_helo_if_needed()
+        if "xoauth2" not in smtp.server_auth_methods:
+            raise aiosmtplib.SMTPException("the upstream server does not offer AUTH XOAUTH2")
+        await smtp.auth_xoauth2(settings.username, settings.token)
+
+
+def _abort(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None) -> None:
+    """Reset aiosmtplib's state and drop the socket without a TLS shutdown handshake."""
+    smtp.close()
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()

@@ -66,6 +66,7 @@ class _AccountPool:
     idle: deque[PooledConnection] = field(default_factory=deque)
     active: set[PooledConnection] = field(default_factory=set)
     opening: int = 0
+    closing: int = 0
     waiters: deque[asyncio.Future[_Grant]] = field(default_factory=deque)
     created: int = 0
     closed: Counter[str] = field(default_factory=Counter)
@@ -74,15 +75,19 @@ class _AccountPool:
     last_error: str | None = None
     removed: bool = False
 
-    def total(self) -> int:
+    def live(self) -> int:
         return len(self.idle) + len(self.active) + self.opening
+
+    def total(self) -> int:
+        """What counts against the limit: a session still saying QUIT is still open upstream."""
+        return self.live() + self.closing
 
     def is_stale(self, conn: PooledConnection) -> bool:
         return conn.generation != self.generation
 
     def retire_reason(self, conn: PooledConnection, now: float) -> CloseReason | None:
         """Why a connection must not go back to idle, if any."""
-        if self.is_stale(conn) or self.total() > self.limits.max_connections or self.removed:
+        if self.is_stale(conn) or self.live() > self.limits.max_connections or self.removed:
             return CloseReason.RECONFIGURE
         if not conn.is_connected():
             return CloseReason.ERROR
@@ -135,7 +140,7 @@ class _AccountPool:
             else:
                 retire.append((conn, reason))
         self.idle = keep
-        while self.idle and self.total() > self.limits.max_connections:
+        while self.idle and self.live() > self.limits.max_connections:
             retire.append((self.idle.popleft(), CloseReason.RECONFIGURE))
 
     def stats(self) -> dict[str, Any]:
@@ -146,6 +151,7 @@ class _AccountPool:
             "idle": len(self.idle),
             "active": len(self.active),
             "opening": self.opening,
+            "closing": self.closing,
             "waiting": sum(1 for w in self.waiters if not w.done()),
             "created": self.created,
             "closed": dict(self.closed),
@@ -375,7 +381,7 @@ class SMTPPool:
         pool = self._accounts.get(conn.account)
         if pool is None or conn not in pool.active:
             # Removed account or foreign connection: never leak its socket.
-            self._spawn_close(conn)
+            self._spawn_close(conn, None)
             return
         if discard:
             self._discard(pool, conn, CloseReason.ERROR)
@@ -391,13 +397,13 @@ class SMTPPool:
             pool.idle.append(conn)
         else:
             self._count_close(pool, reason)
-            self._spawn_close(conn)
+            self._spawn_close(conn, pool)
         self._reassign(pool)
 
     def _discard(self, pool: _AccountPool, conn: PooledConnection, reason: CloseReason) -> None:
         pool.active.discard(conn)
         self._count_close(pool, reason)
-        self._spawn_close(conn)
+        self._spawn_close(conn, pool)
         self._reassign(pool)
 
     def _reassign(self, pool: _AccountPool) -> None:
@@ -412,17 +418,28 @@ class SMTPPool:
     def _retire(self, pool: _AccountPool, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
         for conn, reason in retire:
             self._count_close(pool, reason)
-            self._spawn_close(conn)
+            self._spawn_close(conn, pool)
 
     @staticmethod
     def _count_close(pool: _AccountPool, reason: CloseReason) -> None:
         pool.closed[reason.value] += 1
 
-    def _spawn_close(self, conn: PooledConnection) -> None:
-        """QUIT runs in its own task: the caller never waits on a slow upstream's goodbye."""
+    def _spawn_close(self, conn: PooledConnection, pool: _AccountPool | None) -> None:
+        """QUIT runs in its own task: the caller never waits on a slow upstream's goodbye.
+
+        The session keeps its slot until the QUIT is done: the upstream counts it
+        as open until then, and a provider's per-mailbox limit must hold in its view.
+        """
         task = asyncio.get_running_loop().create_task(conn.aclose())
         self._closing_tasks.add(task)
         task.add_done_callback(self._closing_tasks.discard)
+        if pool is not None:
+            pool.closing += 1
+            task.add_done_callback(lambda _: self._closed_one(pool))
+
+    def _closed_one(self, pool: _AccountPool) -> None:
+        pool.closing -= 1
+        self._reassign(pool)
 
     @contextlib.asynccontextmanager
     async def connection(
@@ -468,7 +485,7 @@ class SMTPPool:
             try:
                 result = await conn.transaction(sender, recipients, message, mail_options)
             except TransactionError as failure:
-                dead = not isinstance(failure.cause, aiosmtplib.SMTPResponseException) or failure.cause.code == 421
+                dead = failure.session_broken
                 await self.release(conn, discard=dead)
                 if pool is not None and dead:
                     pool.last_error = describe_error(failure.cause)
@@ -544,7 +561,7 @@ class SMTPPool:
             for conn in list(pool.active):
                 pool.active.discard(conn)
                 self._count_close(pool, CloseReason.SHUTDOWN)
-                self._spawn_close(conn)
+                self._spawn_close(conn, pool)
         if self._closing_tasks:
             await asyncio.gather(*self._closing_tasks, return_exceptions=True)
 

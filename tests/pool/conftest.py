@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 import pytest
@@ -15,3 +16,5 @@ async def pool(upstream_factory: object) -> AsyncIterator[SMTPPool]:
     smtp_pool = SMTPPool(cleanup_interval=0.05, close_grace=2.0)
     yield smtp_pool
     await smtp_pool.close_all(grace=2.0)
+    # Collect now so that an unclosed socket or transport is reported against the test that leaked it.
+    gc.collect()

@@ -14,15 +14,18 @@ SENDER = "app@shop.example"
 RCPT = "rcpt@example.org"
 
 
-async def eventually(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+async def eventually(
+    predicate: Callable[[], bool], timeout: float = 10.0, what: str = "condition", detail: Callable[[], object] | None = None
+) -> None:
     """Wait until ``predicate()`` holds, failing after ``timeout``: a condition, never a fixed sleep.
 
     Polling is needed because the upstream's counters live in another thread.
+    The deadline is generous because CI machines are slow, not because anything should take that long.
     """
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f": {detail()}" if detail else ""))
         await asyncio.sleep(0.01)
 
 

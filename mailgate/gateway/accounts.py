@@ -1,0 +1,219 @@
+"""The live account registry: what the admin API pushes, turned into pool settings, limits and matchers.
+
+A snapshot is validated as a whole before any of it is applied (a bad
+account refuses the whole push, nothing half-applied), then each account is
+applied through ``SMTPPool.configure`` / ``reconfigure`` / ``remove``, so a
+change of limits, TTLs or credentials takes effect live: sends in flight
+finish on their session, new sends use the new settings, stale sessions drain.
+
+Revisions follow docs/admin-api.md: a full snapshot with the current revision
+is a no-op, an older one is refused (``RevisionConflict``, 409); per-account
+changes must carry a newer revision. The first snapshot is always applied, so
+a gateway becomes ready even when the operator's counter starts at 0.
+
+An ``Account`` object is replaced, never mutated, on change, except for its
+rate limiter, which carries over so that a reload never hands out a fresh
+burst. A request that already holds the old object finishes with it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from ..pool import AccountSettings, AuthMethod, PoolLimits, SMTPPool, TLSMode
+from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
+from .auth import AccountRef
+from .ratelimit import TokenBucket
+from .senders import SenderIndex, SenderMatcher
+
+
+class RevisionConflict(Exception):
+    """A push older than (or, per account, not newer than) what the gateway holds."""
+
+    def __init__(self, current: int, offered: int) -> None:
+        super().__init__(f"revision {offered} is not newer than the gateway's revision {current}")
+        self.current = current
+        self.offered = offered
+
+
+class InvalidAccount(ValueError):
+    """An account the pool cannot be configured with; ``key`` names it."""
+
+    def __init__(self, key: str, detail: str) -> None:
+        super().__init__(f"{key}: {detail}")
+        self.key = key
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    """One account as the relay uses it; immutable except for the shared ``limiter``."""
+
+    config: AccountConfig
+    settings: AccountSettings | None  # None: this gateway forwards (its connection share is 0)
+    limiter: TokenBucket
+    senders: SenderMatcher
+    digest: str
+    ref: AccountRef
+
+    @property
+    def key(self) -> str:
+        return self.config.key
+
+    @property
+    def forward_peers(self) -> list[str]:
+        """Peer gateways to forward to when this gateway holds no connection share."""
+        return list(self.config.share.peers) if self.settings is None and self.config.share else []
+
+    @property
+    def rate_per_minute(self) -> int | None:
+        return rate_of(self.config)
+
+
+def rate_of(config: AccountConfig) -> int | None:
+    """This gateway's rate: the pushed share, else (standalone, or share without a rate) the spec's."""
+    if config.share is not None and config.share.messages_per_minute is not None:
+        return config.share.messages_per_minute
+    return config.spec.rate_limit.messages_per_minute
+
+
+def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname: str | None) -> AccountSettings | None:
+    """Pool settings for an account, or ``None`` when this gateway's connection share is 0."""
+    spec = config.spec
+    max_connections = config.share.max_connections if config.share is not None else spec.pool.max_connections
+    if max_connections == 0:
+        return None
+    pool = spec.pool
+    creds = config.credentials
+    try:
+        limits = PoolLimits(
+            max_connections=max_connections,
+            ttl=float(pool.ttl_seconds),
+            idle_timeout=float(pool.idle_timeout_seconds),
+            health_check_after_idle=float(pool.health_check_after_idle_seconds),
+            max_messages_per_connection=pool.max_messages_per_connection,
+            acquire_timeout=float(pool.acquire_timeout_seconds),
+        )
+        return AccountSettings(
+            host=spec.server.host,
+            port=spec.server.port,
+            tls=TLSMode(spec.server.tls.value),
+            auth=AuthMethod(spec.auth.method.value),
+            username=creds.username,
+            password=creds.password.get_secret_value() if creds.password is not None else None,
+            token=creds.token.get_secret_value() if creds.token is not None else None,
+            limits=limits,
+            verify_tls=spec.server.verify_certificate,
+            ca_pem=spec.server.ca_certificate,
+            command_timeout=command_timeout,
+            local_hostname=local_hostname,
+        )
+    except ValueError as exc:  # messages name fields, never values (AccountSettings guarantees it)
+        raise InvalidAccount(config.key, str(exc)) from None
+
+
+@dataclass
+class AccountRegistry:
+    """Accounts by ``namespace/name``, kept in step with the pool."""
+
+    pool: SMTPPool
+    command_timeout: float = 30.0
+    local_hostname: str | None = None
+    revision: int = 0
+    received: bool = False  # a snapshot arrived since start: the gateway may turn ready
+    _accounts: dict[str, Account] = field(default_factory=dict)
+    _index: SenderIndex = field(default_factory=lambda: SenderIndex({}))
+
+    def get(self, key: str) -> Account | None:
+        return self._accounts.get(key)
+
+    def accounts(self) -> dict[str, Account]:
+        return dict(self._accounts)
+
+    def sender_conflicts(self, key: str) -> list[str]:
+        return self._index.conflicts(key)
+
+    def route(self, sender: str) -> list[str]:
+        """Accounts whose ``senders`` match ``sender`` most specifically (for an SMTP front door)."""
+        return self._index.route(sender)
+
+    # -- applying pushes ----------------------------------------------------
+
+    def apply_snapshot(self, snapshot: ConfigSnapshot) -> bool:
+        """Replace the whole configuration; ``False`` when it was a no-op (same revision)."""
+        if self.received and snapshot.revision < self.revision:
+            raise RevisionConflict(self.revision, snapshot.revision)
+        if self.received and snapshot.revision == self.revision:
+            return False
+        built = self._build_all(snapshot.accounts)
+        for key in set(self._accounts) - set(built):
+            self._remove(key)
+        for account in built.values():
+            self._install(account)
+        self.revision = snapshot.revision
+        self.received = True
+        self._reindex()
+        return True
+
+    def put_account(self, config: AccountConfig, revision: int) -> None:
+        self._check_newer(revision)
+        account = self._build_all([config])[config.key]
+        self._install(account)
+        self.revision = revision
+        self._reindex()
+
+    def delete_account(self, key: str, revision: int) -> bool:
+        """``False`` when the account is unknown (nothing changes, the revision included)."""
+        self._check_newer(revision)
+        if key not in self._accounts:
+            return False
+        self._remove(key)
+        self.revision = revision
+        self._reindex()
+        return True
+
+    def _check_newer(self, revision: int) -> None:
+        if revision <= self.revision:
+            raise RevisionConflict(self.revision, revision)
+
+    def _build_all(self, configs: Iterable[AccountConfig]) -> dict[str, Account]:
+        built: dict[str, Account] = {}
+        for config in configs:
+            if config.key in built:
+                raise InvalidAccount(config.key, "listed twice in the snapshot")
+            built[config.key] = self._build(config)
+        return built
+
+    def _build(self, config: AccountConfig) -> Account:
+        settings = settings_of(config, command_timeout=self.command_timeout, local_hostname=self.local_hostname)
+        if settings is None and not (config.share and config.share.peers):
+            raise InvalidAccount(config.key, "share.maxConnections is 0 but share.peers is empty")
+        old = self._accounts.get(config.key)
+        limiter = old.limiter if old is not None else TokenBucket(None)
+        return Account(
+            config=config,
+            settings=settings,
+            limiter=limiter,  # configured on install, so a refused push leaves the old rate in force
+            senders=SenderMatcher(config.spec.senders),
+            digest=config_digest(config),
+            ref=AccountRef(config.namespace, config.name, config.spec.access),
+        )
+
+    def _install(self, account: Account) -> None:
+        old = self._accounts.get(account.key)
+        account.limiter.configure(account.rate_per_minute)
+        if account.settings is None:
+            if old is not None and old.settings is not None:
+                self.pool.remove(account.key)
+        elif old is None or old.settings is None or old.digest != account.digest:
+            self.pool.configure(account.key, account.settings)
+        self._accounts[account.key] = account
+
+    def _remove(self, key: str) -> None:
+        account = self._accounts.pop(key)
+        if account.settings is not None:
+            self.pool.remove(key)
+
+    def _reindex(self) -> None:
+        self._index = SenderIndex({key: a.senders for key, a in self._accounts.items()})

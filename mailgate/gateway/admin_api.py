@@ -1,0 +1,161 @@
+"""The admin (config) API, on its own port: the operator's (or standalone mode's) way in. See docs/admin-api.md.
+
+Every request needs ``Authorization: Bearer <admin token>``, compared in
+constant time. Bodies are validated by the shared pydantic models in
+``mailgate.snapshot``; what they mean (revisions, live application) is the
+``AccountRegistry``'s business. The status never contains a credential:
+accounts are described by their digest, pool counters, health and the
+last error text (the upstream's words, which never echo our secrets).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from pydantic import ValidationError
+
+from ..pool import SMTPPool
+from ..snapshot import AccountConfig, ConfigSnapshot
+from .accounts import Account, AccountRegistry, InvalidAccount, RevisionConflict
+from .message import describe_validation_error
+from .middleware import Handler, request_id
+from .problems import problem
+
+log = logging.getLogger("mailgate.gateway.admin")
+
+ACCOUNT_ROUTE = "/v1/config/accounts/{namespace}/{name}"
+
+
+def bearer_middleware(token: str) -> Middleware:
+    expected = token.encode()
+
+    @web.middleware
+    async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        header = request.headers.get("Authorization", "")
+        scheme, _, offered = header.partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(offered.strip().encode(), expected):
+            return problem(
+                "unauthenticated",
+                "the admin API needs the admin bearer token",
+                request_id=request_id(request),
+                headers={"WWW-Authenticate": 'Bearer realm="mailgate-admin"'},
+            )
+        return await handler(request)
+
+    return check
+
+
+class AdminAPI:
+    def __init__(self, registry: AccountRegistry, pool: SMTPPool, ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.ready = ready
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_put("/v1/config", self.put_config)
+        app.router.add_put(ACCOUNT_ROUTE, self.put_account)
+        app.router.add_delete(ACCOUNT_ROUTE, self.delete_account)
+        app.router.add_get("/v1/status", self.status)
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        rid = request_id(request)
+        try:
+            snapshot = ConfigSnapshot.model_validate_json(await request.read())
+            applied = self.registry.apply_snapshot(snapshot)
+        except ValidationError as exc:
+            return _invalid(describe_validation_error(exc), rid)
+        except InvalidAccount as exc:
+            return _invalid([{"field": f"accounts[{exc.key}]", "message": exc.detail}], rid)
+        except RevisionConflict as exc:
+            return _conflict(exc, rid)
+        if applied:
+            log.info("configuration revision %d applied: %d account(s)", snapshot.revision, len(snapshot.accounts))
+        return web.json_response({"revision": self.registry.revision, "applied": applied})
+
+    async def put_account(self, request: web.Request) -> web.Response:
+        rid = request_id(request)
+        key = _key(request)
+        revision = _revision(request)
+        if revision is None:
+            return _invalid([{"field": "revision", "message": "query parameter revision=N (an integer) is required"}], rid)
+        try:
+            config = AccountConfig.model_validate_json(await request.read())
+        except ValidationError as exc:
+            return _invalid(describe_validation_error(exc), rid)
+        if config.key != key:
+            return _invalid([{"field": "namespace", "message": f"the body is account {config.key!r}, the path {key!r}"}], rid)
+        try:
+            self.registry.put_account(config, revision)
+        except InvalidAccount as exc:
+            return _invalid([{"field": "body", "message": exc.detail}], rid)
+        except RevisionConflict as exc:
+            return _conflict(exc, rid)
+        log.info("account %s applied at revision %d", key, revision)
+        return web.json_response({"revision": revision})
+
+    async def delete_account(self, request: web.Request) -> web.Response:
+        rid = request_id(request)
+        key = _key(request)
+        revision = _revision(request)
+        if revision is None:
+            return _invalid([{"field": "revision", "message": "query parameter revision=N (an integer) is required"}], rid)
+        try:
+            removed = self.registry.delete_account(key, revision)
+        except RevisionConflict as exc:
+            return _conflict(exc, rid)
+        if not removed:
+            return problem("unknown-account", f"no account {key!r} on this gateway", request_id=rid)
+        log.info("account %s removed at revision %d", key, revision)
+        return web.Response(status=204)
+
+    async def status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.status_body(), dumps=json.dumps)
+
+    def status_body(self) -> dict[str, Any]:
+        stats = self.pool.stats()
+        return {
+            "revision": self.registry.revision,
+            "ready": self.ready(),
+            "accounts": {key: self._account_status(a, stats.get(key)) for key, a in self.registry.accounts().items()},
+        }
+
+    def _account_status(self, account: Account, pool_stats: dict[str, Any] | None) -> dict[str, Any]:
+        health = self.pool.health(account.key) if pool_stats is not None else None
+        return {
+            "digest": account.digest,
+            "generation": account.config.generation,
+            "healthy": None if health is None else health.ok,
+            "lastError": None if pool_stats is None else pool_stats["last_error"],
+            "pool": pool_stats,
+            "forwardTo": account.forward_peers,
+            "rateLimit": {"messagesPerMinute": account.rate_per_minute},
+            "suspended": account.config.spec.suspend,
+            "senderConflicts": self.registry.sender_conflicts(account.key),
+        }
+
+
+def _key(request: web.Request) -> str:
+    return f"{request.match_info['namespace']}/{request.match_info['name']}"
+
+
+def _revision(request: web.Request) -> int | None:
+    try:
+        revision = int(request.query["revision"])
+    except (KeyError, ValueError):
+        return None
+    return revision if revision >= 0 else None
+
+
+def _invalid(errors: list[dict[str, str]], rid: str) -> web.Response:
+    first = errors[0]
+    return problem("invalid-request", f"{first['field']}: {first['message']}", request_id=rid, errors=errors)
+
+
+def _conflict(exc: RevisionConflict, rid: str) -> web.Response:
+    return problem("revision-conflict", str(exc), request_id=rid, currentRevision=exc.current)

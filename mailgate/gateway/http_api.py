@@ -1,0 +1,131 @@
+"""The send API: ``POST /v1/accounts/{namespace}/{name}/messages`` (docs/api.md).
+
+The handler is a thin front door: authenticate, ``Relay.admit``, read the
+body within the account's size limit, turn it into an ``OutgoingMessage``
+(``message.py``), ``Relay.send``, and map the outcome to HTTP. Everything
+that decides anything lives in the relay and the message builder.
+
+Checks that need no body run before the body is read, so an unauthenticated
+or refused caller never makes the gateway read (or buffer) a large upload.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from .accounts import Account
+from .auth import Authenticator
+from .forward import Forwarder
+from .message import MessageError, OutgoingMessage, SendRequest, build_message, describe_validation_error, parse_raw_message
+from .middleware import request_id
+from .problems import outcome_problem, problem
+from .relay import Reason, Refused, Relay, Sent
+
+ROUTE = "/v1/accounts/{namespace}/{name}/messages"
+JSON = "application/json"
+RFC822 = "message/rfc822"
+# A JSON body carries attachments base64-encoded (4/3 of their size) plus field names and quoting.
+JSON_OVERHEAD = 4 / 3
+JSON_SLACK = 64 * 1024
+
+log = logging.getLogger("mailgate.gateway.send")
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+async def read_limited(request: web.Request, limit: int) -> bytes:
+    """Read at most ``limit`` bytes; more (declared or actually sent) raises ``BodyTooLarge``."""
+    if request.content_length is not None and request.content_length > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(256 * 1024):
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def sent_body(outcome: Sent) -> dict[str, Any]:
+    return {
+        "messageId": outcome.message_id,
+        "accepted": outcome.accepted,
+        "rejected": [{"recipient": r, "code": code, "message": text} for r, (code, text) in outcome.rejected.items()],
+        "upstream": {"code": outcome.code, "message": outcome.reply},
+    }
+
+
+class SendAPI:
+    """Holds the collaborators of the handler; one instance per gateway."""
+
+    def __init__(self, relay: Relay, authenticator: Authenticator, forwarder: Forwarder, *, hostname: str) -> None:
+        self.relay = relay
+        self.authenticator = authenticator
+        self.forwarder = forwarder
+        self.hostname = hostname
+
+    def add_routes(self, app: web.Application) -> None:
+        app.router.add_post(ROUTE, self.post_message)
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        rid = request_id(request)
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        identity = await self.authenticator.authenticate(request)
+        if identity is None:
+            return problem(
+                "unauthenticated",
+                "a valid bearer token is required",
+                request_id=rid,
+                headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
+            )
+        admitted = self.relay.admit(identity, key)
+        if not isinstance(admitted, Account):
+            return outcome_problem(admitted, rid)
+        account = admitted
+        content_type = request.content_type
+        if content_type not in (JSON, RFC822):
+            self.relay.record(key, "unsupported-media-type")
+            return problem("unsupported-media-type", f"send {JSON} or {RFC822}, not {content_type!r}", request_id=rid)
+        limit = account.config.spec.max_message_bytes
+        if content_type == JSON:
+            limit = int(limit * JSON_OVERHEAD) + JSON_SLACK
+        try:
+            body = await read_limited(request, limit)
+        except BodyTooLarge:
+            self.relay.record(key, Reason.TOO_LARGE.value)
+            refusal = Refused(Reason.TOO_LARGE, f"the body is larger than account {key!r} accepts ({limit} bytes)")
+            return outcome_problem(refusal, rid)
+        if account.forward_peers:
+            return await self.forwarder.forward(request, body, account.forward_peers, rid)
+        try:
+            message = self._message(content_type, body, request)
+        except ValidationError as exc:
+            return self._invalid(key, describe_validation_error(exc), rid)
+        except MessageError as exc:
+            return self._invalid(key, [{"field": exc.field, "message": exc.detail}], rid)
+        outcome = await self.relay.send(account, message)
+        if isinstance(outcome, Sent):
+            log.info("sent %s via %s to %d recipient(s)", outcome.message_id, key, len(outcome.accepted))
+            return web.json_response(sent_body(outcome), dumps=json.dumps)
+        log.info("not sent via %s: %s (%s)", key, outcome.reason.value, outcome.detail)
+        return outcome_problem(outcome, rid)
+
+    def _message(self, content_type: str, body: bytes, request: web.Request) -> OutgoingMessage:
+        if content_type == JSON:
+            return build_message(SendRequest.model_validate_json(body), hostname=self.hostname)
+        query = request.query
+        return parse_raw_message(body, mail_from=query.get("from"), rcpt_to=query.getall("to", []) or None)
+
+    def _invalid(self, key: str, errors: list[dict[str, str]], rid: str) -> web.Response:
+        self.relay.record(key, "invalid-request")
+        first = errors[0] if errors else {"field": "body", "message": "invalid"}
+        detail = f"{first['field']}: {first['message']}"
+        return problem("invalid-request", detail, request_id=rid, errors=errors)

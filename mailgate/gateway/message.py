@@ -1,0 +1,776 @@
+"""Turn a send request (JSON fields or a raw RFC 5322 body) into an envelope and the bytes for DATA.
+
+Why bytes are formatted by hand: building each message through the standard
+library's ``EmailMessage`` object model and its generator held a gateway
+prototype to a quarter of raw SMTP throughput; writing the few headers and
+MIME parts directly costs a small fraction of that (``bench/message.py``).
+Correctness is proven the other way round: the tests parse every shape this
+module produces back with the standard library parser (``policy.default``).
+
+Choices a reader should know:
+
+- An address is a string, ``"ops@example.com"`` or ``"Ops <ops@example.com>"``,
+  or an object ``{"name": ..., "address": ...}``. Quoted local parts
+  (``"a b"@example.com``) are refused: rare, and a classic source of parser
+  disagreements.
+- An address whose local part is ASCII gets its IDN domain converted to
+  punycode (IDNA 2008, UTS 46), so it needs no SMTPUTF8. A non-ASCII local
+  part keeps the Unicode domain and marks the message as needing SMTPUTF8.
+  Envelope addresses (``sender``, ``recipients``, ``header_from``) are in that
+  same wire form.
+- Non-ASCII subjects, display names and extra header values are always RFC
+  2047 encoded words (base64, whole characters per word), even in SMTPUTF8
+  messages: every receiver decodes them, so one code path serves both cases.
+- Header values (subject, names, extra headers, filenames) refuse CR, LF and
+  other control characters (TAB too): no header injection, no ambiguity.
+- Text bodies get CRLF line endings and a final line break. Transfer encoding:
+  7bit when ASCII with lines of at most 78 characters, quoted-printable when
+  mostly ASCII, base64 otherwise. Attachments are always base64 (76-character
+  lines), so they round-trip byte for byte. Filenames that are not short plain
+  ASCII use RFC 2231 (``filename*=utf-8''...``, continued when long).
+- Attachments with a ``contentId`` are inline parts in a ``multipart/related``
+  next to the HTML (``alternative(text, related(html, inline...))``); without
+  an HTML body they are ordinary attachments that keep their Content-ID.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import re
+import time
+import unicodedata
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
+from email.headerregistry import AddressHeader, BaseHeader
+from email.policy import default as default_policy
+from email.utils import format_datetime, parsedate_to_datetime
+from functools import lru_cache
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import idna
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    PlainValidator,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "Attachment",
+    "Mailbox",
+    "MessageError",
+    "OutgoingMessage",
+    "SendRequest",
+    "build_message",
+    "describe_validation_error",
+    "normalise_address",
+    "parse_raw_message",
+]
+
+MAX_LINE = 78  # RFC 5322 "SHOULD" limit for header and 7bit body lines (the hard limit is 998)
+MAX_NAME = 256  # display names; also bounds the memory of the formatted-mailbox cache
+# Headers the request sets through its own fields, or the gateway sets itself; any Content-* too.
+RESERVED_HEADERS = frozenset(
+    {"from", "sender", "to", "cc", "bcc", "reply-to", "subject", "mime-version", "return-path", "received"}
+)
+
+_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
+_LOCAL_RE = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
+_ATOM_RE = re.compile(rf"[{_ATEXT}]+\Z")
+_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+_FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}\Z")
+_RAW_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+):")
+_HEADER_CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_7BIT_TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"  # what a 7bit text body may hold
+_QUOTABLE_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")  # printable ASCII without " and \
+_TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+_QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+_MEDIA_TYPE_RE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*\Z")
+_CONTENT_ID_RE = re.compile(rf"[{_ATEXT}.@]{{1,250}}\Z")
+_MSGID_RE = re.compile(rf"<[{_ATEXT}.]+@[{_ATEXT}.\[\]:]+>\Z")
+_BAD_LOCAL_CATEGORIES = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
+
+
+class MessageError(Exception):
+    """A request that cannot become a message; ``field`` names where (``to[1]``, ``headers.X-Foo``)."""
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(f"{field}: {detail}")
+        self.field = field
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Mailbox:
+    """A validated address: optional display name, wire form, and whether it needs SMTPUTF8."""
+
+    name: str | None
+    address: str
+    utf8: bool
+
+
+@dataclass(slots=True)
+class OutgoingMessage:
+    """What the relay core sends: the envelope plus the bytes for DATA (CRLF line endings)."""
+
+    sender: str
+    recipients: list[str]
+    header_from: list[str]
+    data: bytes
+    message_id: str
+    smtputf8: bool
+
+
+# --------------------------------------------------------------------------- validation helpers
+
+
+def _check_header_text(value: str) -> str:
+    """Refuse what could end a header line or confuse a parser; lone surrogates cannot be encoded."""
+    if "\r" in value or "\n" in value:
+        raise ValueError("CR and LF are not allowed here (header injection)")
+    if _HEADER_CTL_RE.search(value):
+        raise ValueError("control characters (TAB included) are not allowed here")
+    return _check_unicode(value)
+
+
+def _check_unicode(value: str) -> str:
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _normalise_domain(domain: str, keep_unicode: bool) -> str:
+    if domain.startswith("["):
+        literal = domain[1:-1] if domain.endswith("]") else ""
+        try:
+            if literal[:5].lower() == "ipv6:":
+                ipaddress.IPv6Address(literal[5:])
+            else:
+                ipaddress.IPv4Address(literal)
+        except ValueError:
+            raise ValueError("invalid address literal in the domain") from None
+        return domain
+    if domain.isascii():
+        if len(domain) > 253 or not all(_LABEL_RE.match(label) for label in domain.split(".")):
+            raise ValueError("invalid domain")
+        return domain
+    try:
+        alabel = idna.encode(domain, uts46=True).decode("ascii")
+        return idna.decode(alabel) if keep_unicode else alabel
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise ValueError(f"invalid international domain name ({exc})") from None
+
+
+@lru_cache(maxsize=4096)
+def normalise_address(addr: str) -> tuple[str, bool]:
+    """Validate a bare ``local@domain``; return its wire form and whether it needs SMTPUTF8.
+
+    Cached because the same senders and recipients come back request after
+    request; only valid addresses are cached (errors are raised, not stored).
+    """
+    _check_header_text(addr)
+    local, at, domain = addr.rpartition("@")
+    if not at or not local or not domain:
+        raise ValueError("not an e-mail address (local@domain expected)")
+    if local.startswith('"'):
+        raise ValueError("quoted local parts are not supported")
+    if not _LOCAL_RE.match(local):
+        raise ValueError("invalid local part")
+    utf8 = not local.isascii()
+    if utf8 and any(unicodedata.category(c) in _BAD_LOCAL_CATEGORIES for c in local):
+        raise ValueError("invalid character in the local part")
+    if len(local.encode("utf-8")) > 64:
+        raise ValueError("local part longer than 64 octets")
+    wire = f"{local}@{_normalise_domain(domain, keep_unicode=utf8)}"
+    if len(wire.encode("utf-8")) > 254:
+        raise ValueError("address longer than 254 octets")
+    return wire, utf8
+
+
+def _split_mailbox(value: str) -> tuple[str | None, str]:
+    """``Name <addr>`` / ``"Name" <addr>`` / ``addr`` -> (name, addr)."""
+    text = value.strip()
+    if not text.endswith(">"):
+        return None, text
+    lt = text.rfind("<")
+    if lt < 0:
+        raise ValueError("unbalanced angle brackets")
+    name = text[:lt].strip()
+    if len(name) >= 2 and name[0] == name[-1] == '"':
+        name = re.sub(r"\\(.)", r"\1", name[1:-1])
+    return name or None, text[lt + 1 : -1].strip()
+
+
+def _to_mailbox(value: Any) -> Mailbox:
+    if isinstance(value, Mailbox):
+        return value
+    if isinstance(value, str):
+        _check_header_text(value)
+        name, addr = _split_mailbox(value)
+    elif isinstance(value, dict):
+        if set(value) - {"name", "address"}:
+            raise ValueError("an address object has only the keys name and address")
+        name, address = value.get("name"), value.get("address")
+        if not isinstance(address, str) or not (name is None or isinstance(name, str)):
+            raise ValueError("address (and name, when given) must be strings")
+        _check_header_text(name or "")
+        addr = address
+    else:
+        raise ValueError('an address is a string ("a@example.com", "Name <a@example.com>") or {name, address}')
+    if name is not None and len(name) > MAX_NAME:
+        raise ValueError(f"display name longer than {MAX_NAME} characters")
+    wire, utf8 = normalise_address(addr)
+    return Mailbox(name or None, wire, utf8)
+
+
+def _decode_base64(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("content must be a base64 string")
+    try:
+        return binascii.a2b_base64("".join(value.split()), strict_mode=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("content is not valid base64 (standard alphabet, padded)") from None
+
+
+def _check_header_name(name: str) -> str:
+    if not _FIELD_NAME_RE.match(name):
+        raise ValueError("not an RFC 5322 field name (printable ASCII without colon or space, at most 76)")
+    lowered = name.lower()
+    if lowered in RESERVED_HEADERS or lowered.startswith("content-"):
+        raise ValueError("reserved header: set it through the request's own fields, or let the gateway set it")
+    return name
+
+
+def _check_filename(name: str) -> str:
+    """Whitespace at either end is dropped: receivers strip it anyway (the stdlib's get_filename does)."""
+    _check_header_text(name)
+    if not name.strip():
+        raise ValueError("filename must not be empty")
+    return name.strip()
+
+
+def _check_media_type(value: str) -> str:
+    if not _MEDIA_TYPE_RE.match(value):
+        raise ValueError("not a media type (type/subtype, optional ; name=value parameters)")
+    if value.split("/", 1)[0].lower() in ("multipart", "message"):
+        raise ValueError("multipart/* and message/* are built by the gateway; attach files as application/octet-stream")
+    return value
+
+
+def _check_content_id(value: str) -> str:
+    bare = value[1:-1] if value.startswith("<") and value.endswith(">") else value
+    if not _CONTENT_ID_RE.match(bare):
+        raise ValueError("a content id is ASCII atext, dots and @ (the cid: URL the HTML refers to)")
+    return bare
+
+
+def _field_error(field: str, detail: str) -> PydanticCustomError:
+    """A validation error that names a field pydantic's own location cannot express."""
+    return PydanticCustomError("invalid_field", "{detail}", {"field": field, "detail": detail})
+
+
+_ADDRESS_SCHEMA: dict[str, Any] = {
+    "description": 'An address: "a@example.com", "Name <a@example.com>" or {"name", "address"}. '
+    "IDN domains and UTF-8 local parts (SMTPUTF8) are accepted.",
+    "oneOf": [
+        {"type": "string", "examples": ["ops@example.com", "Ops Team <ops@example.com>"]},
+        {
+            "type": "object",
+            "properties": {"name": {"type": ["string", "null"]}, "address": {"type": "string"}},
+            "required": ["address"],
+            "additionalProperties": False,
+        },
+    ],
+}
+
+Address = Annotated[
+    Mailbox,
+    PlainValidator(_to_mailbox),
+    PlainSerializer(lambda m: {"name": m.name, "address": m.address}),
+    WithJsonSchema(_ADDRESS_SCHEMA),
+]
+HeaderText = Annotated[str, AfterValidator(_check_header_text)]
+BodyText = Annotated[str, AfterValidator(_check_unicode)]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+Base64Content = Annotated[
+    bytes,
+    PlainValidator(_decode_base64),
+    PlainSerializer(lambda b: base64.b64encode(b).decode("ascii")),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "The file's bytes, base64."}),
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Attachment(_Model):
+    """A file: its bytes travel base64 in JSON and base64 in the message, so they arrive unchanged."""
+
+    filename: Annotated[str, Field(max_length=255), AfterValidator(_check_filename)]
+    content_type: Annotated[str, Field(max_length=255), AfterValidator(_check_media_type)] = "application/octet-stream"
+    content: Base64Content
+    content_id: Annotated[str | None, AfterValidator(lambda v: v if v is None else _check_content_id(v))] = Field(
+        default=None, description="Makes the part inline; the HTML refers to it as cid:<contentId>."
+    )
+
+
+class SendRequest(_Model):
+    """The JSON body of ``POST /v1/accounts/{namespace}/{name}/messages``."""
+
+    from_: Address = Field(alias="from", description="The From header and the envelope sender (MAIL FROM).")
+    to: list[Address] = Field(default_factory=list)
+    cc: list[Address] = Field(default_factory=list)
+    bcc: list[Address] = Field(default_factory=list, description="Envelope recipients only; never in a header.")
+    reply_to: list[Address] = Field(default_factory=list)
+    subject: HeaderText | None = None
+    text: BodyText | None = None
+    html: BodyText | None = None
+    headers: dict[HeaderName, HeaderText] = Field(
+        default_factory=dict,
+        description="Extra header fields. From/To/Cc/Bcc/Reply-To/Subject/Sender/MIME-Version/Content-* are refused; "
+        "Message-ID and Date are generated unless given here.",
+    )
+    attachments: list[Attachment] = Field(default_factory=list)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers_are_consistent(cls, headers: dict[str, str]) -> dict[str, str]:
+        seen: set[str] = set()
+        for name, value in headers.items():
+            lowered = name.lower()
+            if lowered in seen:
+                raise _field_error(f"headers.{name}", "duplicate header (names are case-insensitive)")
+            seen.add(lowered)
+            if lowered == "message-id" and not _MSGID_RE.match(value):
+                raise _field_error(f"headers.{name}", "a Message-ID looks like <unique@domain>")
+            if lowered == "date":
+                try:
+                    parsedate_to_datetime(value)
+                except (TypeError, ValueError):
+                    raise _field_error(f"headers.{name}", "not an RFC 5322 date") from None
+        return headers
+
+    @model_validator(mode="after")
+    def _is_sendable(self) -> SendRequest:
+        if not (self.to or self.cc or self.bcc):
+            raise _field_error("to", "at least one recipient in to, cc or bcc is required")
+        if self.text is None and self.html is None and not self.attachments:
+            raise _field_error("text", "a message needs text, html or attachments")
+        return self
+
+
+def _loc_to_field(loc: tuple[int | str, ...]) -> str:
+    field = ""
+    for item in loc:
+        if isinstance(item, int):
+            field += f"[{item}]"
+        elif item != "[key]":
+            field += f".{item}" if field else item
+    return field or "body"
+
+
+def describe_validation_error(exc: ValidationError) -> list[dict[str, str]]:
+    """One ``{field, message}`` per problem, for the 400 problem+json (``body`` means the whole body)."""
+    problems = []
+    for err in exc.errors(include_url=False, include_input=False):
+        ctx = err.get("ctx") or {}
+        field = ctx.get("field") or _loc_to_field(err["loc"])
+        message = str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
+        problems.append({"field": field, "message": message})
+    return problems
+
+
+# --------------------------------------------------------------------------- header formatting
+
+
+def _fold(name: str, tokens: list[str]) -> str:
+    """``name: tok tok ...`` folded at the spaces between tokens so lines stay within 78 when tokens allow."""
+    line = name + ":"
+    if not tokens:
+        return line
+    if len(line) + len(tokens) + sum(map(len, tokens)) <= MAX_LINE:
+        return line + " " + " ".join(tokens)
+    lines = []
+    line += " " + tokens[0]
+    for token in tokens[1:]:
+        if len(line) + 1 + len(token) > MAX_LINE:
+            lines.append(line)
+            line = " " + token
+        else:
+            line += " " + token
+    lines.append(line)
+    return "\r\n".join(lines)
+
+
+def _encoded_words(value: str, first: int = 64) -> list[str]:
+    """RFC 2047 base64 words of whole characters: 64 characters each, the first at most ``first`` long."""
+    raw = value.encode("utf-8")
+    words = []
+    start, end = 0, len(raw)
+    budget = max(first - 12, 4) // 4 * 3  # octets that encode into the room left after "=?utf-8?b?" and "?="
+    while start < end:
+        stop = min(start + budget, end)
+        while stop < end and raw[stop] & 0xC0 == 0x80:  # back off to a character boundary
+            stop -= 1
+        if stop == start:  # the room is smaller than this one character: take it whole
+            stop += 1
+            while stop < end and raw[stop] & 0xC0 == 0x80:
+                stop += 1
+        words.append("=?utf-8?b?" + base64.b64encode(raw[start:stop]).decode("ascii") + "?=")
+        start, budget = stop, 39
+    return words
+
+
+def _unstructured(name: str, value: str) -> list[str]:
+    """Tokens for an unstructured value; plain ASCII stays readable, anything else is encoded."""
+    if value == "":
+        return []
+    if value.isascii() and value.isprintable() and "=?" not in value and value[0] != " " and value[-1] != " ":
+        if len(name) + 2 + len(value) <= MAX_LINE:
+            return [value]
+        words = value.split(" ")
+        tokens = [words[0]]
+        pending = ""
+        for word in words[1:]:
+            if word:
+                tokens.append(pending + word)
+                pending = ""
+            else:
+                pending += " "  # runs of spaces stay inside the next token, so folding keeps them exact
+        if max(map(len, tokens)) <= 900:
+            return tokens
+    return _encoded_words(value, first=max(MAX_LINE - len(name) - 2, 16))
+
+
+def _phrase(name: str) -> list[str]:
+    """A display name: atoms when possible, a quoted string when short ASCII, encoded words otherwise."""
+    if name.isascii() and "=?" not in name:
+        words = name.split(" ")
+        if all(_ATOM_RE.match(w) and len(w) <= 70 for w in words):
+            return words
+        if len(name) <= 70 and name.isprintable():
+            return ['"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"']
+    return _encoded_words(name)
+
+
+@lru_cache(maxsize=4096)
+def _mailbox_tokens(mailbox: Mailbox) -> tuple[str, ...]:
+    """Cached: the same senders recur on every request."""
+    if mailbox.name is None:
+        return (mailbox.address,)
+    return (*_phrase(mailbox.name), f"<{mailbox.address}>")
+
+
+def _address_field(name: str, mailboxes: list[Mailbox]) -> str:
+    if len(mailboxes) == 1:
+        return _fold(name, list(_mailbox_tokens(mailboxes[0])))
+    tokens: list[str] = []
+    for mailbox in mailboxes:
+        tokens.extend(_mailbox_tokens(mailbox))
+        tokens[-1] += ","
+    tokens[-1] = tokens[-1][:-1]
+    return _fold(name, tokens)
+
+
+def _parameter(attribute: str, value: str) -> list[str]:
+    """``attr="value"`` when short plain ASCII, else RFC 2231 ``attr*=utf-8''..`` (continued past 60 chars)."""
+    if len(value) <= 60 and _QUOTABLE_RE.match(value):
+        return [f'{attribute}="{value}"']
+    encoded = quote(value, safe="")
+    if len(encoded) <= 60:
+        return [f"{attribute}*=utf-8''{encoded}"]
+    # RFC 2231 continuations; the stdlib decodes each section alone, so a section holds whole characters.
+    size = MAX_LINE - 22 - len(attribute)  # ' attr*NN*=' + "utf-8''" + ';' fit on the folded line
+    pieces = [""]
+    for char in value:
+        quoted = quote(char, safe="")
+        if len(pieces[-1]) + len(quoted) > size:
+            pieces.append("")
+        pieces[-1] += quoted
+    charset = "utf-8''"
+    tokens = [f"{attribute}*{i}*={'' if i else charset}{piece};" for i, piece in enumerate(pieces)]
+    tokens[-1] = tokens[-1][:-1]
+    return tokens
+
+
+class _DateCache:
+    """``Date:`` text changes once a second; formatting it per message is measurable."""
+
+    second = -1
+    text = ""
+
+    @classmethod
+    def now(cls) -> str:
+        second = int(time.time())
+        if second != cls.second:
+            cls.text = format_datetime(datetime.fromtimestamp(second, UTC))
+            cls.second = second
+        return cls.text
+
+
+# --------------------------------------------------------------------------- MIME parts
+
+_Part = tuple[list[str], bytes]  # header lines (ASCII, no CRLF at the end) and the body
+
+
+def _base64_lines(raw: bytes) -> bytes:
+    encoded = base64.b64encode(raw)
+    if len(encoded) <= 76:
+        return encoded
+    return b"\r\n".join([encoded[i : i + 76] for i in range(0, len(encoded), 76)])
+
+
+def _text_part(subtype: str, text: str, plain_bodies: list[bytes]) -> _Part:
+    """A text/* leaf; 7bit bodies are remembered so a boundary can be proven absent from them."""
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not text.endswith("\n"):
+        text += "\n"
+    crlf = text.replace("\n", "\r\n")
+    content_type = f"Content-Type: text/{subtype}; charset=utf-8"
+    if text.isascii():
+        raw = crlf.encode("ascii")
+        short_lines = len(text) <= MAX_LINE or max(map(len, text.split("\n"))) <= MAX_LINE
+        if short_lines and not raw.translate(None, _7BIT_TEXT):  # nothing left once the allowed bytes are deleted
+            plain_bodies.append(raw)
+            return [content_type, "Content-Transfer-Encoding: 7bit"], raw
+    else:
+        raw = crlf.encode("utf-8")
+    if (len(raw) - len(crlf)) * 6 < len(raw):  # few multi-byte characters: quoted-printable stays smaller
+        return [content_type, "Content-Transfer-Encoding: quoted-printable"], binascii.b2a_qp(raw, istext=True)
+    return [content_type, "Content-Transfer-Encoding: base64"], _base64_lines(raw)
+
+
+def _attachment_part(attachment: Attachment, inline: bool) -> _Part:
+    headers = [
+        _fold("Content-Type", [attachment.content_type + ";", *_parameter("name", attachment.filename)]),
+        _fold("Content-Disposition", ["inline;" if inline else "attachment;", *_parameter("filename", attachment.filename)]),
+        "Content-Transfer-Encoding: base64",
+    ]
+    if attachment.content_id is not None:
+        headers.append(f"Content-ID: <{attachment.content_id}>")
+    return headers, _base64_lines(attachment.content)
+
+
+def _entity(part: _Part) -> bytes:
+    return "\r\n".join(part[0]).encode("ascii") + b"\r\n\r\n" + part[1]
+
+
+def _multipart(subtype: str, parts: list[_Part], plain_bodies: list[bytes], param: str | None = None) -> _Part:
+    boundary = "=_" + os.urandom(16).hex()
+    # QP and base64 can never contain "=_"; only 7bit text could, so only it is checked.
+    while any(boundary.encode("ascii") in body for body in plain_bodies):
+        boundary = "=_" + os.urandom(16).hex()
+    delimiter = b"--" + boundary.encode("ascii")
+    body = delimiter + b"\r\n" + (b"\r\n" + delimiter + b"\r\n").join(map(_entity, parts)) + b"\r\n" + delimiter + b"--"
+    tokens = [f"multipart/{subtype};", f'boundary="{boundary}"']
+    if param is not None:
+        tokens[-1] += ";"
+        tokens.append(param)
+    return [_fold("Content-Type", tokens)], body
+
+
+def _body(req: SendRequest) -> _Part:
+    plain: list[bytes] = []
+    html_part = None if req.html is None else _text_part("html", req.html, plain)
+    inline = [a for a in req.attachments if a.content_id is not None] if html_part is not None else []
+    files = [a for a in req.attachments if a.content_id is None] if inline else list(req.attachments)
+    if html_part is not None and inline:
+        parts = [html_part, *(_attachment_part(a, inline=True) for a in inline)]
+        html_part = _multipart("related", parts, plain, 'type="text/html"')
+    text_part = None if req.text is None else _text_part("plain", req.text, plain)
+    if text_part is not None and html_part is not None:
+        node: _Part | None = _multipart("alternative", [text_part, html_part], plain)
+    else:
+        node = text_part or html_part
+    if not files:
+        assert node is not None  # SendRequest guarantees text, html or attachments
+        return node
+    leaves = [node] if node is not None else []
+    return _multipart("mixed", [*leaves, *(_attachment_part(a, inline=False) for a in files)], plain)
+
+
+def _unique(addresses: list[str]) -> list[str]:
+    """Drop repeats (domains compare case-insensitively), keeping the first occurrence's order."""
+    seen: set[str] = set()
+    out = []
+    for address in addresses:
+        local, _, domain = address.rpartition("@")
+        key = f"{local}@{domain.lower()}"
+        if key not in seen:
+            seen.add(key)
+            out.append(address)
+    return out
+
+
+def build_message(req: SendRequest, *, hostname: str) -> OutgoingMessage:
+    """Format the message bytes directly; Message-ID is ``<128 random bits in hex@hostname>`` unless given."""
+    lines = [_address_field("From", [req.from_])]
+    if req.to:
+        lines.append(_address_field("To", req.to))
+    if req.cc:
+        lines.append(_address_field("Cc", req.cc))
+    if not req.to and not req.cc:
+        lines.append("To: undisclosed-recipients:;")
+    if req.reply_to:
+        lines.append(_address_field("Reply-To", req.reply_to))
+    if req.subject is not None:
+        lines.append(_fold("Subject", _unstructured("Subject", req.subject)))
+    given = {name.lower(): value for name, value in req.headers.items()} if req.headers else {}
+    if "date" not in given:
+        lines.append("Date: " + _DateCache.now())
+    message_id = given.get("message-id") or f"<{os.urandom(16).hex()}@{hostname}>"
+    if "message-id" not in given:
+        lines.append("Message-ID: " + message_id)
+    lines.append("MIME-Version: 1.0")
+    if req.headers:
+        lines.extend(_fold(name, _unstructured(name, value)) for name, value in req.headers.items())
+    part_headers, body = _body(req)
+    lines.extend(part_headers)
+    lines.append("\r\n")
+    data = "\r\n".join(lines).encode("utf-8") + body
+    if not body.endswith(b"\r\n"):
+        data += b"\r\n"
+    recipients = [m.address for m in (*req.to, *req.cc, *req.bcc)]
+    return OutgoingMessage(
+        sender=req.from_.address,
+        recipients=recipients if len(recipients) == 1 else _unique(recipients),
+        header_from=[req.from_.address],
+        data=data,
+        message_id=message_id,
+        smtputf8=any(m.utf8 for m in (req.from_, *req.to, *req.cc, *req.bcc, *req.reply_to)),
+    )
+
+
+# --------------------------------------------------------------------------- raw message/rfc822 bodies
+
+
+def _raw_fields(block: bytes) -> list[tuple[str, bytes]]:
+    """Split a header section into (name, raw field bytes incl. continuation lines and CRLFs)."""
+    fields: list[tuple[str, bytes]] = []
+    for number, line in enumerate(block.split(b"\r\n")[:-1], start=1):
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                raise MessageError("body", "the message starts with a continuation line")
+            fields[-1] = (fields[-1][0], fields[-1][1] + line + b"\r\n")
+            continue
+        match = _RAW_FIELD_RE.match(line)
+        if match is None:
+            raise MessageError("body", f"header line {number} is not a 'Name: value' field")
+        fields.append((match.group(1).decode("ascii"), line + b"\r\n"))
+    return fields
+
+
+def _field_value(name: str, raw: bytes) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MessageError(f"headers.{name}", "not valid UTF-8") from None
+    return text.split(":", 1)[1].replace("\r\n", "").strip()
+
+
+def _header_addresses(fields: list[tuple[str, bytes]], wanted: str) -> list[tuple[str, bool]]:
+    out: list[tuple[str, bool]] = []
+    for name, raw in fields:
+        if name.lower() != wanted:
+            continue
+        header = default_policy.header_factory(name, _field_value(name, raw))
+        if not (isinstance(header, AddressHeader) and isinstance(header, BaseHeader)):  # the registry guarantees it
+            raise MessageError(f"headers.{name}", "not an address field")
+        # The parser skips what it cannot read (a missing comma drops the next address): refuse instead.
+        # Obsolete-but-readable syntax and RFC 6532 UTF-8 local parts are fine.
+        broken = [d for d in header.defects if not isinstance(d, ObsoleteHeaderDefect | NonASCIILocalPartDefect)]
+        if broken:
+            raise MessageError(f"headers.{name}", f"unreadable address list ({broken[0]})")
+        for address in header.addresses:
+            try:
+                out.append(normalise_address(address.addr_spec))
+            except ValueError as exc:
+                raise MessageError(f"headers.{name}", str(exc)) from None
+    return out
+
+
+def _override(address: str, field: str) -> tuple[str, bool]:
+    try:
+        return normalise_address(address)
+    except ValueError as exc:
+        raise MessageError(field, str(exc)) from None
+
+
+def parse_raw_message(body: bytes, *, mail_from: str | None, rcpt_to: list[str] | None) -> OutgoingMessage:
+    """Take a client's own RFC 5322 message: derive the envelope, strip Bcc, add Message-ID/Date if absent.
+
+    Line endings become CRLF; every other byte is kept (the client may have
+    signed it). The envelope sender is ``mail_from``, else the Sender, else the
+    first From address; recipients are ``rcpt_to``, else To, Cc and Bcc.
+    ``smtputf8`` is also set when the header section itself holds UTF-8 (RFC 6532).
+    """
+    data = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    if not data.strip():
+        raise MessageError("body", "the message is empty")
+    split = data.find(b"\r\n\r\n")
+    if data.startswith(b"\r\n"):
+        block, rest = b"", data[2:]
+    elif split < 0:
+        block, rest = data if data.endswith(b"\r\n") else data + b"\r\n", b""
+    else:
+        block, rest = data[: split + 2], data[split + 4 :]
+    fields = _raw_fields(block)
+    names = [name.lower() for name, _ in fields]
+    if names.count("from") != 1:
+        raise MessageError("headers.From", "a message needs exactly one From header")
+    header_from = _header_addresses(fields, "from")
+    if not header_from:
+        raise MessageError("headers.From", "the From header holds no address")
+    if mail_from is not None:
+        sender = _override(mail_from, "from")
+    else:
+        sender = (_header_addresses(fields, "sender") or header_from)[0]
+    if rcpt_to is not None:
+        recipients = [_override(address, f"to[{i}]") for i, address in enumerate(rcpt_to)]
+    else:
+        recipients = [a for kind in ("to", "cc", "bcc") for a in _header_addresses(fields, kind)]
+    if not recipients:
+        raise MessageError("to", "no recipients: no To, Cc or Bcc address in the message and no to parameter")
+    kept = [raw for name, raw in fields if name.lower() != "bcc"]
+    if "message-id" in names:
+        message_id = _field_value("Message-ID", fields[names.index("message-id")][1])
+    else:
+        domain = header_from[0][0].rpartition("@")[2]
+        if not domain.isascii():
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        message_id = f"<{os.urandom(16).hex()}@{domain}>"
+        kept.append(f"Message-ID: {message_id}\r\n".encode())
+    if "date" not in names:
+        kept.append(f"Date: {_DateCache.now()}\r\n".encode("ascii"))
+    everyone = [sender, *recipients, *header_from]
+    out = b"".join(kept) + b"\r\n" + rest
+    if not out.endswith(b"\r\n"):
+        out += b"\r\n"
+    return OutgoingMessage(
+        sender=sender[0],
+        recipients=_unique([address for address, _ in recipients]),
+        header_from=[address for address, _ in header_from],
+        data=out,
+        message_id=message_id,
+        smtputf8=not block.isascii() or any(utf8 for _, utf8 in everyone),
+    )

@@ -1,0 +1,279 @@
+"""The OpenAPI 3.1 document of both gateway APIs, generated from the models that validate them.
+
+Request schemas are the pydantic models the handlers validate with
+(``SendRequest``, ``ConfigSnapshot``, ``AccountConfig``), so the document
+cannot drift from the code; response models below exist for the document and
+for the tests, which validate real responses against them. The error
+responses are derived from ``problems.PROBLEM_TYPES``.
+
+``python -m mailgate.gateway.openapi > docs/openapi.json`` refreshes the
+checked-in copy; a test proves it equal to what the gateway serves at
+``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaMode, models_json_schema
+
+from ..snapshot import AccountConfig, ConfigSnapshot
+from .message import SendRequest
+from .problems import PROBLEM_TYPES, TYPE_BASE
+
+SEND_PORT = 8080
+ADMIN_PORT = 8081
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class UpstreamReply(_Doc):
+    code: int = Field(description="SMTP reply code.")
+    message: str = Field(description="SMTP reply text.")
+
+
+class RejectedRecipient(_Doc):
+    recipient: str
+    code: int = Field(description="The upstream's reply code for this recipient.")
+    message: str
+
+
+class SendResponse(_Doc):
+    """The upstream accepted the message for at least one recipient."""
+
+    message_id: str = Field(description="The Message-ID header, angle brackets included.")
+    accepted: list[str] = Field(description="Envelope recipients the upstream accepted.")
+    rejected: list[RejectedRecipient] = Field(description="Envelope recipients the upstream refused.")
+    upstream: UpstreamReply = Field(description="The upstream's reply to DATA.")
+
+
+class FieldError(_Doc):
+    field: str = Field(description="Where: from, to[1], attachments[0].content, headers.X-Foo, body...")
+    message: str
+
+
+class Problem(_Doc):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description=f"{TYPE_BASE}<slug>; the slugs are listed in docs/api.md.")
+    title: str
+    status: int
+    detail: str
+    retryable: bool = Field(description="Whether the same request can succeed later, unchanged.")
+    request_id: str | None = Field(default=None, description="Also in the X-Request-Id response header and the logs.")
+    retry_after: int | None = Field(default=None, description="Seconds; also the Retry-After header.")
+    errors: list[FieldError] | None = Field(default=None, description="Invalid fields (400).")
+    upstream: UpstreamReply | None = Field(default=None, description="The upstream's answer, when it gave one.")
+    current_revision: int | None = Field(default=None, description="The gateway's revision (409).")
+
+
+class ConfigApplied(_Doc):
+    revision: int
+    applied: bool = Field(description="False when the revision was the gateway's already (a no-op).")
+
+
+class AccountApplied(_Doc):
+    revision: int
+
+
+class AccountStatus(_Doc):
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str = Field(description="snapshot.config_digest of what is served; credentials included, one-way.")
+    generation: int | None
+    healthy: bool | None = Field(description="Last connect or NOOP result; null before the first.")
+    last_error: str | None = Field(description="Last connect, login or NOOP error text; never a credential.")
+    pool: dict[str, Any] | None = Field(description="Pool counters; null when this gateway forwards the account.")
+    forward_to: list[str] = Field(description="Peers this gateway forwards to (its connection share is 0).")
+    rate_limit: dict[str, int | None]
+    suspended: bool
+    sender_conflicts: list[str] = Field(description="Sender patterns another account lists too.")
+
+
+class GatewayStatus(_Doc):
+    revision: int
+    ready: bool
+    accounts: dict[str, AccountStatus]
+
+
+_REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
+_RESPONSE_MODELS: list[type[BaseModel]] = [SendResponse, Problem, ConfigApplied, AccountApplied, GatewayStatus]
+_SEND_ERRORS = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+_ADMIN_ERRORS = {"put": (400, 401, 409), "delete": (400, 401, 404, 409), "get": (401,)}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _problem_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for status in statuses:
+        slugs = sorted(slug for slug, kind in PROBLEM_TYPES.items() if kind.status == status)
+        response: dict[str, Any] = {
+            "description": "Problem types: " + ", ".join(slugs),
+            "content": {"application/problem+json": {"schema": _ref("Problem")}},
+        }
+        if status in (429, 503):
+            response["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
+        out[str(status)] = response
+    return out
+
+
+def _path_params(*names: str) -> list[dict[str, Any]]:
+    return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
+
+
+def _admin(operation: dict[str, Any]) -> dict[str, Any]:
+    return {"tags": ["admin"], "security": [{"adminToken": []}], **operation}
+
+
+def _send_paths() -> dict[str, Any]:
+    raw_params = [
+        {"name": "from", "in": "query", "required": False, "schema": {"type": "string"},
+         "description": "message/rfc822 only: envelope sender instead of the body's Sender/From."},
+        {"name": "to", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+         "style": "form", "explode": True,
+         "description": "message/rfc822 only: envelope recipients instead of the body's To/Cc/Bcc (repeatable)."},
+    ]
+    send = {
+        "post": {
+            "tags": ["send"],
+            "summary": "Send one message through an account",
+            "operationId": "sendMessage",
+            "security": [{"bearer": []}],
+            "parameters": _path_params("namespace", "name") + raw_params,
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": _ref("SendRequest")},
+                    "message/rfc822": {"schema": {"type": "string", "contentMediaType": "message/rfc822"}},
+                },
+            },
+            "responses": {
+                "200": {"description": "Sent", "content": {"application/json": {"schema": _ref("SendResponse")}}},
+                **_problem_responses(_SEND_ERRORS),
+            },
+        }
+    }
+    text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
+    return {
+        "/v1/accounts/{namespace}/{name}/messages": send,
+        "/livez": {
+            "get": {"tags": ["probes"], "summary": "The event loop answers", "responses": {"200": {"description": "OK", **text}}}
+        },
+        "/readyz": {
+            "get": {
+                "tags": ["probes"],
+                "summary": "A configuration was received and shutdown has not begun (upstream health is not considered)",
+                "responses": {"200": {"description": "Ready", **text}, "503": {"description": "Not ready", **text}},
+            }
+        },
+        "/metrics": {
+            "get": {"tags": ["probes"], "summary": "Prometheus metrics", "responses": {"200": {"description": "Metrics", **text}}}
+        },
+        "/openapi.json": {
+            "get": {"tags": ["probes"], "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}
+        },
+    }
+
+
+def _admin_paths() -> dict[str, Any]:
+    revision = {"name": "revision", "in": "query", "required": True, "schema": {"type": "integer", "minimum": 0},
+                "description": "Must be newer than the gateway's revision (else 409)."}
+    account_params = [*_path_params("namespace", "name"), revision]
+    return {
+        "/v1/config": {
+            "put": _admin({
+                "summary": "Replace the whole configuration (same revision: no-op; older: 409)",
+                "operationId": "putConfig",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("ConfigSnapshot")}}},
+                "responses": {
+                    "200": {
+                        "description": "Applied or no-op",
+                        "content": {"application/json": {"schema": _ref("ConfigApplied")}},
+                    },
+                    **_problem_responses(_ADMIN_ERRORS["put"]),
+                },
+            })
+        },
+        "/v1/config/accounts/{namespace}/{name}": {
+            "put": _admin({
+                "summary": "Add or replace one account",
+                "operationId": "putAccount",
+                "parameters": account_params,
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AccountConfig")}}},
+                "responses": {
+                    "200": {"description": "Applied", "content": {"application/json": {"schema": _ref("AccountApplied")}}},
+                    **_problem_responses(_ADMIN_ERRORS["put"]),
+                },
+            }),
+            "delete": _admin({
+                "summary": "Remove one account",
+                "operationId": "deleteAccount",
+                "parameters": account_params,
+                "responses": {"204": {"description": "Removed"}, **_problem_responses(_ADMIN_ERRORS["delete"])},
+            }),
+        },
+        "/v1/status": {
+            "get": _admin({
+                "summary": "Revision, readiness and per-account pool state, health and digest (never a credential)",
+                "operationId": "getStatus",
+                "responses": {
+                    "200": {"description": "Status", "content": {"application/json": {"schema": _ref("GatewayStatus")}}},
+                    **_problem_responses(_ADMIN_ERRORS["get"]),
+                },
+            })
+        },
+    }
+
+
+@lru_cache(maxsize=1)
+def openapi_document() -> dict[str, Any]:
+    pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in _REQUEST_MODELS]
+    pairs += [(m, "serialization") for m in _RESPONSE_MODELS]
+    _, defs = models_json_schema(pairs, by_alias=True, ref_template="#/components/schemas/{model}")
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "mailgate gateway",
+            "version": "v1",
+            "description": f"Send API on port {SEND_PORT} (tags send, probes); admin (config) API on its own port "
+            f"{ADMIN_PORT} (tag admin), used by the operator. Errors are RFC 9457 problem+json; see docs/api.md "
+            "and docs/admin-api.md.",
+        },
+        "tags": [
+            {"name": "send", "description": f"Send API (port {SEND_PORT})."},
+            {"name": "probes", "description": f"Probes, metrics and this document (port {SEND_PORT})."},
+            {"name": "admin", "description": f"Admin API (port {ADMIN_PORT}, admin bearer token)."},
+        ],
+        "paths": {**_send_paths(), **_admin_paths()},
+        "components": {
+            "schemas": defs["$defs"],
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "A Kubernetes ServiceAccount token (in cluster) or an API key (standalone)."},
+                "adminToken": {"type": "http", "scheme": "bearer", "description": "The gateway's admin token."},
+            },
+        },
+    }
+
+
+def openapi_json() -> bytes:
+    """The document as served and as checked in (stable key order, trailing newline)."""
+    return (json.dumps(openapi_document(), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.stdout.write(openapi_json().decode())

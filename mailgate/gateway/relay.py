@@ -1,0 +1,227 @@
+"""The relay core: one envelope for one account in, one outcome out, whatever the front door.
+
+The HTTP send API (and later an SMTP listener) turns its input into an
+``OutgoingMessage`` and asks the relay; the relay checks access, suspension,
+size, senders and the rate limit, sends through the pool and classifies what
+happened as exactly one of:
+
+- ``Sent``: the upstream accepted the message (some recipients may be refused);
+- ``Refused``: it will not be sent as it is; ``retryable`` says whether the
+  very same request can succeed later (an upstream 4xx, a timeout);
+- ``RetryLater``: a temporary condition on our side or the upstream's, with a
+  ``retry_after`` in seconds (rate limit, saturated pool, upstream down).
+
+Each front door maps ``Reason`` to its protocol (problem+json statuses in
+``problems.py``; SMTP reply codes for an SMTP front door), so limits, checks
+and metrics exist once.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+import aiosmtplib
+
+from ..pool import PoolClosed, PoolTimeout, SMTPPool, UnknownAccount, describe_error
+from .accounts import Account, AccountRegistry
+from .auth import Identity
+from .message import OutgoingMessage
+
+# Retry-After hints, in seconds, for the temporary conditions that have no natural deadline.
+RETRY_POOL_SATURATED = 1.0
+RETRY_UPSTREAM_DOWN = 5.0
+RETRY_AUTH_FAILED = 30.0
+RETRY_SUSPENDED = 60.0
+RETRY_SHUTTING_DOWN = 1.0
+MAX_RETRY_AFTER = 3600.0
+
+
+class Reason(str, Enum):
+    """Why a message was not sent; the value is the stable problem type slug (docs/api.md)."""
+
+    UNKNOWN_ACCOUNT = "unknown-account"
+    FORBIDDEN = "forbidden"
+    SENDER_NOT_ALLOWED = "sender-not-allowed"
+    TOO_LARGE = "message-too-large"
+    RATE_LIMITED = "rate-limited"
+    SUSPENDED = "account-suspended"
+    POOL_SATURATED = "pool-saturated"
+    UPSTREAM_UNAVAILABLE = "upstream-unavailable"
+    UPSTREAM_AUTH_FAILED = "upstream-auth-failed"
+    UPSTREAM_TIMEOUT = "upstream-timeout"
+    UPSTREAM_REFUSED = "upstream-refused"
+    UPSTREAM_UNSUPPORTED = "upstream-unsupported"
+    SHUTTING_DOWN = "shutting-down"
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    message_id: str
+    accepted: list[str]
+    rejected: dict[str, tuple[int, str]]
+    code: int
+    reply: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    reason: Reason
+    detail: str
+    retryable: bool = False
+    upstream: tuple[int, str] | None = None  # the upstream's code and text, when it answered
+
+
+@dataclass(frozen=True, slots=True)
+class RetryLater:
+    reason: Reason
+    detail: str
+    retry_after: float
+    upstream: tuple[int, str] | None = None
+
+
+Outcome = Sent | Refused | RetryLater
+
+
+def outcome_label(outcome: Outcome) -> str:
+    """``sent`` or the reason slug: the ``outcome`` label of the messages counter."""
+    return "sent" if isinstance(outcome, Sent) else outcome.reason.value
+
+
+class Observer(Protocol):
+    """Where outcomes are counted (``metrics.GatewayMetrics``); kept abstract so the core needs no Prometheus.
+
+    ``duration`` and ``pool_wait`` are ``None`` for requests refused before a send was attempted.
+    """
+
+    def observe(self, account: str, outcome: str, duration: float | None, pool_wait: float | None) -> None: ...
+
+
+class _NoObserver:
+    def observe(self, account: str, outcome: str, duration: float | None, pool_wait: float | None) -> None:
+        return None
+
+
+def classify_error(exc: BaseException, *, smtputf8: bool = False) -> Refused | RetryLater:
+    """Map what the pool or the upstream raised to an outcome. Order matters: subclasses first."""
+    detail = describe_error(exc)
+    if isinstance(exc, PoolTimeout):
+        return RetryLater(Reason.POOL_SATURATED, "no upstream connection became free in time", RETRY_POOL_SATURATED)
+    if isinstance(exc, PoolClosed):
+        return RetryLater(Reason.SHUTTING_DOWN, "the gateway is shutting down", RETRY_SHUTTING_DOWN)
+    if isinstance(exc, UnknownAccount):
+        return Refused(Reason.UNKNOWN_ACCOUNT, "the account was removed while the message waited")
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        first = exc.recipients[0] if exc.recipients else None
+        code, text = (first.code, first.message) if first is not None else (550, "all recipients refused")
+        if code == 421:
+            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, "the upstream is closing the session", RETRY_UPSTREAM_DOWN, (code, text))
+        return Refused(Reason.UPSTREAM_REFUSED, "the upstream refused every recipient", 400 <= code < 500, (code, text))
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        text = "the upstream refused the gateway's credentials"
+        return RetryLater(Reason.UPSTREAM_AUTH_FAILED, text, RETRY_AUTH_FAILED, (exc.code, exc.message))
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        upstream = (exc.code, exc.message)
+        if exc.code == 421 or isinstance(exc, aiosmtplib.SMTPConnectResponseError):
+            text = "the upstream is not accepting sessions"
+            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, text, RETRY_UPSTREAM_DOWN, upstream)
+        return Refused(Reason.UPSTREAM_REFUSED, "the upstream refused the message", 400 <= exc.code < 500, upstream)
+    if isinstance(exc, TimeoutError):  # SMTPTimeoutError and SMTPConnectTimeoutError included
+        return Refused(Reason.UPSTREAM_TIMEOUT, f"the upstream did not answer in time ({detail})", retryable=True)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) and smtputf8 and "SMTPUTF8" in str(exc):
+        return Refused(Reason.UPSTREAM_UNSUPPORTED, "the message needs SMTPUTF8, which the upstream does not support")
+    if isinstance(exc, aiosmtplib.SMTPException | OSError):
+        return RetryLater(Reason.UPSTREAM_UNAVAILABLE, f"the upstream is unreachable ({detail})", RETRY_UPSTREAM_DOWN)
+    raise exc
+
+
+class Relay:
+    """Access, limits and sending for every front door; holds no transport state."""
+
+    def __init__(
+        self,
+        registry: AccountRegistry,
+        pool: SMTPPool,
+        observer: Observer | None = None,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self.registry = registry
+        self.pool = pool
+        self.observer: Observer = observer or _NoObserver()
+        self._clock = clock
+
+    def admit(self, identity: Identity, key: str) -> Account | Refused | RetryLater:
+        """The checks that need no message: known account, caller allowed, not suspended.
+
+        A front door calls this before reading a body, so a refused caller
+        costs nothing. The order keeps information from leaking: a caller not
+        allowed on an account learns nothing about its state.
+        """
+        account = self.registry.get(key)
+        refusal: Refused | RetryLater
+        if account is None:
+            refusal = Refused(Reason.UNKNOWN_ACCOUNT, f"no account {key!r} on this gateway")
+        elif not identity.may_use(account.ref):
+            refusal = Refused(Reason.FORBIDDEN, f"{identity.name} may not send through account {key!r}")
+        elif account.config.spec.suspend:
+            refusal = RetryLater(Reason.SUSPENDED, f"account {key!r} is suspended", RETRY_SUSPENDED)
+        else:
+            return account
+        self.record(key, refusal.reason.value)
+        return refusal
+
+    @staticmethod
+    def check_size(account: Account, size: int) -> Refused | None:
+        limit = account.config.spec.max_message_bytes
+        if size > limit:
+            return Refused(Reason.TOO_LARGE, f"the message is {size} bytes; account {account.key!r} accepts at most {limit}")
+        return None
+
+    async def send(self, account: Account, message: OutgoingMessage) -> Outcome:
+        """Send through the account's pool; every failure becomes an outcome, never an exception."""
+        refusal = self._precheck(account, message)
+        if refusal is not None:
+            self.observer.observe(account.key, refusal.reason.value, None, None)
+            return refusal
+        started = self._clock()
+        wait: float | None = None
+        outcome: Outcome
+        options = ("SMTPUTF8",) if message.smtputf8 else ()
+        try:
+            result = await self.pool.send(account.key, message.sender, message.recipients, message.data, mail_options=options)
+        except Exception as exc:
+            outcome = classify_error(exc, smtputf8=message.smtputf8)
+            if outcome.reason in (Reason.POOL_SATURATED, Reason.SHUTTING_DOWN, Reason.UNKNOWN_ACCOUNT):
+                account.limiter.give_back()  # nothing reached the upstream
+        else:
+            wait = result.wait_seconds
+            outcome = Sent(message.message_id, result.accepted, dict(result.refused), result.code, result.message)
+        self.observer.observe(account.key, outcome_label(outcome), self._clock() - started, wait)
+        return outcome
+
+    def _precheck(self, account: Account, message: OutgoingMessage) -> Refused | RetryLater | None:
+        too_large = self.check_size(account, len(message.data))
+        if too_large is not None:
+            return too_large
+        for address in (message.sender, *message.header_from):
+            if not account.senders.allows(address):
+                return Refused(Reason.SENDER_NOT_ALLOWED, f"{address!r} is not in the senders of account {account.key!r}")
+        wait = account.limiter.take()
+        if wait > 0:
+            retry_after = min(math.ceil(wait), MAX_RETRY_AFTER)
+            return RetryLater(Reason.RATE_LIMITED, f"account {account.key!r} is over its rate limit", retry_after)
+        return None
+
+    def record(self, key: str, outcome: str) -> None:
+        """Count a request refused before ``send`` (``invalid`` body, ``admit`` refusals).
+
+        Unknown accounts are counted under ``-``: a label per made-up name
+        would let any caller grow the metrics without bound.
+        """
+        label = key if self.registry.get(key) is not None else "-"
+        self.observer.observe(label, outcome, None, None)

@@ -1,0 +1,124 @@
+"""Sender patterns: which From addresses an account may send as, and which account a sender routes to.
+
+Patterns come from ``spec.senders`` (validated by ``spec.SENDER_PATTERN``):
+
+- ``local@domain``: exactly that address;
+- ``*@domain``: any address at that domain (not its subdomains);
+- ``*@*.domain``: any address at any subdomain of that domain (not the domain itself).
+
+When several patterns match, the more specific one wins: exact beats domain,
+domain beats subdomain wildcard, and between subdomain wildcards the longer
+suffix wins. The HTTP API only asks "does this account allow this sender";
+a later SMTP front door asks "which account serves this sender", and both
+answers come from the same ranking here.
+
+Addresses compare case-insensitively (local parts too: providers treat them
+so, and a case trick must not slip past a sender check), and international
+domains compare in their ASCII (punycode) form, whichever form the pattern
+or the address uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import IntEnum
+
+import idna
+
+
+class Specificity(IntEnum):
+    """How closely a pattern matched; higher wins."""
+
+    SUBDOMAIN = 1
+    DOMAIN = 2
+    EXACT = 3
+
+
+def _ascii_domain(domain: str) -> str:
+    domain = domain.lower().rstrip(".")
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):
+        return domain  # cannot match an ASCII pattern; compared as is
+
+
+def _canonical(address: str) -> tuple[str, str] | None:
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        return None
+    return local.lower(), _ascii_domain(domain)
+
+
+@dataclass(frozen=True, slots=True)
+class SenderPattern:
+    """One parsed pattern; ``text`` is kept as written, for status and error messages."""
+
+    text: str
+    local: str | None  # None: any local part
+    domain: str  # ASCII, lower case; for SUBDOMAIN the suffix without "*."
+    kind: Specificity
+
+    @classmethod
+    def parse(cls, text: str) -> SenderPattern:
+        local, _, domain = text.rpartition("@")
+        if domain.startswith("*."):
+            return cls(text, None, _ascii_domain(domain[2:]), Specificity.SUBDOMAIN)
+        if local == "*":
+            return cls(text, None, _ascii_domain(domain), Specificity.DOMAIN)
+        return cls(text, local.lower(), _ascii_domain(domain), Specificity.EXACT)
+
+    def rank(self, local: str, domain: str) -> tuple[int, int] | None:
+        """``None`` when the canonical address does not match, else a sortable (kind, suffix length)."""
+        if self.kind is Specificity.EXACT:
+            return (self.kind, 0) if local == self.local and domain == self.domain else None
+        if self.kind is Specificity.DOMAIN:
+            return (self.kind, 0) if domain == self.domain else None
+        return (self.kind, len(self.domain)) if domain.endswith("." + self.domain) else None
+
+
+class SenderMatcher:
+    """One account's ``senders``; an empty list allows any sender (the spec's documented meaning)."""
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = tuple(SenderPattern.parse(p) for p in patterns)
+
+    def best(self, address: str) -> tuple[int, int] | None:
+        """The rank of the most specific matching pattern, or ``None``."""
+        canonical = _canonical(address)
+        if canonical is None:
+            return None
+        ranks = [r for p in self.patterns if (r := p.rank(*canonical)) is not None]
+        return max(ranks) if ranks else None
+
+    def allows(self, address: str) -> bool:
+        return not self.patterns or self.best(address) is not None
+
+
+class SenderIndex:
+    """All accounts' patterns: routing a sender to the account with the most specific match.
+
+    Accounts without patterns are not routing candidates (they accept any
+    sender, so they would capture everything).
+    """
+
+    def __init__(self, matchers: dict[str, SenderMatcher]) -> None:
+        self._matchers = {key: m for key, m in matchers.items() if m.patterns}
+
+    def route(self, address: str) -> list[str]:
+        """Account keys whose best match is the most specific one; more than one means a conflict."""
+        ranked = [(rank, key) for key, m in self._matchers.items() if (rank := m.best(address)) is not None]
+        if not ranked:
+            return []
+        top = max(rank for rank, _ in ranked)
+        return sorted(key for rank, key in ranked if rank == top)
+
+    def conflicts(self, key: str) -> list[str]:
+        """Patterns of ``key`` that another account also lists (same meaning), so routing by them is ambiguous."""
+        own = self._matchers.get(key)
+        if own is None:
+            return []
+        others = {(p.local, p.domain, p.kind) for k, m in self._matchers.items() if k != key for p in m.patterns}
+        return [p.text for p in own.patterns if (p.local, p.domain, p.kind) in others]

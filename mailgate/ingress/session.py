@@ -1,0 +1,395 @@
+"""One SMTP session of the ingress: aiosmtpd's protocol plus the gateway's policy.
+
+aiosmtpd parses the protocol (commands, PIPELINING, dot-unstuffing, STARTTLS,
+the SIZE check while reading DATA); this module decides everything else, per
+transaction:
+
+- who may send: a client that logged in (AUTH, only over TLS unless plaintext
+  AUTH is allowed for trusted networks), or any client from a trusted network;
+  anyone else gets ``530`` at MAIL;
+- which account: ``routing.Router`` at MAIL, so a sender no account may use,
+  an account that is suspended or a declared SIZE over the account's limit is
+  refused before the client sends the message;
+- relaying: at the end of DATA the message goes through the relay core (the
+  HTTP API's limits, checks and pool) and the client hears the upstream's
+  verdict, mapped by ``replies``. The session's idle timer is paused meanwhile:
+  the wait is the gateway's, not the client's.
+
+A session also knows whether it is idle, in a command, or inside a
+transaction, so that a shutdown can say ``421`` to idle clients at once and
+let a transaction in progress finish with a definitive answer first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import functools
+import ipaddress
+import logging
+import ssl
+from base64 import b64decode
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+
+from ..gateway.accounts import Account
+from ..gateway.auth import AccountRef, Identity
+from ..gateway.logs import request_id_var
+from ..gateway.message import OutgoingMessage
+from ..gateway.relay import Reason, Refused, Relay
+from . import replies
+from .clients import ClientAuthenticator
+from .envelope import build_message, protocol_name, received_header, transaction_id
+from .options import IngressOptions
+from .routing import NoRoute, Router
+
+log = logging.getLogger("mailgate.ingress")
+
+DEFAULT_SIZE = 26214400  # advertised when no account is configured yet (the spec's default limit)
+REROUTES = 3  # attempts when the chosen account is removed before the message reaches an upstream
+AUTH_ATTEMPTS = 5  # per session; then 421 and the connection closes
+MAIL_LINE_LIMIT = 512 + 26 + 10  # room for SIZE= (RFC 1870) and SMTPUTF8 (RFC 6531)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientLogin:
+    """Who logged in: kept as the session's ``auth_data`` (no password)."""
+
+    username: str
+    account: str
+
+
+@dataclass(slots=True)
+class Transaction:
+    """A transaction MAIL opened; its id names the message in Received, the reply and the logs."""
+
+    id: str
+
+
+@dataclass
+class IngressContext:
+    """What every session shares: options, routing, client logins, the relay core."""
+
+    options: IngressOptions
+    router: Router
+    authenticator: ClientAuthenticator
+    relay: Relay
+    max_size: Callable[[], int]  # what EHLO advertises: the largest account limit
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            address = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.options.trusted_networks)
+
+
+class IngressSMTP(SMTP):
+    """aiosmtpd's session with the ingress's policy; ``Handler`` holds the per-command hooks."""
+
+    def __init__(
+        self,
+        context: IngressContext,
+        handler: Handler,
+        *,
+        tls_context: ssl.SSLContext | None,
+        implicit_tls: bool,
+        on_open: Callable[[IngressSMTP], None],
+        on_close: Callable[[IngressSMTP], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        options = context.options
+        super().__init__(
+            handler,
+            data_size_limit=None,  # set per transaction from the account (see Handler.handle_MAIL)
+            enable_SMTPUTF8=options.smtputf8,
+            decode_data=False,
+            hostname=options.hostname,
+            ident="mailgate",
+            tls_context=None if implicit_tls else tls_context,
+            timeout=options.command_timeout,
+            auth_require_tls=False,  # enforced in smtp_AUTH, which also knows implicit TLS and trusted networks
+            command_call_limit={"AUTH": AUTH_ATTEMPTS, "*": 1_000_000},
+            loop=loop,
+        )
+        # aiosmtpd keeps these limits in a dict shared by every instance of the class; give each session its own.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit, {"MAIL": MAIL_LINE_LIMIT})
+        self.context = context
+        self.implicit_tls = implicit_tls
+        self.trusted = False
+        self.peer_ip = "unknown"
+        self.transaction: Transaction | None = None
+        self.closing = False
+        self._busy = False
+        self._on_open = on_open
+        self._on_close = on_close
+        self._smtp_methods = {name: self._tracked(method) for name, method in self._smtp_methods.items()}
+
+    # -- state the server asks about -------------------------------------------
+
+    @property
+    def tls_active(self) -> bool:
+        return self.implicit_tls or self._tls_protocol is not None
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions and not inside a command: a 421 now loses nothing."""
+        return not self._busy and self.transaction is None
+
+    def login(self) -> ClientLogin | None:
+        data = self.session.auth_data if self.session is not None and self.session.authenticated else None
+        return data if isinstance(data, ClientLogin) else None
+
+    def may_auth(self) -> bool:
+        return self.tls_active or (self.context.options.allow_plaintext_auth and self.trusted)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # also after STARTTLS, with a fresh Session (RFC 3207: forget everything)
+        self._on_open(self)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if peer else "unknown"
+        self.trusted = self.context.is_trusted(self.peer_ip)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        super().connection_lost(error)
+        self._on_close(self)
+
+    def _set_post_data_state(self) -> None:
+        """After DATA, RSET, HELO/EHLO and STARTTLS: the transaction is over."""
+        super()._set_post_data_state()
+        self.transaction = None
+        self.data_size_limit = None
+
+    def _timeout_cb(self) -> None:
+        """A stalled client is told why before the connection closes (RFC 5321 4.2.2 allows 421 at any time)."""
+        if self.transport is not None and not self.transport.is_closing():
+            self._writer.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode("ascii"))
+        super()._timeout_cb()
+
+    def _tracked(self, method: Callable[[str | None], Awaitable[None]]) -> Callable[[str | None], Awaitable[None]]:
+        @functools.wraps(method)  # keeps aiosmtpd's @syntax attributes, which HELP reads
+        async def run(arg: str | None) -> None:
+            self._busy = True
+            try:
+                await method(arg)
+            finally:
+                self._busy = False
+            if self.closing and self.transaction is None:
+                await self.goodbye()
+
+        return run
+
+    async def goodbye(self) -> None:
+        """``421`` and close: the client knows nothing more will be accepted on this connection."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        try:
+            await self.push(f"421 4.3.2 {self.hostname} Service shutting down, try again later")
+        except (ConnectionError, RuntimeError):
+            pass
+        transport.close()
+
+    # -- commands with policy -------------------------------------------------------
+
+    async def smtp_DATA(self, arg: str) -> None:
+        self._reset_timeout(self.context.options.data_timeout)  # the message text gets its own, longer deadline
+        await super().smtp_DATA(arg)
+
+    async def smtp_AUTH(self, arg: str) -> None:
+        if not self.may_auth():
+            await self.push("538 5.7.11 Encryption required for requested authentication mechanism")
+            return
+        await super().smtp_AUTH(arg)
+
+    async def auth_PLAIN(self, _: SMTP, args: list[str]) -> AuthResult:
+        """RFC 4616: ``authzid NUL authcid NUL password``, inline or after an empty challenge."""
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if blob is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        assert isinstance(blob, bytes)
+        parts = blob.split(b"\x00")
+        if len(parts) != 3:
+            await self.push("501 5.5.2 Can't split auth value")
+            return AuthResult(success=False, handled=True)
+        return await self._check(parts[1], parts[2])
+
+    async def auth_LOGIN(self, _: SMTP, args: list[str]) -> AuthResult:
+        if len(args) == 1:
+            username = await self.challenge_auth(self.AuthLoginUsernameChallenge)
+            if username is MISSING:
+                return AuthResult(success=False, handled=True)
+        else:
+            try:
+                username = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
+        if password is MISSING:
+            return AuthResult(success=False, handled=True)
+        assert isinstance(username, bytes) and isinstance(password, bytes)
+        return await self._check(username, password)
+
+    async def _check(self, username_bytes: bytes, password_bytes: bytes) -> AuthResult:
+        try:
+            username, password = username_bytes.decode("utf-8"), password_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            return AuthResult(success=False, handled=False)
+        account = await self.context.authenticator.authenticate(username, password)
+        if account is None:
+            log.info("SMTP AUTH failed for %r from %s", username, self.peer_ip)
+            return AuthResult(success=False, handled=False)
+        return AuthResult(success=True, handled=False, auth_data=ClientLogin(username, account))
+
+
+class Handler:
+    """aiosmtpd hooks shared by all sessions; per-session state lives on the ``IngressSMTP``."""
+
+    def __init__(self, context: IngressContext) -> None:
+        self.context = context
+
+    async def handle_EHLO(self, server: IngressSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+        """The extensions this session may use; AUTH only where it is allowed (over TLS, or trusted plaintext)."""
+        session.host_name = hostname
+        login = server.login()
+        account = self.context.router.accounts.get(login.account) if login is not None else None
+        size = account.config.spec.max_message_bytes if account is not None else self.context.max_size()
+        lines = [responses[0], f"250-SIZE {size}", "250-8BITMIME", "250-PIPELINING"]
+        if server.context.options.smtputf8:
+            lines.append("250-SMTPUTF8")
+        if server.tls_context is not None and not server.tls_active:
+            lines.append("250-STARTTLS")
+        if server.may_auth() and not session.authenticated:
+            lines.append("250-AUTH LOGIN PLAIN")
+        lines.append("250 HELP")
+        server.command_size_limits["MAIL"] = MAIL_LINE_LIMIT  # aiosmtpd grows it on every EHLO
+        return lines
+
+    def _account_for(self, server: IngressSMTP, sender: str) -> Account | replies.Reply:
+        """Route and admit (known, not suspended) with the configuration in force right now."""
+        login = server.login()
+        decision = self.context.router.route(sender, client_account=login.account if login else None)
+        if isinstance(decision, NoRoute):
+            log.info("SMTP sender %s refused: %s", sender, decision.detail)
+            return replies.for_no_route(decision)
+        identity = Identity(
+            name=f"smtp:{login.username}" if login else f"smtp:[{server.peer_ip}]",
+            may_use=_only(decision.account.key),
+        )
+        admitted = self.context.relay.admit(identity, decision.account.key)
+        return admitted if isinstance(admitted, Account) else replies.for_outcome(admitted, "-")
+
+    async def handle_MAIL(self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        """Refuse early what would be refused anyway, before the client sends the message."""
+        if server.login() is None and not server.trusted:
+            return "530 5.7.0 Authentication required"
+        if not envelope.smtp_utf8 and not address.isascii():
+            return "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter"
+        account = self._account_for(server, address)
+        if isinstance(account, replies.Reply):
+            return str(account)
+        limit = account.config.spec.max_message_bytes
+        declared = _declared_size(options)
+        if declared is not None and declared > limit:
+            return f"552 5.3.4 Message size exceeds the limit of account {account.key} ({limit} bytes)"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        server.data_size_limit = limit
+        server.transaction = Transaction(transaction_id())
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+        if len(envelope.rcpt_tos) >= self.context.options.max_recipients:
+            return f"452 4.5.3 Too many recipients (at most {self.context.options.max_recipients} per message)"
+        if not envelope.smtp_utf8 and not address.isascii():
+            return "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter"
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: IngressSMTP, session: Session, envelope: Envelope) -> str:
+        """Relay, then answer with the upstream's verdict.
+
+        The account is chosen again here, not kept from MAIL: a client may take
+        minutes between the two, and a message is sent under the configuration
+        in force when it is sent (an account removed or re-routed meanwhile
+        does not fail it).
+        """
+        transaction = server.transaction
+        assert transaction is not None and envelope.mail_from is not None
+        login = server.login()
+        smtputf8 = bool(envelope.smtp_utf8)
+        protocol = protocol_name(
+            extended=session.extended_smtp, tls=server.tls_active, authenticated=login is not None, smtputf8=smtputf8
+        )
+        received = received_header(
+            helo=session.host_name or "", peer_ip=server.peer_ip, hostname=server.hostname,
+            protocol=protocol, message_id=transaction.id,
+        )
+        message = build_message(
+            sender=envelope.mail_from, recipients=envelope.rcpt_tos, data=envelope.original_content or b"",
+            received=received, smtputf8=smtputf8, fallback_id=transaction.id,
+        )
+        if server._timeout_handle is not None:
+            server._timeout_handle.cancel()  # the client waits for us now, not the other way round
+        token = request_id_var.set(transaction.id)
+        try:
+            answer, via = await self._relay(server, message, transaction.id)
+        finally:
+            request_id_var.reset(token)
+            server._reset_timeout()
+        log.info(
+            "SMTP message %s from %s via %s to %d recipient(s): %s %s",
+            transaction.id, envelope.mail_from, via, len(envelope.rcpt_tos), answer.code, answer.status,
+        )
+        return str(answer)
+
+    async def _relay(self, server: IngressSMTP, message: OutgoingMessage, transaction_id: str) -> tuple[replies.Reply, str]:
+        """Send through the account routing picks now; route again if that account is removed before sending.
+
+        An account removed while the message waited for a pooled connection
+        (a reload) is not a failure of the message: nothing reached an
+        upstream, so it is routed again under the new configuration.
+        """
+        for attempt in range(1, REROUTES + 1):
+            account = self._account_for(server, message.sender)
+            if isinstance(account, replies.Reply):
+                return account, "-"
+            outcome = await self.context.relay.send(account, message)
+            removed = isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT
+            if not removed or attempt == REROUTES:
+                return replies.for_outcome(outcome, transaction_id), account.key
+        raise AssertionError("unreachable")
+
+    async def handle_exception(self, error: Exception) -> str:
+        """A bug must not leak its text to the client, nor be acknowledged: 451, and the traceback in the log."""
+        log.error("SMTP ingress session failed", exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+def _only(key: str) -> Callable[[AccountRef], bool]:
+    """Routing already chose the account; ``admit`` still checks that it exists and is not suspended."""
+    return lambda ref: ref.key == key
+
+
+def _declared_size(options: list[str]) -> int | None:
+    for option in options:
+        name, _, value = option.partition("=")
+        if name.upper() == "SIZE" and value.isdigit():
+            return int(value)
+    return None
+

@@ -1,0 +1,164 @@
+"""Client of the gateway admin API (docs/admin-api.md), one shared aiohttp session for all pods.
+
+Every call has a deadline, so an unreachable pod costs its own push loop a
+timeout and never blocks the others. Errors carry the HTTP status and the
+problem's ``title``/``detail`` only: request bodies hold credentials and are
+never echoed into an exception, a log line or a metric.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ..snapshot import AccountConfig, ConfigSnapshot
+from .plan import Hold
+
+
+class GatewayError(Exception):
+    """A push or status call failed."""
+
+    kind = "error"
+
+
+class GatewayUnreachable(GatewayError):
+    """No answer (connection refused, reset or timeout): a write may or may not have been applied."""
+
+    kind = "unreachable"
+
+
+class GatewayRejected(GatewayError):
+    """The gateway answered with an error status."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status = status
+        self.kind = "conflict" if status == 409 else f"http_{status}"
+
+
+@dataclass(frozen=True)
+class AccountReport:
+    """One account in ``GET /v1/status``."""
+
+    digest: str | None
+    healthy: bool | None
+    last_error: str | None
+    hold: Hold | None
+    """The share the gateway reports using; None when it does not say."""
+
+
+@dataclass(frozen=True)
+class GatewayReport:
+    """A gateway's ``GET /v1/status``."""
+
+    revision: int
+    ready: bool
+    accounts: dict[str, AccountReport]
+
+
+class AdminClient:
+    """Talks to gateways' admin ports with a bearer token."""
+
+    def __init__(self, token: str, port: int, *, timeout: float = 5.0, snapshot_timeout: float = 30.0) -> None:
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._port = port
+        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 2.0))
+        self._snapshot_timeout = aiohttp.ClientTimeout(total=snapshot_timeout, connect=min(timeout, 2.0))
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> AdminClient:
+        self._session = aiohttp.ClientSession(
+            headers=self._headers, connector=aiohttp.TCPConnector(limit=0, limit_per_host=4), raise_for_status=False
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, ip: str, path: str) -> str:
+        host = f"[{ip}]" if ":" in ip else ip
+        return f"http://{host}:{self._port}{path}"
+
+    async def _call(
+        self, method: str, ip: str, path: str, *, body: str | None = None, params: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None, accept: tuple[int, ...] = (200,),
+    ) -> tuple[int, Any]:  # fmt: skip
+        if self._session is None:
+            raise RuntimeError("AdminClient used outside 'async with'")
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        try:
+            async with self._session.request(
+                method, self._url(ip, path), data=body, params=params, headers=headers, timeout=timeout or self._timeout
+            ) as response:
+                text = await response.text()
+                status = response.status
+        except (aiohttp.ClientError, TimeoutError) as error:
+            raise GatewayUnreachable(f"{ip}: {type(error).__name__}") from None
+        payload = _json(text)
+        if status not in accept:
+            raise GatewayRejected(status, _problem_text(payload))
+        return status, payload
+
+    async def status(self, ip: str) -> GatewayReport:
+        _, payload = await self._call("GET", ip, "/v1/status")
+        return parse_report(payload)
+
+    async def put_config(self, ip: str, snapshot: ConfigSnapshot) -> None:
+        await self._call(
+            "PUT", ip, "/v1/config", body=snapshot.model_dump_json(by_alias=True), timeout=self._snapshot_timeout
+        )
+
+    async def put_account(self, ip: str, config: AccountConfig, revision: int) -> None:
+        path = f"/v1/config/accounts/{config.namespace}/{config.name}"
+        await self._call("PUT", ip, path, body=config.model_dump_json(by_alias=True), params={"revision": str(revision)})
+
+    async def delete_account(self, ip: str, key: str, revision: int) -> None:
+        """Remove an account; a gateway that does not have it (404) is just as good."""
+        await self._call("DELETE", ip, f"/v1/config/accounts/{key}", params={"revision": str(revision)}, accept=(204, 404))
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text) if text.strip() else None
+    except ValueError:
+        return None
+
+
+def _problem_text(payload: Any) -> str:
+    if isinstance(payload, dict):
+        text = " - ".join(str(payload[field]) for field in ("title", "detail") if payload.get(field))
+        return text[:300] or "error"
+    return "error"
+
+
+def parse_report(payload: Any) -> GatewayReport:
+    """Read ``GET /v1/status`` defensively: a missing field means "unknown", never a crash."""
+    if not isinstance(payload, dict):
+        raise GatewayUnreachable("status answer is not a JSON object")
+    accounts: dict[str, AccountReport] = {}
+    for key, item in (payload.get("accounts") or {}).items():
+        if isinstance(item, dict):
+            accounts[key] = AccountReport(
+                digest=item.get("digest"),
+                healthy=item.get("healthy"),
+                last_error=item.get("lastError"),
+                hold=_hold(item),
+            )
+    return GatewayReport(revision=int(payload.get("revision") or 0), ready=bool(payload.get("ready")), accounts=accounts)
+
+
+def _hold(item: dict[str, Any]) -> Hold | None:
+    pool = item.get("pool")
+    pool = pool if isinstance(pool, dict) else {}
+    connections = pool.get("max_connections", pool.get("maxConnections"))
+    if not isinstance(connections, int):
+        return None
+    rate_limit = item.get("rateLimit")
+    rate_limit = rate_limit if isinstance(rate_limit, dict) else {}
+    rate = rate_limit.get("messagesPerMinute")
+    return Hold(connections, rate if isinstance(rate, int) else None)

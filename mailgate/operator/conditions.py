@@ -1,0 +1,144 @@
+"""An SmtpAccount's status, computed from what the operator knows: pure, so it is tested directly.
+
+Conditions follow the Kubernetes API conventions (metav1.Condition): ``type``,
+``status``, a CamelCase ``reason``, a ``message``, ``observedGeneration`` and a
+``lastTransitionTime`` that changes only when ``status`` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from ..spec import Condition, ConditionStatus, EffectiveLimits, GatewaySync, SmtpAccountStatus
+from .credentials import CredentialProblem
+
+READY = "Ready"
+CREDENTIALS_RESOLVED = "CredentialsResolved"
+SYNCED = "Synced"
+UPSTREAM_HEALTHY = "UpstreamHealthy"
+
+_MAX_MESSAGE = 512
+
+
+@dataclass(frozen=True)
+class GatewayHealth:
+    """One gateway's view of an account's upstream (``GET /v1/status``): ``healthy`` is None until checked."""
+
+    gateway: str
+    healthy: bool | None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class StatusInputs:
+    """Everything the status is made of."""
+
+    generation: int | None
+    suspended: bool = False
+    problem: CredentialProblem | None = None
+    pushed_generation: int | None = None
+    """Generation of the configuration the gateways should serve; None when nothing could be pushed yet."""
+    synced: int = 0
+    total: int = 0
+    health: Sequence[GatewayHealth] = ()
+    effective: EffectiveLimits = field(default_factory=EffectiveLimits)
+
+
+def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datetime) -> SmtpAccountStatus:
+    """The status for ``inputs``; ``previous`` conditions keep their transition times when unchanged."""
+    earlier = {condition.type: condition for condition in previous}
+    credentials = _credentials(inputs)
+    synced = _synced(inputs)
+    upstream = _upstream(inputs)
+    ready = _ready(inputs, credentials, synced, upstream)
+    conditions = [
+        _condition(kind, status, reason, message, inputs.generation, earlier.get(kind), now)
+        for kind, (status, reason, message) in (
+            (READY, ready),
+            (CREDENTIALS_RESOLVED, credentials),
+            (SYNCED, synced),
+            (UPSTREAM_HEALTHY, upstream),
+        )
+    ]
+    return SmtpAccountStatus(
+        observed_generation=inputs.generation,
+        conditions=conditions,
+        gateways=GatewaySync(synced=inputs.synced, total=inputs.total),
+        effective=inputs.effective,
+    )
+
+
+_Verdict = tuple[ConditionStatus, str, str]
+
+
+def _credentials(inputs: StatusInputs) -> _Verdict:
+    if inputs.problem is not None:
+        return "False", inputs.problem.reason, inputs.problem.message + "; gateways keep the last good configuration"
+    return "True", "Resolved", "credentials resolved"
+
+
+def _synced(inputs: StatusInputs) -> _Verdict:
+    if inputs.total == 0:
+        return "False", "NoGateways", "no gateway pod is running"
+    if inputs.pushed_generation is None:
+        return "False", "NotPushed", "nothing to push until the credentials resolve"
+    message = f"{inputs.synced} of {inputs.total} gateways serve generation {inputs.pushed_generation}"
+    if inputs.synced >= inputs.total:
+        return "True", "Synced", message
+    return "False", "Syncing", message
+
+
+def _upstream(inputs: StatusInputs) -> _Verdict:
+    failing = [health for health in inputs.health if health.healthy is False]
+    if failing:
+        first = failing[0]
+        detail = f"{first.gateway}: {first.last_error or 'upstream check failed'}"
+        return "False", "UpstreamError", f"{len(failing)} gateway(s) report errors; {detail}"
+    healthy = sum(1 for health in inputs.health if health.healthy)
+    if healthy:
+        return "True", "Healthy", f"{healthy} gateway(s) report the upstream healthy"
+    return "Unknown", "NotChecked", "no gateway has talked to the upstream yet"
+
+
+def _ready(inputs: StatusInputs, credentials: _Verdict, synced: _Verdict, upstream: _Verdict) -> _Verdict:
+    if inputs.suspended:
+        return "False", "Suspended", "spec.suspend is set: gateways answer 503"
+    if credentials[0] != "True":
+        return "False", "CredentialsNotResolved", credentials[2]
+    if synced[0] != "True":
+        return "False", synced[1], synced[2]
+    if upstream[0] == "False":
+        return "False", "UpstreamUnhealthy", upstream[2]
+    return "True", "Ready", "served by every gateway"
+
+
+def _condition(
+    kind: str,
+    status: ConditionStatus,
+    reason: str,
+    message: str,
+    generation: int | None,
+    earlier: Condition | None,
+    now: datetime,
+) -> Condition:
+    if earlier is not None and earlier.status == status and earlier.last_transition_time is not None:
+        since = earlier.last_transition_time
+    else:
+        since = now.replace(microsecond=0)
+    if len(message) > _MAX_MESSAGE:
+        message = message[: _MAX_MESSAGE - 1] + "…"
+    return Condition(
+        type=kind,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=since,
+        observed_generation=generation,
+    )
+
+
+def status_body(status: SmtpAccountStatus) -> dict:
+    """The JSON the status subresource receives (camelCase, RFC 3339 times, no nulls)."""
+    return status.model_dump(mode="json", by_alias=True, exclude_none=True)

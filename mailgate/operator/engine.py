@@ -1,0 +1,420 @@
+"""The operator's in-memory state: accounts, their plans, gateway pods and their push loops.
+
+Handlers and the Pod watch feed it; ``GatewaySyncer``s read what each pod
+should have from it; the status writer reads what users should see. All
+state changes are synchronous methods (no ``await`` between reading and
+writing state), so concurrent handlers and push loops never see half an
+update. The only awaits are credential hashing (under a per-account lock,
+so two resolutions of one account cannot finish out of order) and waiting
+for a deleted account to leave every gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable, Set
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..snapshot import config_digest
+from ..spec import API_VERSION, KIND, EffectiveLimits, SmtpAccountSpec, SmtpAccountStatus
+from .admin import AdminClient
+from .conditions import GatewayHealth, StatusInputs
+from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
+from .metrics import OperatorMetrics
+from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, plan_account
+from .revisions import Revisions
+from .syncer import Desired, GatewaySyncer
+
+log = logging.getLogger(__name__)
+
+_UNBOUNDED = Hold(1_000_000, None)
+
+
+class InvalidSpec(Exception):
+    """The spec does not parse (the CRD schema should have prevented it); the message holds field paths only."""
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the operator reads from a gateway Pod."""
+
+    uid: str
+    name: str
+    ip: str | None
+    running: bool
+    ready: bool
+    terminating: bool
+
+    @property
+    def receives_config(self) -> bool:
+        """Running with an IP and not going away: it gets configuration (ready or not: it needs a snapshot to *become* ready)."""
+        return self.running and bool(self.ip) and not self.terminating
+
+
+@dataclass(frozen=True)
+class CredentialChange:
+    """The credential problem before and after a resolution, to post an Event on a change."""
+
+    before: CredentialProblem | None
+    after: CredentialProblem | None
+
+
+@dataclass
+class AccountEntry:
+    namespace: str
+    name: str
+    generation: int | None = None
+    spec: SmtpAccountSpec | None = None
+    good: ResolvedAccount | None = None
+    """The last configuration resolved completely: what gateways serve, even while the Secret is broken."""
+    problem: CredentialProblem | None = None
+    deleting: bool = False
+    uid: str | None = None
+    status: SmtpAccountStatus | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class Engine:
+    """State and decisions between the kopf handlers and the gateway push loops."""
+
+    def __init__(
+        self,
+        *,
+        client: AdminClient,
+        send_port: int,
+        resync_seconds: float,
+        metrics: OperatorMetrics,
+        hasher: LoginHasher | None = None,
+        revisions: Revisions | None = None,
+        on_status_change: Callable[[Iterable[str]], None] = lambda keys: None,
+    ) -> None:
+        self.revisions = revisions or Revisions()
+        self._client = client
+        self._send_port = send_port
+        self._resync_seconds = resync_seconds
+        self._metrics = metrics
+        self._hasher = hasher or LoginHasher()
+        self._on_status_change = on_status_change
+        self._accounts: dict[str, AccountEntry] = {}
+        self._by_secret: dict[tuple[str, str], set[str]] = {}
+        self._plans: dict[str, AccountPlan] = {}
+        self._syncers: dict[str, GatewaySyncer] = {}  # pod uid -> loop, for pods that receive config
+        self._retired: dict[str, GatewaySyncer] = {}  # pods going away: their holds count until the Pod is gone
+        self._unseen: set[str] | None = None
+        self._primed = False
+        self._changed = asyncio.Event()
+
+    # ------------------------------------------------------------------ accounts
+
+    async def upsert(self, body: Any, lookup: SecretLookup) -> CredentialChange:
+        """Create or update an account from its object; returns how its credential problem changed."""
+        meta = body["metadata"]
+        key = f"{meta['namespace']}/{meta['name']}"
+        entry = self._accounts.get(key)
+        if entry is None:
+            entry = self._accounts[key] = AccountEntry(meta["namespace"], meta["name"])
+            entry.status = _status_of(body)
+            self._metrics.accounts.set(len(self._accounts))
+        self._seen(key)
+        try:
+            spec = SmtpAccountSpec.model_validate(body.get("spec") or {})
+        except ValidationError as error:
+            paths = ", ".join(".".join(str(part) for part in item["loc"]) for item in error.errors(include_input=False))
+            raise InvalidSpec(f"invalid spec at {paths}") from None
+        entry.generation = meta.get("generation")
+        entry.uid = meta.get("uid")
+        self._index_secrets(entry, spec)
+        entry.spec = spec
+        return await self._resolve(entry, lookup)
+
+    def referencing(self, namespace: str, secret: str) -> list[str]:
+        """Accounts that read Secret ``namespace/secret``."""
+        return sorted(self._by_secret.get((namespace, secret), ()))
+
+    def _index_secrets(self, entry: AccountEntry, spec: SmtpAccountSpec | None) -> None:
+        old = secret_names(entry.spec) if entry.spec is not None else set()
+        new = secret_names(spec) if spec is not None else set()
+        for name in old - new:
+            keys = self._by_secret.get((entry.namespace, name), set())
+            keys.discard(entry.key)
+            if not keys:
+                self._by_secret.pop((entry.namespace, name), None)
+        for name in new - old:
+            self._by_secret.setdefault((entry.namespace, name), set()).add(entry.key)
+
+    async def refresh_credentials(self, key: str, lookup: SecretLookup) -> CredentialChange | None:
+        """Re-read an account's Secrets (one of them changed); None if the account is gone."""
+        entry = self._accounts.get(key)
+        if entry is None or entry.spec is None or entry.deleting:
+            return None
+        return await self._resolve(entry, lookup)
+
+    async def _resolve(self, entry: AccountEntry, lookup: SecretLookup) -> CredentialChange:
+        async with entry.lock:
+            before = entry.problem
+            spec, generation = entry.spec, entry.generation
+            assert spec is not None
+            result = resolve(entry.namespace, spec, lookup)
+            if isinstance(result, CredentialProblem):
+                entry.problem = result
+            else:
+                clients = await self._hasher.hash_all(result.client_logins)
+                if entry.deleting:
+                    return CredentialChange(before, None)
+                entry.problem = None
+                entry.good = ResolvedAccount(entry.namespace, entry.name, generation, spec, result.credentials, clients)
+                self._replan(entry.key)
+            self._on_status_change([entry.key])
+            return CredentialChange(before, entry.problem)
+
+    def start_deleting(self, key: str) -> None:
+        """Take an account off every gateway (the caller then waits with ``wait_removed``)."""
+        entry = self._accounts.get(key)
+        if entry is None:
+            namespace, name = key.split("/", 1)
+            entry = self._accounts[key] = AccountEntry(namespace, name)
+        self._seen(key)
+        if not entry.deleting:
+            entry.deleting = True
+            self._plans.pop(key, None)
+            self._wake_all()
+
+    async def wait_removed(self, key: str, timeout: float) -> list[str]:
+        """Wait until no gateway may serve ``key``; returns the pods that still may at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            holding = sorted(syncer.name for syncer in self._syncers.values() if syncer.has(key))
+            remaining = deadline - time.monotonic()
+            if not holding or remaining <= 0:
+                return holding
+            changed = self._changed
+            try:
+                async with asyncio.timeout(remaining):
+                    await changed.wait()
+            except TimeoutError:
+                pass
+
+    def forget(self, key: str) -> None:
+        """The object is gone (its finalizer released)."""
+        entry = self._accounts.pop(key, None)
+        if entry is not None:
+            self._index_secrets(entry, None)
+        self._plans.pop(key, None)
+        self._metrics.accounts.set(len(self._accounts))
+
+    # ------------------------------------------------------------------ start-up
+
+    def expect(self, keys: Iterable[str]) -> None:
+        """The accounts that existed at start-up: until each is handled, nothing is deleted from gateways."""
+        self._unseen = {key for key in keys if key not in self._accounts}
+        self._check_primed()
+
+    def prime_now(self) -> None:
+        """Stop waiting for expected accounts (a fallback: one that vanished unhandled must not block forever)."""
+        if self._unseen:
+            log.warning("start-up: %d expected account(s) never handled; proceeding", len(self._unseen))
+        self._unseen = set()
+        self._check_primed()
+
+    def _seen(self, key: str) -> None:
+        if self._unseen is not None:
+            self._unseen.discard(key)
+            self._check_primed()
+
+    def _check_primed(self) -> None:
+        if not self._primed and self._unseen is not None and not self._unseen:
+            self._primed = True
+            log.info("all %d accounts read: gateways get full snapshots and deletions from now on", len(self._accounts))
+            self._wake_all()
+
+    @property
+    def primed(self) -> bool:
+        return self._primed
+
+    # ------------------------------------------------------------------ gateway pods
+
+    def set_pods(self, pods: Iterable[PodInfo]) -> None:
+        """The current gateway Pods (a full list, after every watch event)."""
+        pods = list(pods)
+        targets = {pod.uid: pod for pod in pods if pod.receives_config}
+        present = {pod.uid for pod in pods}
+        changed = False
+        for uid, syncer in list(self._syncers.items()):
+            pod = targets.get(uid)
+            if pod is None or pod.ip != syncer.gateway.ip:
+                del self._syncers[uid]
+                syncer.cancel()
+                if pod is None and uid in present:
+                    self._retired[uid] = syncer
+                changed = True
+        for uid in list(self._retired):
+            if uid not in present or uid in targets:
+                del self._retired[uid]
+                changed = True
+        for uid, pod in targets.items():
+            assert pod.ip is not None
+            gateway = Gateway(pod.name, pod.ip, pod.ready)
+            existing = self._syncers.get(uid)
+            if existing is None:
+                syncer = GatewaySyncer(self, self._client, gateway, resync_seconds=self._resync_seconds, metrics=self._metrics)
+                self._syncers[uid] = syncer
+                syncer.start()
+                changed = True
+                log.info("gateway %s (%s) discovered, ready=%s", pod.name, pod.ip, pod.ready)
+            elif existing.gateway != gateway:
+                existing.gateway = gateway
+                existing.wake(status=True)  # readiness flipped: maybe a restarted container
+                changed = True
+        if changed:
+            self._metrics.gateways.set(len(self._syncers))
+            for key in list(self._plans):
+                self._replan(key, wake=False)
+            self._wake_all()
+            self._on_status_change(list(self._accounts))
+
+    # ------------------------------------------------------------------ what syncers ask
+
+    def desired_for(self, syncer: GatewaySyncer) -> Desired:
+        desired: Desired = {}
+        capped: set[str] = set()
+        for key, plan in self._plans.items():
+            config = plan.configs.get(syncer.name)
+            if config is None:
+                continue
+            digest = plan.digests[syncer.name]
+            share = config.share
+            own = syncer.held(key)
+            if share is not None and _raises(share.max_connections, share.messages_per_minute, own):
+                others = [self._hold_of(other, key) for other in self._all_syncers() if other is not syncer]
+                limited = cap(config, own, others, plan.peers_for(syncer.name))
+                if limited is not config:
+                    config, digest = limited, config_digest(limited)
+                    capped.add(key)
+            desired[key] = (config, digest)
+        syncer.capped = capped
+        return desired
+
+    def keeps(self) -> Set[str]:
+        return {key for key, entry in self._accounts.items() if entry.good is None and not entry.deleting}
+
+    def deleting(self) -> Set[str]:
+        return {key for key, entry in self._accounts.items() if entry.deleting}
+
+    def full_hold(self, key: str) -> Hold:
+        entry = self._accounts.get(key)
+        if entry is None or entry.spec is None:
+            return _UNBOUNDED
+        return Hold(entry.spec.pool.max_connections, entry.spec.rate_limit.messages_per_minute)
+
+    def gateway_changed(self, syncer: GatewaySyncer, keys: Set[str], *, first_contact: bool = False) -> None:
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+        for other in self._syncers.values():
+            if other is not syncer and other.capped and (first_contact or other.capped & keys):
+                other.wake()
+        if keys:
+            self._on_status_change(keys)
+
+    def _hold_of(self, syncer: GatewaySyncer, key: str) -> Hold:
+        """A pod not yet contacted may serve anything (e.g. after an operator restart): count the whole limits."""
+        return syncer.held(key) if syncer.contacted else self.full_hold(key)
+
+    def _all_syncers(self) -> Iterable[GatewaySyncer]:
+        yield from self._syncers.values()
+        yield from self._retired.values()
+
+    # ------------------------------------------------------------------ status
+
+    def status_inputs(self, key: str) -> StatusInputs | None:
+        entry = self._accounts.get(key)
+        if entry is None or entry.deleting or entry.spec is None:
+            return None
+        plan = self._plans.get(key)
+        targets = list(self._syncers.values())
+        synced = sum(1 for syncer in targets if plan is not None and syncer.serves(key, plan.digests.get(syncer.name, "")))
+        health = []
+        for syncer in targets:
+            report = syncer.report.accounts.get(key) if syncer.report is not None else None
+            if report is not None:
+                health.append(GatewayHealth(syncer.name, report.healthy, report.last_error))
+        return StatusInputs(
+            generation=entry.generation,
+            suspended=entry.spec.suspend,
+            problem=entry.problem,
+            pushed_generation=plan.account.generation if plan is not None else None,
+            synced=synced,
+            total=len(targets),
+            health=health,
+            effective=plan.effective if plan is not None else EffectiveLimits(),
+        )
+
+    def previous_status(self, key: str) -> SmtpAccountStatus | None:
+        entry = self._accounts.get(key)
+        return entry.status if entry is not None else None
+
+    def record_status(self, key: str, status: SmtpAccountStatus) -> None:
+        entry = self._accounts.get(key)
+        if entry is not None:
+            entry.status = status
+
+    def object_ref(self, key: str) -> dict[str, Any] | None:
+        """Enough of the object to post an Event about it."""
+        entry = self._accounts.get(key)
+        if entry is None:
+            return None
+        return {
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": {"namespace": entry.namespace, "name": entry.name, "uid": entry.uid},
+        }
+
+    # ------------------------------------------------------------------ internals
+
+    def _replan(self, key: str, *, wake: bool = True) -> None:
+        entry = self._accounts.get(key)
+        gateways = [syncer.gateway for syncer in self._syncers.values()]
+        if entry is None or entry.good is None or entry.deleting:
+            self._plans.pop(key, None)
+        else:
+            self._plans[key] = plan_account(entry.good, gateways, self._send_port)
+        if wake:
+            self._wake_all()
+
+    def _wake_all(self) -> None:
+        for syncer in self._syncers.values():
+            syncer.wake()
+
+    async def close(self) -> None:
+        syncers = [*self._syncers.values(), *self._retired.values()]
+        self._syncers.clear()
+        self._retired.clear()
+        for syncer in syncers:
+            syncer.cancel()
+        await asyncio.gather(*(syncer.wait_stopped() for syncer in syncers))
+
+
+def _raises(connections: int, rate: int | None, own: Hold) -> bool:
+    """Whether a share asks for more than the pod may already use (only then can it need a cap)."""
+    if connections > own.max_connections:
+        return True
+    return rate is not None and own.messages_per_minute is not None and rate > own.messages_per_minute
+
+
+def _status_of(body: Any) -> SmtpAccountStatus | None:
+    """The object's current status, so transition times survive an operator restart."""
+    raw = body.get("status")
+    if not raw:
+        return None
+    try:
+        return SmtpAccountStatus.model_validate(dict(raw))
+    except ValidationError:
+        return None

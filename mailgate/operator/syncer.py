@@ -1,0 +1,284 @@
+"""One push loop per gateway pod: it makes the pod serve what the plan says, and knows what it serves.
+
+Each loop runs on its own, so a slow or unreachable pod only delays itself
+(timeouts on every call, exponential backoff after failures). What a pod
+serves is known from the answers to our own pushes and from its ``GET
+/v1/status`` (read on first contact, after a failure and every resync
+period), compared by ``config_digest``:
+
+- a pod that has no snapshot (new or restarted: ``ready: false``) gets the
+  full snapshot; so does a pod that is many accounts behind;
+- otherwise single accounts are PUT or DELETEd, each with a fresh revision;
+- an account the pod serves in a form the operator cannot identify (a
+  previous operator's config) counts with the share the pod reports, so the
+  caps in ``plan.cap`` stay safe across operator restarts.
+
+A push whose outcome is unknown (timeout) counts as possibly applied
+(``pending``) until the next status read settles it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Awaitable, Set
+from typing import Protocol
+
+from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
+from .admin import AdminClient, GatewayError, GatewayRejected, GatewayReport
+from .metrics import OperatorMetrics
+from .plan import NO_HOLD, Gateway, Hold, hold_of
+from .revisions import Revisions
+
+log = logging.getLogger(__name__)
+
+# More differences than this (and nothing to leave untouched): one full snapshot instead of single pushes.
+FULL_SNAPSHOT_THRESHOLD = 64
+MAX_BACKOFF = 30.0
+
+Desired = dict[str, tuple[AccountConfig, str]]
+"""Account key -> (config, its digest) for one gateway."""
+
+
+class SyncerHost(Protocol):
+    """What a syncer needs from the engine."""
+
+    revisions: Revisions
+
+    @property
+    def primed(self) -> bool:
+        """Every existing account has been read since start-up: deletions and full snapshots are safe."""
+        ...
+
+    def desired_for(self, syncer: GatewaySyncer) -> Desired: ...
+
+    def keeps(self) -> Set[str]:
+        """Accounts to leave as they are on every gateway (no good config known to this operator)."""
+        ...
+
+    def deleting(self) -> Set[str]:
+        """Accounts being deleted: removed from gateways even before ``primed``."""
+        ...
+
+    def full_hold(self, key: str) -> Hold: ...
+
+    def gateway_changed(self, syncer: GatewaySyncer, keys: Set[str], *, first_contact: bool = False) -> None: ...
+
+
+class GatewaySyncer:
+    """Keeps one gateway pod in sync; ``held``/``serves`` answer for the engine what the pod has."""
+
+    def __init__(
+        self,
+        host: SyncerHost,
+        client: AdminClient,
+        gateway: Gateway,
+        *,
+        resync_seconds: float,
+        metrics: OperatorMetrics,
+    ) -> None:
+        self.host = host
+        self.client = client
+        self.gateway = gateway
+        self.resync_seconds = resync_seconds
+        self.metrics = metrics
+        self.known: Desired = {}
+        self.pending: dict[str, AccountConfig] = {}
+        self.unknown: dict[str, tuple[Hold, str | None]] = {}
+        self.report: GatewayReport | None = None
+        self.revision: int | None = None
+        self.capped: set[str] = set()
+        self.failures = 0
+        self._needs_status = True
+        self._needs_full = False
+        self._next_resync = 0.0
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.gateway.name
+
+    @property
+    def contacted(self) -> bool:
+        """Whether the pod's state is known (it answered at least once)."""
+        return self.report is not None
+
+    def held(self, key: str) -> Hold:
+        """The most of ``key``'s limits this pod may be using right now."""
+        hold = NO_HOLD
+        if (known := self.known.get(key)) is not None:
+            hold = hold.union(hold_of(known[0]))
+        if (pending := self.pending.get(key)) is not None:
+            hold = hold.union(hold_of(pending))
+        if (unknown := self.unknown.get(key)) is not None:
+            hold = hold.union(unknown[0])
+        return hold
+
+    def has(self, key: str) -> bool:
+        """Whether the pod may serve ``key`` in any form."""
+        return key in self.known or key in self.pending or key in self.unknown or not self.contacted
+
+    def serves(self, key: str, digest: str) -> bool:
+        known = self.known.get(key)
+        return known is not None and known[1] == digest
+
+    def wake(self, *, status: bool = False) -> None:
+        """Look again soon; ``status`` also re-reads the pod's status first (e.g. it turned ready)."""
+        self._needs_status = self._needs_status or status
+        self._wake.set()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name=f"sync {self.name}")
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def wait_stopped(self) -> None:
+        if self._task is not None:
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def run(self) -> None:
+        while True:
+            if self.failures:
+                await asyncio.sleep(self._backoff())
+            else:
+                try:
+                    async with asyncio.timeout(max(0.0, self._next_resync - time.monotonic())):
+                        await self._wake.wait()
+                except TimeoutError:
+                    self._needs_status = True
+            self._wake.clear()
+            try:
+                await self.sync_once()
+            except GatewayError as error:
+                self.failures += 1
+                self._needs_status = True
+                self.metrics.push_failures.labels(reason=error.kind).inc()
+                log.warning("gateway %s (%s): %s; attempt %d", self.name, self.gateway.ip, error, self.failures)
+            else:
+                self.failures = 0
+
+    def _backoff(self) -> float:
+        base = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1))
+        return base * random.uniform(0.8, 1.2)
+
+    async def sync_once(self) -> None:
+        if self._needs_status:
+            await self._refresh()
+        if self._needs_full:
+            if self.host.primed:
+                await self._push_full(self.host.desired_for(self))
+            return
+        desired = self.host.desired_for(self)
+        changed: list[tuple[str, AccountConfig, str]] = []
+        for key, (config, digest) in desired.items():
+            if self.serves(key, digest):
+                continue
+            unknown = self.unknown.get(key)
+            if unknown is not None and unknown[1] == digest:  # already served, e.g. pushed by the previous operator
+                self.known[key] = (config, digest)
+                del self.unknown[key]
+                continue
+            changed.append((key, config, digest))
+        present = set(self.known) | set(self.unknown)
+        kept = self.host.keeps()
+        removable = present - desired.keys() - kept if self.host.primed else present & self.host.deleting()
+        removed = sorted(removable)
+        if not changed and not removed:
+            return
+        if self.host.primed and len(changed) + len(removed) > FULL_SNAPSHOT_THRESHOLD and not present & kept:
+            await self._push_full(desired)
+            return
+        for key, config, _ in changed:  # counted as possibly applied before the first request leaves
+            self.pending[key] = config
+        for key, config, digest in changed:
+            await self._put(key, config, digest)
+        for key in removed:
+            await self._delete(key)
+
+    async def _refresh(self) -> None:
+        report = await self.client.status(self.gateway.ip)
+        for key in (set(self.known) | set(self.pending) | set(self.unknown)) - report.accounts.keys():
+            self._forget(key)
+        for key, account in report.accounts.items():
+            pending = self.pending.pop(key, None)  # nothing is in flight now: the report settles it
+            if self.serves(key, account.digest or ""):
+                self.unknown.pop(key, None)
+                continue
+            if pending is not None and account.digest == config_digest(pending):
+                self.known[key] = (pending, account.digest)
+                self.unknown.pop(key, None)
+                continue
+            self.known.pop(key, None)
+            self.unknown[key] = (account.hold or self.host.full_hold(key), account.digest)
+        first_contact = self.report is None
+        changed = _report_changes(self.report, report)
+        self.report = report
+        self.revision = report.revision
+        self._needs_full = not report.ready
+        self._needs_status = False
+        self._next_resync = time.monotonic() + self.resync_seconds
+        self.host.gateway_changed(self, changed, first_contact=first_contact)
+
+    def _forget(self, key: str) -> None:
+        self.known.pop(key, None)
+        self.pending.pop(key, None)
+        self.unknown.pop(key, None)
+
+    def _next_revision(self) -> int:
+        return self.host.revisions.next(at_least=(self.revision or 0) + 1)
+
+    async def _push_full(self, desired: Desired) -> None:
+        revision = self._next_revision()
+        for key, (config, _) in desired.items():
+            self.pending[key] = config
+        snapshot = ConfigSnapshot(revision=revision, accounts=[desired[key][0] for key in sorted(desired)])
+        await self._timed("full", self.client.put_config(self.gateway.ip, snapshot))
+        before = set(self.known) | set(self.unknown)
+        self.known = dict(desired)
+        self.pending.clear()
+        self.unknown.clear()
+        self.revision = revision
+        self._needs_full = False
+        log.info("gateway %s: full snapshot with %d accounts, revision %d", self.name, len(desired), revision)
+        self.host.gateway_changed(self, before | desired.keys())
+
+    async def _put(self, key: str, config: AccountConfig, digest: str) -> None:
+        revision = self._next_revision()
+        await self._timed("account", self.client.put_account(self.gateway.ip, config, revision))
+        self.known[key] = (config, digest)
+        self.pending.pop(key, None)
+        self.unknown.pop(key, None)
+        self.revision = revision
+        self.host.gateway_changed(self, {key})
+
+    async def _delete(self, key: str) -> None:
+        revision = self._next_revision()
+        await self._timed("delete", self.client.delete_account(self.gateway.ip, key, revision))
+        self._forget(key)
+        self.revision = revision
+        self.host.gateway_changed(self, {key})
+
+    async def _timed(self, kind: str, call: Awaitable[None]) -> None:
+        started = time.perf_counter()
+        try:
+            await call
+        except GatewayRejected as error:
+            if error.status == 409:  # another writer got ahead: read its revision, then go past it
+                self._needs_status = True
+            raise
+        self.metrics.push_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+def _report_changes(before: GatewayReport | None, after: GatewayReport) -> set[str]:
+    """Accounts whose reported state (digest, health) differs between two status reads."""
+    if before is None:
+        return set(after.accounts)
+    keys = before.accounts.keys() | after.accounts.keys()
+    return {key for key in keys if before.accounts.get(key) != after.accounts.get(key)}

@@ -1,0 +1,303 @@
+"""Read the YAML that ``kubectl apply -f`` takes and turn it into a gateway snapshot.
+
+Standalone mode has no apiserver, so this module plays its part: it validates
+every ``SmtpAccount`` with the same pydantic model the CRD is rendered from,
+decodes ``v1`` Secrets (``data`` base64, ``stringData`` plain, ``stringData``
+winning as in Kubernetes) and resolves each account's ``auth.secretRef`` in the
+account's namespace, as the operator does in a cluster.
+
+Every problem names the file, the document (1-based, with kind and
+namespace/name when known) and the field path, and all problems of a load are
+reported together so a user fixes a file in one pass. No message ever contains
+a value read from a file: YAML errors are rebuilt from their position and
+problem only (PyYAML's own text quotes the offending line, which may hold a
+password) and pydantic errors are reduced to their location and message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from secrets import token_bytes
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ..passwords import hash_password
+from ..snapshot import AccountConfig, ConfigSnapshot, Credentials, SmtpClientCredential
+from ..spec import AuthMethod, SmtpAccount
+
+log = logging.getLogger(__name__)
+
+_NEEDED_KEYS = {
+    AuthMethod.login: ("username", "password"),
+    AuthMethod.xoauth2: ("username", "token"),
+    AuthMethod.none: (),
+}
+
+
+class ConfigError(Exception):
+    """A load that found problems; ``problems`` holds one line per problem, none with a value."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class _Origin:
+    """Where a document came from, for messages: ``accounts.yaml: document 2 (SmtpAccount shop/billing)``."""
+
+    path: str
+    index: int
+    kind: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.path}: document {self.index}"
+        label = " ".join(part for part in (self.kind, self.key) if part)
+        return f"{where} ({label})" if label else where
+
+
+@dataclass(frozen=True)
+class _Secret:
+    origin: _Origin
+    values: dict[str, str]
+
+
+def load_snapshot(paths: Iterable[str | Path], revision: int = 1) -> ConfigSnapshot:
+    """Load accounts and Secrets from ``paths`` into a snapshot with ``revision``; raise ConfigError."""
+    problems: list[str] = []
+    accounts: dict[str, tuple[_Origin, SmtpAccount]] = {}
+    secrets: dict[str, _Secret] = {}
+    for path in paths:
+        for origin, document in _documents(Path(path), problems):
+            _classify(origin, document, accounts, secrets, problems)
+    configs = [_resolve(origin, account, secrets, problems) for origin, account in accounts.values()]
+    _check_unique_logins(accounts, configs, problems)
+    if problems:
+        raise ConfigError(problems)
+    configs.sort(key=lambda config: config.key)
+    return ConfigSnapshot(revision=revision, accounts=configs)
+
+
+def _documents(path: Path, problems: list[str]) -> Iterator[tuple[_Origin, Any]]:
+    """Yield each non-empty document; a ``kind: List`` (``kubectl get -o yaml``) yields its items."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        problems.append(f"{path}: cannot read: {getattr(error, 'strerror', None) or type(error).__name__}")
+        return
+    index = 0
+    try:
+        for document in yaml.safe_load_all(text):
+            index += 1
+            if document is None:
+                continue
+            if isinstance(document, dict) and document.get("kind") == "List" and isinstance(document.get("items"), list):
+                for item_index, item in enumerate(document["items"], start=1):
+                    yield _Origin(f"{path}", index, kind=f"List item {item_index}"), item
+                continue
+            yield _Origin(str(path), index), document
+    except yaml.YAMLError as error:
+        problems.append(f"{path}: document {index + 1}: {describe_yaml_error(error)}")
+
+
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Position and problem only: PyYAML's own message quotes the source line."""
+    if isinstance(error, yaml.MarkedYAMLError):
+        mark = error.problem_mark or error.context_mark
+        position = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        return f"invalid YAML: {position}{error.problem or error.context or 'syntax error'}"
+    return "invalid YAML"
+
+
+def _classify(
+    origin: _Origin,
+    document: Any,
+    accounts: dict[str, tuple[_Origin, SmtpAccount]],
+    secrets: dict[str, _Secret],
+    problems: list[str],
+) -> None:
+    if not isinstance(document, dict):
+        problems.append(f"{origin}: expected a mapping with apiVersion, kind and metadata")
+        return
+    kind = document.get("kind")
+    api_version = document.get("apiVersion")
+    metadata = document.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    namespace = (metadata.get("namespace") if isinstance(metadata, dict) else None) or "default"
+    key = f"{namespace}/{name}" if isinstance(name, str) else None
+    origin = _Origin(origin.path, origin.index, kind=_label(origin.kind, kind), key=key)
+    if kind == "SmtpAccount" and str(api_version).startswith("mailgate.dev/"):
+        account = _validate_account(origin, document, problems)
+        if account is not None:
+            _add_unique(accounts, account.key, (origin, account), origin, "SmtpAccount", problems, lambda item: item[0])
+    elif kind == "Secret" and api_version == "v1":
+        secret = _decode_secret(origin, document, key, problems)
+        if secret is not None and key is not None:
+            _add_unique(secrets, key, secret, origin, "Secret", problems, lambda item: item.origin)
+    else:
+        log.warning("%s: ignored (standalone mode reads only SmtpAccount and v1 Secret)", origin)
+
+
+def _label(prefix: str | None, kind: Any) -> str:
+    kind_text = kind if isinstance(kind, str) else "unknown kind"
+    return f"{prefix}: {kind_text}" if prefix else kind_text
+
+
+def _add_unique(table: dict, key: str, value: Any, origin: _Origin, kind: str, problems: list[str], origin_of: Any) -> None:
+    if key in table:
+        problems.append(f"{origin}: duplicate {kind} {key}, first defined in {origin_of(table[key])}")
+    else:
+        table[key] = value
+
+
+def _validate_account(origin: _Origin, document: dict[str, Any], problems: list[str]) -> SmtpAccount | None:
+    try:
+        return SmtpAccount.model_validate(document)
+    except ValidationError as error:
+        for item in error.errors(include_input=False, include_url=False):
+            problems.append(f"{origin}: {field_path(item['loc'])}: {item['msg']}")
+        return None
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``('spec', 'senders', 0)`` -> ``spec.senders[0]``."""
+    path = ""
+    for part in loc:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path or "(document)"
+
+
+def _decode_secret(origin: _Origin, document: dict[str, Any], key: str | None, problems: list[str]) -> _Secret | None:
+    if key is None:
+        problems.append(f"{origin}: metadata.name: a Secret needs a name")
+        return None
+    values: dict[str, str] = {}
+    ok = True
+    for field in ("data", "stringData"):
+        section = document.get(field) or {}
+        if not isinstance(section, dict):
+            problems.append(f"{origin}: {field}: expected a mapping of key to value")
+            ok = False
+            continue
+        for item_key, value in section.items():
+            decoded = _secret_value(field, value)
+            if decoded is None:
+                problems.append(f"{origin}: {field}.{item_key}: {_SECRET_VALUE_PROBLEM[field]}")
+                ok = False
+            else:
+                values[str(item_key)] = decoded
+    return _Secret(origin, values) if ok else None
+
+
+_SECRET_VALUE_PROBLEM = {
+    "data": "not valid base64-encoded UTF-8 (put plain text under stringData)",
+    "stringData": "expected a string",
+}
+
+
+def _secret_value(field: str, value: Any) -> str | None:
+    if field == "stringData":
+        return value if isinstance(value, str) else None
+    if not isinstance(value, str):
+        return None
+    try:
+        return base64.b64decode(value, validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def _resolve(origin: _Origin, account: SmtpAccount, secrets: dict[str, _Secret], problems: list[str]) -> AccountConfig:
+    """Attach upstream credentials and SMTP client logins from the referenced Secrets, as the operator does."""
+    auth = account.spec.auth
+    credentials = Credentials()
+    needed = _NEEDED_KEYS[auth.method]
+    if needed and auth.secret_ref is None:
+        problems.append(f"{origin}: spec.auth.secretRef: required unless method is none")
+    elif needed and auth.secret_ref is not None:
+        why = f"auth method {auth.method.value} needs {' and '.join(needed)}"
+        values = _secret_values(origin, "spec.auth.secretRef", account, auth.secret_ref.name, needed, why, secrets, problems)
+        if values is not None:
+            credentials = Credentials.model_validate(values)
+    clients: list[SmtpClientCredential] = []
+    for index, client in enumerate(account.spec.access.smtp_clients):
+        field = f"spec.access.smtpClients[{index}].secretRef"
+        needed = ("username", "password")
+        values = _secret_values(origin, field, account, client.secret_ref.name, needed, "an SMTP client login", secrets, problems)
+        if values is not None:
+            clients.append(SmtpClientCredential(username=values["username"], password_hash=_password_hash(values)))
+    return AccountConfig(
+        namespace=account.metadata.namespace,
+        name=account.metadata.name,
+        generation=account.metadata.generation,
+        spec=account.spec,
+        credentials=credentials,
+        smtp_clients=clients,
+    )
+
+
+def _secret_values(
+    origin: _Origin,
+    field: str,
+    account: SmtpAccount,
+    secret_name: str,
+    needed: tuple[str, ...],
+    why: str,
+    secrets: dict[str, _Secret],
+    problems: list[str],
+) -> dict[str, str] | None:
+    """The ``needed`` keys of a Secret in the account's namespace; a missing Secret or key is a problem naming both."""
+    secret_key = f"{account.metadata.namespace}/{secret_name}"
+    secret = secrets.get(secret_key)
+    if secret is None:
+        problems.append(f"{origin}: {field}: Secret {secret_key} not found in the loaded files")
+        return None
+    missing = [key for key in needed if key not in secret.values]
+    for key in missing:
+        problems.append(f"{origin}: {field}: Secret {secret_key} ({secret.origin}) has no key {key!r} ({why})")
+    return None if missing else {key: secret.values[key] for key in needed}
+
+
+# SMTP client passwords are hashed with scrypt (tens of milliseconds each). A reload re-reads every
+# Secret, so the hash of an unchanged (username, password) is reused: the snapshot then stays equal
+# and nothing is re-applied. The cache key is an HMAC under a key that exists only in this process.
+_HASH_CACHE_KEY = token_bytes(32)
+_HASH_CACHE: OrderedDict[bytes, str] = OrderedDict()
+_HASH_CACHE_SIZE = 1024
+
+
+def _password_hash(values: dict[str, str]) -> str:
+    parts = [values["username"].encode(), values["password"].encode()]
+    fingerprint = hmac.new(_HASH_CACHE_KEY, b"".join(len(p).to_bytes(4, "big") + p for p in parts), hashlib.sha256).digest()
+    cached = _HASH_CACHE.get(fingerprint)
+    if cached is None:
+        cached = _HASH_CACHE[fingerprint] = hash_password(values["password"])
+        while len(_HASH_CACHE) > _HASH_CACHE_SIZE:
+            _HASH_CACHE.popitem(last=False)
+    _HASH_CACHE.move_to_end(fingerprint)
+    return cached
+
+
+def _check_unique_logins(
+    accounts: dict[str, tuple[_Origin, SmtpAccount]], configs: list[AccountConfig], problems: list[str]
+) -> None:
+    """An SMTP login names one account; the same username on two accounts is refused here, not at login."""
+    first: dict[str, str] = {}
+    for config in configs:
+        for client in config.smtp_clients:
+            owner = first.setdefault(client.username, config.key)
+            if owner != config.key:
+                origin = accounts[config.key][0]
+                problems.append(
+                    f"{origin}: spec.access.smtpClients: SMTP login {client.username!r} is also used by SmtpAccount {owner}"
+                )

@@ -1,0 +1,324 @@
+"""The chart renders, lints, rejects bad values, and what it renders the apiserver accepts."""
+
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mailgate.gateway.accounts import AccountRegistry
+from mailgate.gateway.metrics import GatewayMetrics
+from mailgate.pool import SMTPPool
+from tests.k8s.cluster import ControlPlane
+from tests.k8s.helm.helm import CHART, REPO_ROOT, Helm, HelmError
+
+GENERATED_CRD = REPO_ROOT / "crds" / "smtpaccounts.mailgate.dev.yaml"
+CHART_CRD = CHART / "crds" / "smtpaccounts.mailgate.dev.yaml"
+
+# Values that switch on everything optional, with a namespace list (the
+# namespaces are filled in by the tests that need them to exist).
+NON_DEFAULT: dict[str, Any] = {
+    "gateway": {
+        "replicas": 4,
+        "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
+        "logFormat": "text",
+        "extraArgs": ["--verbose"],
+    },
+    "operator": {"replicas": 3},
+    "networkPolicy": {"send": {"fromNamespaces": ["shop"]}, "metrics": {"fromNamespaces": ["monitoring"]}},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "grafanaDashboard": {"enabled": True}},
+    "image": {"tag": "9.9.9"},
+}
+
+
+def _by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def _one(objs: list[dict[str, Any]], kind: str, name_suffix: str = "") -> dict[str, Any]:
+    found = [o for o in _by_kind(objs, kind) if o["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {[o['metadata']['name'] for o in found]}"
+    return found[0]
+
+
+def _container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+# --------------------------------------------------------------------------- lint, CRD, metadata
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+def test_lint_strict_passes(helm_offline: Helm, tmp_path: Path, values: dict[str, Any] | None) -> None:
+    args = ["lint", "--strict", str(CHART)]
+    if values:
+        (tmp_path / "values.json").write_text(json.dumps({**values, "watchNamespaces": ["shop", "billing"]}))
+        args += ["--values", str(tmp_path / "values.json")]
+    result = helm_offline.run(*args)
+    assert "0 chart(s) failed" in result.stdout, result.stdout
+
+
+def test_chart_crd_is_the_generated_file_not_a_copy(helm_offline: Helm, tmp_path: Path) -> None:
+    """The chart's CRD is a symlink to `mailgate crd`'s output; Helm follows it and
+    packages its bytes, so an installed chart can never drift from spec.py."""
+    assert CHART_CRD.is_symlink()
+    assert CHART_CRD.resolve() == GENERATED_CRD.resolve()
+
+    rendered = helm_offline.render(include_crds=True)
+    crd = _one(rendered, "CustomResourceDefinition", "smtpaccounts.mailgate.dev")
+    assert crd == yaml.safe_load(GENERATED_CRD.read_text())
+
+    helm_offline.run("package", str(CHART), "-d", str(tmp_path))
+    (package,) = tmp_path.glob("mailgate-*.tgz")
+    with tarfile.open(package) as tar:
+        member = tar.extractfile("mailgate/crds/smtpaccounts.mailgate.dev.yaml")
+        assert member is not None
+        assert member.read() == GENERATED_CRD.read_bytes()
+
+
+def test_image_tag_defaults_to_app_version_which_follows_the_project_version(helm_offline: Helm) -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    project_version = _pyproject_version()
+    assert chart["appVersion"] == project_version
+
+    objs = helm_offline.render()
+    for deployment in _by_kind(objs, "Deployment"):
+        assert _container(deployment)["image"].endswith(f"/mailgate:{project_version}")
+
+    pinned = helm_offline.render(values={"image": {"digest": "sha256:" + "ab" * 32}})
+    for deployment in _by_kind(pinned, "Deployment"):
+        assert _container(deployment)["image"].endswith("/mailgate@sha256:" + "ab" * 32)
+
+
+def _pyproject_version() -> str:
+    import tomllib
+
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
+
+
+async def test_grafana_dashboard_queries_metrics_the_gateway_exports(helm_offline: Helm) -> None:
+    """Every gateway metric a panel queries exists in the gateway's real /metrics
+    output, so a renamed metric breaks this test instead of the dashboard."""
+    objs = helm_offline.render(values={"metrics": {"grafanaDashboard": {"enabled": True}}})
+    configmap = _one(objs, "ConfigMap", "-dashboard")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(configmap["data"]["mailgate.json"])
+    queried = {
+        re.sub(r"_(bucket|count|sum)$", "", name)
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bmailgate_\w+", target["expr"])
+    }
+    gateway_queried = {name for name in queried if not name.startswith("mailgate_operator_")}
+    assert gateway_queried
+
+    pool = SMTPPool()
+    try:
+        exposition = GatewayMetrics(pool, AccountRegistry(pool)).render().decode()
+    finally:
+        await pool.close_all()
+    exported = set(re.findall(r"^# HELP (\S+)", exposition, re.MULTILINE))
+    assert gateway_queried <= exported, f"not exported by the gateway: {sorted(gateway_queried - exported)}"
+
+
+def _leaf_paths(values: dict[str, Any], prefix: str = "") -> list[str]:
+    paths: list[str] = []
+    for key, value in values.items():
+        path = f"{prefix}{key}"
+        paths += _leaf_paths(value, f"{path}.") if isinstance(value, dict) and value else [path]
+    return paths
+
+
+def test_readme_values_table_matches_values_yaml() -> None:
+    """Every value is in the README's table (itself or a documented parent such as
+    `gateway.resources`), and every row names a value that exists."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    readme = (CHART / "README.md").read_text()
+    rows = re.findall(r"^\| `([\w.]+)` \|", readme, re.MULTILINE)
+    for path in _leaf_paths(values):
+        parts = path.split(".")
+        prefixes = {".".join(parts[:n]) for n in range(1, len(parts) + 1)}
+        assert prefixes & set(rows), f"{path} is not documented in charts/mailgate/README.md"
+    for row in rows:
+        node: Any = values
+        for part in row.split("."):
+            assert isinstance(node, dict) and part in node, f"README documents {row}, which values.yaml lacks"
+            node = node[part]
+
+
+# --------------------------------------------------------------------------- what the defaults promise
+
+
+def test_default_render_is_locked_down(helm_offline: Helm) -> None:
+    """Security context, probes, args and the admin-token mount of both Deployments."""
+    objs = helm_offline.render(release="mg", namespace="mail")
+    gateway = _one(objs, "Deployment", "-gateway")
+    operator = _one(objs, "Deployment", "-operator")
+    assert gateway["spec"]["replicas"] == 2
+    assert operator["spec"]["replicas"] == 2
+
+    for deployment in (gateway, operator):
+        pod = deployment["spec"]["template"]["spec"]
+        container = _container(deployment)
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+        assert "--admin-token-file=/var/run/mailgate/admin/token" in container["args"]
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "admin-token")
+        assert mount == {"name": "admin-token", "mountPath": "/var/run/mailgate/admin", "readOnly": True}
+
+    g = _container(gateway)
+    assert g["args"][0] == "gateway"
+    assert {"--in-cluster", "--host=0.0.0.0", "--port=8080", "--admin-port=8081", "--log-format=json"} <= set(g["args"])
+    assert g["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
+    assert g["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert {p["name"]: p["containerPort"] for p in g["ports"]} == {"http": 8080, "admin": 8081}
+
+    o = _container(operator)
+    assert o["args"][0] == "operator"
+    assert "--gateway-namespace=mail" in o["args"]
+    selector = next(a for a in o["args"] if a.startswith("--gateway-selector="))
+    assert set(selector.split("=", 1)[1].split(",")) == {
+        "app.kubernetes.io/name=mailgate",
+        "app.kubernetes.io/instance=mg",
+        "app.kubernetes.io/component=gateway",
+    }
+    assert not [a for a in o["args"] if a.startswith("--namespace")], "cluster-wide by default"
+    assert o["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert "--lease-name=mg-mailgate-operator" in o["args"]
+
+    # The gateway selector the operator uses really selects the gateway pods.
+    pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
+    for pair in selector.split("=", 1)[1].split(","):
+        key, value = pair.split("=")
+        assert pod_labels[key] == value
+
+    # The admin port is in no Service; only the send port is.
+    ports = [p["targetPort"] for s in _by_kind(objs, "Service") for p in s["spec"]["ports"]]
+    assert sorted(ports) == ["http", "metrics"]
+
+
+def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
+    objs = helm_offline.render(release="mg", values={"networkPolicy": {"send": {"fromNamespaces": ["shop", "crm"]}}})
+    policy = _one(objs, "NetworkPolicy", "-gateway")
+    operator_labels = _one(objs, "Deployment", "-operator")["spec"]["selector"]["matchLabels"]
+    gateway_labels = _one(objs, "Deployment", "-gateway")["spec"]["selector"]["matchLabels"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == gateway_labels
+    by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
+    assert set(by_port) == {"admin", "http"}
+    assert by_port["admin"] == [{"podSelector": {"matchLabels": operator_labels}}]
+    send_from = by_port["http"]
+    assert {"podSelector": {"matchLabels": operator_labels}} in send_from
+    assert {"podSelector": {"matchLabels": gateway_labels}} in send_from  # forwarding between gateways
+    (ns_peer,) = [p for p in send_from if "namespaceSelector" in p]
+    assert ns_peer["namespaceSelector"]["matchExpressions"] == [
+        {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "crm"]}
+    ]
+
+
+def test_autoscaling_replaces_fixed_replicas(helm_offline: Helm) -> None:
+    objs = helm_offline.render(values={"gateway": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 7}}})
+    gateway = _one(objs, "Deployment", "-gateway")
+    assert "replicas" not in gateway["spec"]
+    hpa = _one(objs, "HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 7)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == gateway["metadata"]["name"]
+
+
+# --------------------------------------------------------------------------- bad values fail with a clear message
+
+# (case id, values, text helm's error must contain)
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("replicas-zero", {"gateway": {"replicas": 0}}, "/gateway/replicas"),
+    ("replicas-string", {"gateway": {"replicas": "three"}}, "/gateway/replicas"),
+    ("typo-top-level", {"gatway": {"replicas": 2}}, "'gatway' not allowed"),
+    ("typo-nested", {"gateway": {"replica": 2}}, "'replica' not allowed"),
+    ("namespace-uppercase", {"watchNamespaces": ["Shop"]}, "/watchNamespaces/0"),
+    ("namespaces-not-a-list", {"watchNamespaces": "shop"}, "/watchNamespaces"),
+    ("namespace-twice", {"watchNamespaces": ["shop", "shop"]}, "/watchNamespaces"),
+    ("port-out-of-range", {"gateway": {"port": 70000}}, "/gateway/port"),
+    ("pull-policy-unknown", {"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy"),
+    ("log-format-unknown", {"gateway": {"logFormat": "xml"}}, "/gateway/logFormat"),
+    ("digest-malformed", {"image": {"digest": "latest"}}, "/image/digest"),
+    ("send-namespace-bad", {"networkPolicy": {"send": {"fromNamespaces": ["a b"]}}}, "/networkPolicy/send/fromNamespaces/0"),
+    ("quantity-bad", {"gateway": {"resources": {"limits": {"memory": "lots"}}}}, "/gateway/resources/limits/memory"),
+    ("interval-bad", {"metrics": {"serviceMonitor": {"interval": "often"}}}, "/metrics/serviceMonitor/interval"),
+    (
+        "autoscaling-min-above-max",
+        {"gateway": {"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}},
+        "minReplicas (5) must not exceed gateway.autoscaling.maxReplicas (2)",
+    ),
+    ("same-ports", {"gateway": {"adminPort": 8080}}, "gateway.port and gateway.adminPort must differ"),
+    (
+        "replicas-without-leader-election",
+        {"operator": {"leaderElection": {"enabled": False}}},
+        "operator.leaderElection.enabled is false",
+    ),
+]
+
+
+@pytest.mark.parametrize(("values", "message"), [c[1:] for c in INVALID], ids=[c[0] for c in INVALID])
+def test_invalid_values_are_rejected_with_a_clear_message(helm_offline: Helm, values: dict[str, Any], message: str) -> None:
+    with pytest.raises(HelmError) as err:
+        helm_offline.template(values=values)
+    assert message in err.value.stderr
+
+
+def test_single_operator_may_run_without_leader_election(helm_offline: Helm) -> None:
+    objs = helm_offline.render(values={"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
+    assert not [a for a in _container(_one(objs, "Deployment", "-operator"))["args"] if a.startswith("--lease")]
+    (role,) = [r for r in _by_kind(objs, "Role") if r["metadata"]["name"].endswith("-operator")]
+    assert not [rule for rule in role["rules"] if "leases" in rule["resources"]]
+
+
+# --------------------------------------------------------------------------- the apiserver accepts what renders
+
+
+def _dry_run_apply(cluster: ControlPlane, manifests: str) -> list[str]:
+    """``kubectl apply --dry-run=server``: the apiserver validates every object
+    (schemas, CRD schemas, RBAC escalation rules) without persisting any."""
+    result = cluster.kubectl("apply", "--dry-run=server", "-f", "-", "-o", "name", input=manifests)
+    return result.stdout.split()
+
+
+@pytest.mark.parametrize("non_default", [False, True], ids=["default", "non-default"])
+def test_rendered_chart_is_accepted_by_the_apiserver(
+    cluster: ControlPlane, helm: Helm, make_namespace: Callable[[], str], non_default: bool
+) -> None:
+    release_ns = make_namespace()
+    values: dict[str, Any] = {}
+    if non_default:
+        watched = [make_namespace(), make_namespace()]
+        values = {**NON_DEFAULT, "watchNamespaces": watched}
+    rendered = helm.template(release="mg", namespace=release_ns, values=values, include_crds=True).stdout
+
+    applied = _dry_run_apply(cluster, rendered)
+
+    kinds = {name.split("/")[0] for name in applied}
+    expected = {
+        "customresourcedefinition.apiextensions.k8s.io",
+        "deployment.apps",
+        "service",
+        "serviceaccount",
+        "secret",
+        "networkpolicy.networking.k8s.io",
+        "poddisruptionbudget.policy",
+        "role.rbac.authorization.k8s.io",
+        "rolebinding.rbac.authorization.k8s.io",
+        "clusterrole.rbac.authorization.k8s.io",
+        "clusterrolebinding.rbac.authorization.k8s.io",
+    }
+    if non_default:
+        expected |= {"horizontalpodautoscaler.autoscaling", "servicemonitor.monitoring.coreos.com", "configmap"}
+    assert kinds == expected
+    assert len(applied) == len([d for d in yaml.safe_load_all(rendered) if d])
