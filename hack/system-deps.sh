@@ -6,6 +6,7 @@ set -euo pipefail
 need=()
 command -v smtp-sink >/dev/null 2>&1 || [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v swaks >/dev/null 2>&1 || need+=(swaks)
+perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)  # swaks --tls (a Recommends, skipped below)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 [ ${#need[@]} -eq 0 ] && exit 0

@@ -123,10 +123,16 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--api-keys", metavar="FILE", help="YAML file of hashed API keys callers authenticate with")
     parser.add_argument("--insecure-no-auth", action="store_true", help="let any caller use any account (tests, demos)")
     parser.add_argument(
-        "--in-cluster", action="store_true", help="pod defaults: listen on 0.0.0.0, JSON logs, $POD_NAME, 5 s unready delay"
+        "--in-cluster",
+        action="store_true",
+        help="pod defaults: ServiceAccount tokens via TokenReview, listen on 0.0.0.0, JSON logs, $POD_NAME, 5 s unready delay",
     )
+    parser.add_argument("--kubeconfig", metavar="FILE", help="check ServiceAccount tokens through this cluster (outside a pod)")
     parser.add_argument("--log-format", choices=["json", "text"], help="log format (default text; json with --in-cluster)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.add_argument(
+        "--event-loop", default="auto", choices=["auto", "uvloop", "asyncio"], help="auto: uvloop when installed"
+    )
     parser.add_argument("--hostname", help="domain of generated Message-IDs (default: the host or pod name)")
     parser.add_argument("--ehlo-hostname", help="name sent in EHLO to upstreams (default: the FQDN)")
     parser.add_argument(
@@ -141,7 +147,50 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=_gateway)
 
 
-_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_crd, _add_serve, _add_dev, _add_apikey, _add_gateway]
+def _operator(args: argparse.Namespace) -> int:
+    from .operator.main import main
+
+    return main(args)
+
+
+def _add_operator(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "operator",
+        help="run the kopf operator that pushes SmtpAccounts to the gateway pods",
+        description="Watch SmtpAccounts and their Secrets, split each account's limits across the gateway pods "
+        "and push the result to every pod's admin API. Logs in in-cluster, else with $KUBECONFIG.",
+    )
+    parser.add_argument("--gateway-namespace", required=True, help="namespace of the gateway pods (and of the Lease)")
+    parser.add_argument(
+        "--gateway-selector", default="app.kubernetes.io/component=gateway", help="label selector of the gateway pods"
+    )
+    parser.add_argument(
+        "--admin-token-file", metavar="FILE", help="file holding the admin bearer token (else $MAILGATE_ADMIN_TOKEN)"
+    )
+    parser.add_argument("--admin-port", type=int, default=8081, help="gateways' admin API port (default 8081)")
+    parser.add_argument("--send-port", type=int, default=8080, help="gateways' send API port, for forwarding peers")
+    parser.add_argument(
+        "--namespace", action="append", metavar="NS", help="serve SmtpAccounts in NS (repeatable; default: all namespaces)"
+    )
+    parser.add_argument("--health-port", type=int, default=8080, help="liveness endpoint /healthz (default 8080)")
+    parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (default 9090)")
+    parser.add_argument("--bind-address", default="0.0.0.0", help="address of the health and metrics servers")
+    parser.add_argument(
+        "--resync-seconds", type=float, default=30.0, help="read every gateway's status this often and repair drift"
+    )
+    replicas = parser.add_mutually_exclusive_group(required=True)
+    replicas.add_argument(
+        "--peering", metavar="NAME", help="elect one active replica with the Lease NAME in the gateway namespace"
+    )
+    replicas.add_argument("--standalone", action="store_true", help="a single replica: no leader election")
+    parser.add_argument("--identity", help="this replica's name in the Lease (default: $POD_NAME or host, plus a suffix)")
+    parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    parser.set_defaults(func=_operator)
+
+
+_COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_crd, _add_serve, _add_dev, _add_apikey, _add_gateway, _add_operator,
+]  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from .accounts import Account
 from .auth import Authenticator
 from .forward import Forwarder
+from .idempotency import MAX_KEY_LENGTH, IdempotencyConflict, IdempotencyStore, StoredResponse, fingerprint
 from .message import MessageError, OutgoingMessage, SendRequest, build_message, describe_validation_error, parse_raw_message
 from .middleware import request_id
 from .problems import outcome_problem, problem
@@ -66,11 +67,20 @@ def sent_body(outcome: Sent) -> dict[str, Any]:
 class SendAPI:
     """Holds the collaborators of the handler; one instance per gateway."""
 
-    def __init__(self, relay: Relay, authenticator: Authenticator, forwarder: Forwarder, *, hostname: str) -> None:
+    def __init__(
+        self,
+        relay: Relay,
+        authenticator: Authenticator,
+        forwarder: Forwarder,
+        *,
+        hostname: str,
+        idempotency: IdempotencyStore | None = None,
+    ) -> None:
         self.relay = relay
         self.authenticator = authenticator
         self.forwarder = forwarder
         self.hostname = hostname
+        self.idempotency = idempotency or IdempotencyStore()
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(ROUTE, self.post_message)
@@ -78,7 +88,11 @@ class SendAPI:
     async def post_message(self, request: web.Request) -> web.Response:
         rid = request_id(request)
         key = f"{request.match_info['namespace']}/{request.match_info['name']}"
-        identity = await self.authenticator.authenticate(request)
+        try:
+            identity = await self.authenticator.authenticate(request)
+        except Exception as exc:  # the authenticator failed (apiserver down), not the caller: never a false 401
+            log.warning("authentication failed for %s: %s", key, type(exc).__name__)
+            return problem("auth-unavailable", "the caller's token could not be checked", request_id=rid, retry_after=5)
         if identity is None:
             return problem(
                 "unauthenticated",
@@ -103,6 +117,39 @@ class SendAPI:
             self.relay.record(key, Reason.TOO_LARGE.value)
             refusal = Refused(Reason.TOO_LARGE, f"the body is larger than account {key!r} accepts ({limit} bytes)")
             return outcome_problem(refusal, rid)
+        idempotency_key = request.headers.get("Idempotency-Key")
+        if idempotency_key is None:
+            return await self._deliver(request, account, content_type, body, rid)
+        if not 0 < len(idempotency_key) <= MAX_KEY_LENGTH or not idempotency_key.isprintable():
+            detail = f"Idempotency-Key: at most {MAX_KEY_LENGTH} printable characters"
+            return self._invalid(key, [{"field": "Idempotency-Key", "message": detail}], rid)
+        request_fingerprint = fingerprint(f"{content_type}?{request.query_string}", body)
+
+        async def deliver() -> StoredResponse:
+            response = await self._deliver(request, account, content_type, body, rid)
+            assert isinstance(response.body, bytes)
+            kept = {name: response.headers[name] for name in ("Retry-After",) if name in response.headers}
+            return StoredResponse(response.status, response.body, response.content_type, kept)
+
+        try:
+            stored = await self.idempotency.run(key, idempotency_key, request_fingerprint, deliver)
+        except IdempotencyConflict:
+            self.relay.record(key, "idempotency-conflict")
+            return problem(
+                "idempotency-conflict",
+                "this Idempotency-Key was used with a different request body",
+                request_id=rid,
+            )
+        headers = dict(stored.headers)
+        if stored.replayed:
+            headers["Idempotent-Replayed"] = "true"
+        return web.Response(status=stored.status, body=stored.body, content_type=stored.content_type, headers=headers)
+
+    async def _deliver(
+        self, request: web.Request, account: Account, content_type: str, body: bytes, rid: str
+    ) -> web.Response:
+        """Forward to a peer, or build and send: the part an Idempotency-Key protects from running twice."""
+        key = account.config.key
         if account.forward_peers:
             return await self.forwarder.forward(request, body, account.forward_peers, rid)
         try:

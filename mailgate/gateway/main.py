@@ -6,9 +6,10 @@ until SIGTERM. ``--in-cluster`` picks the defaults a pod wants (listen on all
 interfaces, JSON logs, the pod name in Message-IDs, a short unready delay
 before closing the listener so the Service stops routing here first).
 
-Callers authenticate with API keys (``--api-keys``) until Kubernetes
-ServiceAccount tokens (TokenReview) plug into the same ``Authenticator``
-protocol; ``--insecure-no-auth`` is for tests and demos.
+Callers authenticate with their Kubernetes ServiceAccount token, checked by
+a TokenReview (the default with ``--in-cluster``, or with ``--kubeconfig``
+outside a pod), or with API keys (``--api-keys``); ``--insecure-no-auth`` is
+for tests and demos.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .app import Gateway, GatewayOptions, run_until_signalled
@@ -48,7 +50,8 @@ def admin_token(args: argparse.Namespace) -> str:
     return token
 
 
-def authenticator(args: argparse.Namespace) -> Authenticator:
+def static_authenticator(args: argparse.Namespace) -> Authenticator | None:
+    """API keys or nobody-checks; ``None`` when callers are to be checked with TokenReviews."""
     if args.api_keys:
         from ..standalone.apikeys import ApiKeys, load_keys
         from ..standalone.loader import ConfigError
@@ -59,7 +62,12 @@ def authenticator(args: argparse.Namespace) -> Authenticator:
             raise UsageError("; ".join(error.problems)) from None
     if args.insecure_no_auth:
         return AllowAnyone()
-    raise UsageError("choose how callers authenticate: --api-keys FILE, or --insecure-no-auth for tests and demos")
+    if args.in_cluster or args.kubeconfig:
+        return None
+    raise UsageError(
+        "choose how callers authenticate: --in-cluster or --kubeconfig (ServiceAccount tokens), "
+        "--api-keys FILE, or --insecure-no-auth for tests and demos"
+    )
 
 
 def options(args: argparse.Namespace) -> GatewayOptions:
@@ -81,17 +89,46 @@ def options(args: argparse.Namespace) -> GatewayOptions:
     )
 
 
-def main(args: argparse.Namespace) -> int:
-    log_format = args.log_format or ("json" if args.in_cluster else "text")
-    configure_logging(log_format, args.log_level.upper())
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when asked for, or by default when installed: it halves the event loop's share of each request."""
+    if choice == "asyncio":
+        return None
     try:
-        gateway = Gateway(authenticator(args), options(args))
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise UsageError("--event-loop uvloop: uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        authenticator = static_authenticator(args)
+        gateway_options = options(args)
+        factory = loop_factory(args.event_loop)
     except UsageError as exc:
         print(f"mailgate gateway: {exc}", file=sys.stderr)
         return 2
+    configure_logging(args.log_format or ("json" if args.in_cluster else "text"), args.log_level.upper())
     try:
-        asyncio.run(run_until_signalled(gateway))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(_serve(gateway_options, authenticator, args.kubeconfig))
     except OSError as exc:  # the port is taken, the address does not exist
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+async def _serve(gateway_options: GatewayOptions, authenticator: Authenticator | None, kubeconfig: str | None) -> None:
+    """The TokenReview client needs the running loop, so it is made here and closed on the way out."""
+    if authenticator is not None:
+        await run_until_signalled(Gateway(authenticator, gateway_options))
+        return
+    from .tokenreview import TokenReviewAuthenticator, kubernetes_api_client
+
+    api = await kubernetes_api_client(kubeconfig)
+    try:
+        await run_until_signalled(Gateway(TokenReviewAuthenticator(api), gateway_options))
+    finally:
+        await api.close()

@@ -44,6 +44,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "method-not-allowed": ProblemType(405, "Method not allowed", False),
     "revision-conflict": ProblemType(409, "Revision is not newer than the gateway's", False),
     Reason.TOO_LARGE.value: ProblemType(413, "Message too large", False),
+    "idempotency-conflict": ProblemType(422, "Idempotency-Key reused with a different request", False),
     "unsupported-media-type": ProblemType(415, "Unsupported media type", False),
     Reason.RATE_LIMITED.value: ProblemType(429, "Rate limit exceeded", True),
     "internal-error": ProblemType(500, "Internal error", True),
@@ -55,6 +56,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     Reason.SUSPENDED.value: ProblemType(503, "The account is suspended", True),
     Reason.SHUTTING_DOWN.value: ProblemType(503, "The gateway is shutting down", True),
     "peer-unavailable": ProblemType(503, "No peer gateway could take the request", True),
+    "auth-unavailable": ProblemType(503, "Callers cannot be authenticated right now", True),
     Reason.UPSTREAM_TIMEOUT.value: ProblemType(504, "The upstream server did not answer in time", True),
 }
 

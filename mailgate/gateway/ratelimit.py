@@ -16,6 +16,8 @@ import math
 import time
 from collections.abc import Callable
 
+_EPSILON = 1e-9
+
 
 class TokenBucket:
     """``take()`` answers 0 (granted) or the seconds until a token will be available."""
@@ -49,8 +51,8 @@ class TokenBucket:
         if self.per_minute is None:
             return 0.0
         self._refill()
-        if self._tokens >= 1.0:
-            self._tokens -= 1.0
+        if self._tokens >= 1.0 - _EPSILON:  # waiting exactly the advertised time must succeed
+            self._tokens = max(self._tokens - 1.0, 0.0)
             return 0.0
         if self.per_minute == 0:
             return math.inf

@@ -117,10 +117,10 @@ def classify_error(exc: BaseException, *, smtputf8: bool = False) -> Refused | R
         return Refused(Reason.UNKNOWN_ACCOUNT, "the account was removed while the message waited")
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         first = exc.recipients[0] if exc.recipients else None
-        code, text = (first.code, first.message) if first is not None else (550, "all recipients refused")
-        if code == 421:
-            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, "the upstream is closing the session", RETRY_UPSTREAM_DOWN, (code, text))
-        return Refused(Reason.UPSTREAM_REFUSED, "the upstream refused every recipient", 400 <= code < 500, (code, text))
+        answer = (first.code, first.message) if first is not None else (550, "all recipients refused")
+        if answer[0] == 421:
+            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, "the upstream is closing the session", RETRY_UPSTREAM_DOWN, answer)
+        return Refused(Reason.UPSTREAM_REFUSED, "the upstream refused every recipient", 400 <= answer[0] < 500, answer)
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         text = "the upstream refused the gateway's credentials"
         return RetryLater(Reason.UPSTREAM_AUTH_FAILED, text, RETRY_AUTH_FAILED, (exc.code, exc.message))
@@ -183,7 +183,7 @@ class Relay:
         return None
 
     async def send(self, account: Account, message: OutgoingMessage) -> Outcome:
-        """Send through the account's pool; every failure becomes an outcome, never an exception."""
+        """Send through the account's pool; every upstream or pool failure becomes an outcome (bugs still raise)."""
         refusal = self._precheck(account, message)
         if refusal is not None:
             self.observer.observe(account.key, refusal.reason.value, None, None)
@@ -205,6 +205,9 @@ class Relay:
         return outcome
 
     def _precheck(self, account: Account, message: OutgoingMessage) -> Refused | RetryLater | None:
+        if account.settings is None:  # the HTTP door forwards such accounts before it gets here
+            text = f"this gateway holds no connection share of account {account.key!r}; its peers do"
+            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, text, RETRY_UPSTREAM_DOWN)
         too_large = self.check_size(account, len(message.data))
         if too_large is not None:
             return too_large

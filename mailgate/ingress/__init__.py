@@ -3,21 +3,8 @@
 Sessions are authenticated (SMTP AUTH with per-account client logins) or come
 from trusted networks; each message is routed to an account (``routing``) and
 relayed through the same relay core, limits and pool as the HTTP API.
+
+Nothing is imported here on purpose: ``mailgate.cli`` builds its parsers from
+``ingress.options`` (standard library only) without loading aiosmtpd or the
+gateway. Start it with ``ingress.attach.attach(gateway, options)``.
 """
-
-from .attach import attach
-from .options import IngressOptions, add_arguments, from_args, parse_networks
-from .routing import NoRoute, Route, Router
-from .server import IngressServer
-
-__all__ = [
-    "IngressOptions",
-    "IngressServer",
-    "NoRoute",
-    "Route",
-    "Router",
-    "add_arguments",
-    "attach",
-    "from_args",
-    "parse_networks",
-]

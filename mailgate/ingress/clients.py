@@ -82,7 +82,9 @@ class ClientDirectory:
         conflicts = {user: tuple(key for key, _ in entries) for user, entries in owners.items() if len(entries) > 1}
         for user, keys in conflicts.items():
             if self._conflicts.get(user) != keys:
-                log.warning("SMTP login %r is listed by several accounts (%s); it is refused until that is fixed", user, ", ".join(keys))
+                log.warning(
+                    "SMTP login %r is listed by several accounts (%s); it is refused until that is fixed", user, ", ".join(keys)
+                )
         self._version, self._logins, self._conflicts = version, logins, conflicts
 
 

@@ -75,7 +75,9 @@ def _networks(text: str) -> tuple[Network, ...]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``--smtp-*`` flags (all optional; the listener stays off without a port)."""
     group = parser.add_argument_group("SMTP ingress", "an SMTP listener for apps that cannot use HTTP (off by default)")
-    group.add_argument("--smtp-port", type=int, metavar="PORT", help="listen for SMTP (with STARTTLS when a certificate is given)")
+    group.add_argument(
+        "--smtp-port", type=int, metavar="PORT", help="listen for SMTP (with STARTTLS when a certificate is given)"
+    )
     group.add_argument("--smtp-implicit-tls-port", type=int, metavar="PORT", help="also listen with implicit TLS (like 465)")
     group.add_argument("--smtp-host", default="0.0.0.0", metavar="ADDR", help="address to bind (default: all)")
     group.add_argument("--smtp-tls-cert", metavar="FILE", help="PEM certificate chain for STARTTLS and implicit TLS")

@@ -129,8 +129,9 @@ def _for_sent(sent: Sent, message_id: str) -> Reply:
     # Partial delivery: the first refusal's permanent code, and the whole story in the text.
     code, text = next(iter(sent.rejected.values()))
     status, _ = split_enhanced(text)
-    if code < 500 or status is None or not status.startswith("5."):
-        code, status = 550, "5.5.0" if code >= 500 else "5.0.0"
+    if code < 500:  # a temporary refusal beside delivered recipients still cannot be a 4xx (see above)
+        code, status = 550, None
+    status = status if status is not None and status.startswith("5.") else "5.0.0"
     lines = [f"message {message_id} was relayed to {len(sent.accepted)} of {len(sent.accepted) + len(sent.rejected)} recipients"]
     lines += [f"delivered: {address}" for address in sent.accepted]
     lines += [f"refused: {address}: {rcode} {split_enhanced(rtext)[1]}" for address, (rcode, rtext) in sent.rejected.items()]

@@ -87,7 +87,8 @@ class IngressServer:
             )
             self._servers.append(server)
             self._ports[name] = server.sockets[0].getsockname()[1]
-        log.info("SMTP ingress listening on %s", ", ".join(f"{name} {self.options.host}:{port}" for name, port in self._ports.items()))
+        where = ", ".join(f"{name} {self.options.host}:{port}" for name, port in self._ports.items())
+        log.info("SMTP ingress listening on %s", where)
         return self
 
     def _session(self, *, implicit: bool) -> asyncio.Protocol:

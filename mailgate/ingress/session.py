@@ -1,19 +1,23 @@
 """One SMTP session of the ingress: aiosmtpd's protocol plus the gateway's policy.
 
-aiosmtpd parses the protocol (commands, PIPELINING, dot-unstuffing, STARTTLS,
-the SIZE check while reading DATA); this module decides everything else, per
-transaction:
+aiosmtpd parses the protocol (commands, PIPELINING, STARTTLS, AUTH
+exchanges); this module decides everything else, per transaction:
 
 - who may send: a client that logged in (AUTH, only over TLS unless plaintext
   AUTH is allowed for trusted networks), or any client from a trusted network;
   anyone else gets ``530`` at MAIL;
 - which account: ``routing.Router`` at MAIL, so a sender no account may use,
   an account that is suspended or a declared SIZE over the account's limit is
-  refused before the client sends the message;
+  refused before the client sends the message; and again once the message is
+  in, so that it is sent under the configuration in force at that moment;
 - relaying: at the end of DATA the message goes through the relay core (the
   HTTP API's limits, checks and pool) and the client hears the upstream's
   verdict, mapped by ``replies``. The session's idle timer is paused meanwhile:
   the wait is the gateway's, not the client's.
+
+Two of aiosmtpd's routines are replaced for speed, with the same behaviour,
+after profiling: the address parsing of MAIL and RCPT (a fast path for plain
+addresses) and the reading of the message text (large reads, not one per line).
 
 A session also knows whether it is idle, in a command, or inside a
 transaction, so that a shutdown can say ``421`` to idle clients at once and
@@ -27,12 +31,13 @@ import collections
 import functools
 import ipaddress
 import logging
+import re
 import ssl
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from ..gateway.accounts import Account
 from ..gateway.auth import AccountRef, Identity
@@ -46,6 +51,12 @@ from .options import IngressOptions
 from .routing import NoRoute, Router
 
 log = logging.getLogger("mailgate.ingress")
+
+_NON_ASCII = "\u0080-\ud7ff\ue000-\U0010ffff"  # UTF-8 (SMTPUTF8), not the surrogates of undecodable bytes
+_ATOM = rf"[A-Za-z0-9!#$%&'*+/=?^_`{{|}}~\-{_NON_ASCII}]+"
+_LABEL = rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9\-{_NON_ASCII}]*[A-Za-z0-9{_NON_ASCII}])?"
+# <dot-atom@domain>: what nearly every client sends in MAIL and RCPT, recognised without the email package.
+_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>")
 
 DEFAULT_SIZE = 26214400  # advertised when no account is configured yet (the spec's default limit)
 REROUTES = 3  # attempts when the chosen account is removed before the message reaches an upstream
@@ -198,9 +209,80 @@ class IngressSMTP(SMTP):
 
     # -- commands with policy -------------------------------------------------------
 
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd parses every MAIL and RCPT path with the email package's header parser (a sixth of
+        the ingress's CPU time when profiled); a plain ``<local@domain>`` gets the same answer from a regex."""
+        match = _PLAIN_PATH.match(arg)
+        if match is not None:
+            return match.group(1), arg[match.end() :].lstrip()
+        return super()._getaddr(arg)
+
+    @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message text in a few large reads instead of one per line.
+
+        The protocol is the same (503 and 501 checks, 354, dot-unstuffing,
+        552 only after the whole text arrived); aiosmtpd's per-line loop was an
+        eighth of the ingress's CPU time when profiled. One difference: lines
+        longer than 1000 octets are passed on, and the upstream decides.
+        """
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
         self._reset_timeout(self.context.options.data_timeout)  # the message text gets its own, longer deadline
-        await super().smtp_DATA(arg)
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        limit = self.data_size_limit or DEFAULT_SIZE
+        text = await self._read_text(limit)
+        if text is None:
+            self._set_post_data_state()
+            await self.push(f"552 5.3.4 Message exceeds the account's size limit ({limit} bytes)")
+            return
+        self.envelope.original_content = self.envelope.content = text
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
+
+    async def _read_text(self, limit: int) -> bytes | None:
+        """The text up to the lone ``.`` line, dot-unstuffed; ``None`` when it is over ``limit`` (all of it is read).
+
+        Reads up to each ``.CRLF`` and checks whether it ends a ``CRLF.CRLF``.
+        The stream's line limit (1001 octets, for commands) is lifted meanwhile;
+        a text beyond ``limit`` is read and dropped piece by piece, never held.
+        """
+        reader = self._reader
+        saved = reader._limit  # type: ignore[attr-defined]  # asyncio's StreamReader keeps it private
+        reader._limit = max(saved, limit + 1024)  # type: ignore[attr-defined]
+        parts: list[bytes] = []
+        total, tail, too_big = 0, b"", False
+        try:
+            while not (total == 3 and tail == b".\r\n") and not tail.endswith(b"\r\n.\r\n"):
+                try:
+                    piece = await reader.readuntil(b".\r\n")
+                except asyncio.LimitOverrunError as exc:
+                    piece = await reader.readexactly(exc.consumed)  # cannot contain the end: drop it
+                    too_big = True
+                except asyncio.IncompleteReadError:
+                    if self.transport is not None:
+                        self.transport.close()
+                    raise asyncio.CancelledError() from None  # as aiosmtpd ends a session whose client left
+                total += len(piece)
+                tail = (tail + piece)[-5:]
+                if not too_big:
+                    parts.append(piece)
+        finally:
+            reader._limit = saved  # type: ignore[attr-defined]
+        if too_big or total - 3 > limit:
+            return None
+        text = b"".join(parts)[:-3]
+        if text.startswith(b"."):
+            text = text[1:]
+        return text.replace(b"\r\n.", b"\r\n")
 
     async def smtp_AUTH(self, arg: str) -> None:
         if not self.may_auth():
@@ -262,7 +344,9 @@ class Handler:
     def __init__(self, context: IngressContext) -> None:
         self.context = context
 
-    async def handle_EHLO(self, server: IngressSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]) -> list[str]:
+    async def handle_EHLO(
+        self, server: IngressSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
         """The extensions this session may use; AUTH only where it is allowed (over TLS, or trusted plaintext)."""
         session.host_name = hostname
         login = server.login()
@@ -293,7 +377,9 @@ class Handler:
         admitted = self.context.relay.admit(identity, decision.account.key)
         return admitted if isinstance(admitted, Account) else replies.for_outcome(admitted, "-")
 
-    async def handle_MAIL(self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_MAIL(
+        self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         """Refuse early what would be refused anyway, before the client sends the message."""
         if server.login() is None and not server.trusted:
             return "530 5.7.0 Authentication required"
@@ -312,7 +398,9 @@ class Handler:
         server.transaction = Transaction(transaction_id())
         return "250 2.1.0 OK"
 
-    async def handle_RCPT(self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
+    async def handle_RCPT(
+        self, server: IngressSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
         if len(envelope.rcpt_tos) >= self.context.options.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self.context.options.max_recipients} per message)"
         if not envelope.smtp_utf8 and not address.isascii():
@@ -365,15 +453,16 @@ class Handler:
         (a reload) is not a failure of the message: nothing reached an
         upstream, so it is routed again under the new configuration.
         """
-        for attempt in range(1, REROUTES + 1):
+        attempts = 0
+        while True:
+            attempts += 1
             account = self._account_for(server, message.sender)
             if isinstance(account, replies.Reply):
                 return account, "-"
             outcome = await self.context.relay.send(account, message)
             removed = isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT
-            if not removed or attempt == REROUTES:
+            if not removed or attempts == REROUTES:
                 return replies.for_outcome(outcome, transaction_id), account.key
-        raise AssertionError("unreachable")
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug must not leak its text to the client, nor be acknowledged: 451, and the traceback in the log."""

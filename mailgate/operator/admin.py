@@ -31,12 +31,19 @@ class GatewayUnreachable(GatewayError):
 
 
 class GatewayRejected(GatewayError):
-    """The gateway answered with an error status."""
+    """The gateway answered with an error status; ``fields`` are the problem's ``errors[].field``."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, fields: tuple[str, ...] = ()) -> None:
         super().__init__(f"HTTP {status}: {detail}")
         self.status = status
+        self.detail = detail
+        self.fields = fields
         self.kind = "conflict" if status == 409 else f"http_{status}"
+
+    @property
+    def invalid(self) -> bool:
+        """The gateway refuses the content itself: sending it again will not help."""
+        return self.status in (400, 422)
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class AdminClient:
             raise GatewayUnreachable(f"{ip}: {type(error).__name__}") from None
         payload = _json(text)
         if status not in accept:
-            raise GatewayRejected(status, _problem_text(payload))
+            raise GatewayRejected(status, _problem_text(payload), _problem_fields(payload))
         return status, payload
 
     async def status(self, ip: str) -> GatewayReport:
@@ -129,6 +136,13 @@ def _json(text: str) -> Any:
         return None
 
 
+def _problem_fields(payload: Any) -> tuple[str, ...]:
+    errors = payload.get("errors") if isinstance(payload, dict) else None
+    if not isinstance(errors, list):
+        return ()
+    return tuple(str(item["field"]) for item in errors if isinstance(item, dict) and "field" in item)
+
+
 def _problem_text(payload: Any) -> str:
     if isinstance(payload, dict):
         text = " - ".join(str(payload[field]) for field in ("title", "detail") if payload.get(field))
@@ -153,9 +167,12 @@ def parse_report(payload: Any) -> GatewayReport:
 
 
 def _hold(item: dict[str, Any]) -> Hold | None:
+    """The share in use: ``pool.max_connections``, or 0 for an account that forwards (no pool, ``forwardTo``)."""
     pool = item.get("pool")
-    pool = pool if isinstance(pool, dict) else {}
-    connections = pool.get("max_connections", pool.get("maxConnections"))
+    if isinstance(pool, dict):
+        connections = pool.get("max_connections", pool.get("maxConnections"))
+    else:
+        connections = 0 if item.get("forwardTo") else None
     if not isinstance(connections, int):
         return None
     rate_limit = item.get("rateLimit")

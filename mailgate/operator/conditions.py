@@ -43,6 +43,8 @@ class StatusInputs:
     synced: int = 0
     total: int = 0
     health: Sequence[GatewayHealth] = ()
+    rejected: Sequence[tuple[str, str]] = ()
+    """(gateway, its reason) for gateways that refused the configuration as invalid."""
     effective: EffectiveLimits = field(default_factory=EffectiveLimits)
 
 
@@ -85,6 +87,9 @@ def _synced(inputs: StatusInputs) -> _Verdict:
     if inputs.pushed_generation is None:
         return "False", "NotPushed", "nothing to push until the credentials resolve"
     message = f"{inputs.synced} of {inputs.total} gateways serve generation {inputs.pushed_generation}"
+    if inputs.rejected:
+        gateway, reason = inputs.rejected[0]
+        return "False", "Rejected", f"{message}; gateway {gateway} refused it: {reason}"
     if inputs.synced >= inputs.total:
         return "True", "Synced", message
     return "False", "Syncing", message

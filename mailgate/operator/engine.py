@@ -295,19 +295,33 @@ class Engine:
             own = syncer.held(key)
             if share is not None and _raises(share.max_connections, share.messages_per_minute, own):
                 others = [self._hold_of(other, key) for other in self._all_syncers() if other is not syncer]
-                limited = cap(config, own, others, plan.peers_for(syncer.name))
+                limited = cap(config, own, others, self._serving_peers(plan, syncer, key))
                 if limited is not config:
+                    if limited.share is not None and limited.share.max_connections == 0 and not limited.share.peers:
+                        continue  # nobody to forward to yet: leave the pod as it is (``has`` keeps it from deletion)
                     config, digest = limited, config_digest(limited)
                     capped.add(key)
             desired[key] = (config, digest)
         syncer.capped = capped
         return desired
 
+    def _serving_peers(self, plan: AccountPlan, syncer: GatewaySyncer, key: str) -> list[str]:
+        """Where a pod held back to zero forwards meanwhile: the planned holders and whoever holds a share now."""
+        peers = plan.peers_for(syncer.name)
+        for other in self._syncers.values():
+            url = other.gateway.url(self._send_port)
+            if other is not syncer and url not in peers and other.contacted and other.held(key).max_connections > 0:
+                peers.append(url)
+        return peers
+
     def keeps(self) -> Set[str]:
         return {key for key, entry in self._accounts.items() if entry.good is None and not entry.deleting}
 
     def deleting(self) -> Set[str]:
         return {key for key, entry in self._accounts.items() if entry.deleting}
+
+    def planned(self) -> Set[str]:
+        return self._plans.keys()
 
     def full_hold(self, key: str) -> Hold:
         entry = self._accounts.get(key)
@@ -354,6 +368,7 @@ class Engine:
             synced=synced,
             total=len(targets),
             health=health,
+            rejected=[(syncer.name, syncer.rejected[key][1]) for syncer in targets if key in syncer.rejected],
             effective=plan.effective if plan is not None else EffectiveLimits(),
         )
 

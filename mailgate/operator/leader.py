@@ -77,7 +77,7 @@ class LeaseElector:
         try:
             lease = await self._api.read_namespaced_lease(self.name, self.namespace)
             if lease.spec is not None and lease.spec.holder_identity == self.identity:
-                lease.spec.holder_identity = None
+                lease.spec.holder_identity = ""
                 lease.spec.lease_duration_seconds = 1
                 await self._api.replace_namespaced_lease(self.name, self.namespace, lease)
                 log.info("released Lease %s/%s", self.namespace, self.name)

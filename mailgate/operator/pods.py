@@ -11,7 +11,6 @@ so a missed event heals itself.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -50,6 +49,7 @@ class PodWatcher:
     def __init__(
         self, api_client: ApiClient, namespace: str, selector: str, on_change: Callable[[Iterable[PodInfo]], None]
     ) -> None:
+        self._client = api_client
         self._api = CoreV1Api(api_client)
         self._namespace = namespace
         self._selector = selector
@@ -68,14 +68,11 @@ class PodWatcher:
                 await asyncio.sleep(delay)
 
     async def _list_and_watch(self) -> None:
-        response = await self._api.list_namespaced_pod(
-            self._namespace, label_selector=self._selector, _preload_content=False
-        )
-        async with response:
-            listing = json.loads(await response.read())
-        pods = {info.uid: info for info in map(pod_info, listing.get("items") or [])}
+        listing = await self._api.list_namespaced_pod(self._namespace, label_selector=self._selector)
+        raw = [self._client.sanitize_for_serialization(pod) for pod in listing.items]
+        pods = {info.uid: info for info in map(pod_info, raw)}
         self._on_change(list(pods.values()))
-        version = (listing.get("metadata") or {}).get("resourceVersion")
+        version = listing.metadata.resource_version if listing.metadata is not None else None
         stream = watch.Watch()
         async with stream:
             async for event in stream.stream(

@@ -89,7 +89,8 @@ class StatusWriter:
         namespace, name = key.split("/", 1)
         async with self._limit:
             try:
-                await self._api.patch_namespaced_custom_object_status(
+                # The stub lacks _content_type; the client accepts it, and a CR takes no strategic merge patch.
+                await self._api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
                     GROUP, VERSION, namespace, PLURAL, name, {"status": body},
                     _content_type="application/merge-patch+json",
                 )  # fmt: skip

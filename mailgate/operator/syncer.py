@@ -20,8 +20,10 @@ A push whose outcome is unknown (timeout) counts as possibly applied
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
+import re
 import time
 from collections.abc import Awaitable, Set
 from typing import Protocol
@@ -62,6 +64,10 @@ class SyncerHost(Protocol):
         """Accounts being deleted: removed from gateways even before ``primed``."""
         ...
 
+    def planned(self) -> Set[str]:
+        """Accounts with a plan (desired on every pod, possibly held back on one for now)."""
+        ...
+
     def full_hold(self, key: str) -> Hold: ...
 
     def gateway_changed(self, syncer: GatewaySyncer, keys: Set[str], *, first_contact: bool = False) -> None: ...
@@ -90,12 +96,15 @@ class GatewaySyncer:
         self.report: GatewayReport | None = None
         self.revision: int | None = None
         self.capped: set[str] = set()
+        self.rejected: dict[str, tuple[str, str]] = {}
+        """Accounts this pod refused as invalid: key -> (digest, the pod's reason); retried once they change."""
         self.failures = 0
         self._needs_status = True
         self._needs_full = False
         self._next_resync = 0.0
         self._wake = asyncio.Event()
         self._wake.set()
+        self._pod_changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -127,9 +136,11 @@ class GatewaySyncer:
         return known is not None and known[1] == digest
 
     def wake(self, *, status: bool = False) -> None:
-        """Look again soon; ``status`` also re-reads the pod's status first (e.g. it turned ready)."""
-        self._needs_status = self._needs_status or status
+        """Look again soon; ``status`` re-reads the pod's status first and cuts a backoff short (the pod changed)."""
         self._wake.set()
+        if status:
+            self._needs_status = True
+            self._pod_changed.set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self.run(), name=f"sync {self.name}")
@@ -146,7 +157,9 @@ class GatewaySyncer:
     async def run(self) -> None:
         while True:
             if self.failures:
-                await asyncio.sleep(self._backoff())
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._backoff()):
+                        await self._pod_changed.wait()
             else:
                 try:
                     async with asyncio.timeout(max(0.0, self._next_resync - time.monotonic())):
@@ -154,6 +167,7 @@ class GatewaySyncer:
                 except TimeoutError:
                     self._needs_status = True
             self._wake.clear()
+            self._pod_changed.clear()
             try:
                 await self.sync_once()
             except GatewayError as error:
@@ -165,7 +179,8 @@ class GatewaySyncer:
                 self.failures = 0
 
     def _backoff(self) -> float:
-        base = min(MAX_BACKOFF, 0.5 * 2 ** (self.failures - 1))
+        """Exponential, but never longer than the resync period: a restarted pod should not wait longer."""
+        base = min(MAX_BACKOFF, self.resync_seconds, 0.5 * 2 ** (self.failures - 1))
         return base * random.uniform(0.8, 1.2)
 
     async def sync_once(self) -> None:
@@ -173,9 +188,9 @@ class GatewaySyncer:
             await self._refresh()
         if self._needs_full:
             if self.host.primed:
-                await self._push_full(self.host.desired_for(self))
+                await self._push_full(self._acceptable(self.host.desired_for(self)))
             return
-        desired = self.host.desired_for(self)
+        desired = self._acceptable(self.host.desired_for(self))
         changed: list[tuple[str, AccountConfig, str]] = []
         for key, (config, digest) in desired.items():
             if self.serves(key, digest):
@@ -188,7 +203,8 @@ class GatewaySyncer:
             changed.append((key, config, digest))
         present = set(self.known) | set(self.unknown)
         kept = self.host.keeps()
-        removable = present - desired.keys() - kept if self.host.primed else present & self.host.deleting()
+        planned = self.host.planned()
+        removable = present - planned - kept if self.host.primed else present & self.host.deleting()
         removed = sorted(removable)
         if not changed and not removed:
             return
@@ -234,12 +250,39 @@ class GatewaySyncer:
     def _next_revision(self) -> int:
         return self.host.revisions.next(at_least=(self.revision or 0) + 1)
 
+    def _acceptable(self, desired: Desired) -> Desired:
+        """``desired`` without what this pod refused, unless it changed since."""
+        for key in list(self.rejected):
+            if key not in desired or desired[key][1] != self.rejected[key][0]:
+                del self.rejected[key]
+        return {key: value for key, value in desired.items() if key not in self.rejected}
+
+    def _reject(self, key: str, digest: str, error: GatewayRejected) -> None:
+        self.rejected[key] = (digest, error.detail)
+        self.pending.pop(key, None)
+        self.metrics.push_failures.labels(reason="invalid").inc()
+        log.warning("gateway %s refused account %s: %s", self.name, key, error.detail)
+        self.host.gateway_changed(self, {key})
+
     async def _push_full(self, desired: Desired) -> None:
-        revision = self._next_revision()
-        for key, (config, _) in desired.items():
-            self.pending[key] = config
-        snapshot = ConfigSnapshot(revision=revision, accounts=[desired[key][0] for key in sorted(desired)])
-        await self._timed("full", self.client.put_config(self.gateway.ip, snapshot))
+        """One snapshot; an account the pod refuses is left out (and reported), never the whole pod."""
+        keys = sorted(desired)
+        while True:
+            revision = self._next_revision()
+            for key in keys:
+                self.pending[key] = desired[key][0]
+            snapshot = ConfigSnapshot(revision=revision, accounts=[desired[key][0] for key in keys])
+            try:
+                await self._timed("full", self.client.put_config(self.gateway.ip, snapshot))
+                break
+            except GatewayRejected as error:
+                culprits = _refused_keys(error, keys) if error.invalid else set()
+                if not culprits:
+                    raise
+                for key in culprits:
+                    self._reject(key, desired[key][1], error)
+                keys = [key for key in keys if key not in culprits]
+        desired = {key: desired[key] for key in keys}
         before = set(self.known) | set(self.unknown)
         self.known = dict(desired)
         self.pending.clear()
@@ -251,7 +294,13 @@ class GatewaySyncer:
 
     async def _put(self, key: str, config: AccountConfig, digest: str) -> None:
         revision = self._next_revision()
-        await self._timed("account", self.client.put_account(self.gateway.ip, config, revision))
+        try:
+            await self._timed("account", self.client.put_account(self.gateway.ip, config, revision))
+        except GatewayRejected as error:
+            if not error.invalid:
+                raise
+            self._reject(key, digest, error)
+            return
         self.known[key] = (config, digest)
         self.pending.pop(key, None)
         self.unknown.pop(key, None)
@@ -274,6 +323,17 @@ class GatewaySyncer:
                 self._needs_status = True
             raise
         self.metrics.push_seconds.labels(kind=kind).observe(time.perf_counter() - started)
+
+
+def _refused_keys(error: GatewayRejected, keys: list[str]) -> set[str]:
+    """Accounts a refused snapshot names: ``accounts[ns/name]`` or ``accounts.<index>...`` fields."""
+    found = set()
+    for field in error.fields:
+        if match := re.match(r"accounts\[([^\]]+)\]", field):
+            found.add(match.group(1))
+        elif (match := re.match(r"accounts\.(\d+)", field)) and int(match.group(1)) < len(keys):
+            found.add(keys[int(match.group(1))])
+    return found & set(keys)
 
 
 def _report_changes(before: GatewayReport | None, after: GatewayReport) -> set[str]:

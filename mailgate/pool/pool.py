@@ -7,9 +7,11 @@ Network I/O (connect, NOOP, QUIT, the transaction) runs outside them and only
 ever on a connection the calling task owns exclusively. An upstream that
 stalls therefore delays nobody but the tasks waiting on that very account.
 
-Waiters queue FIFO as futures. A released connection, or a freed slot, is
-handed straight to the first waiter inside ``_assign``, so a newcomer can
-never overtake a waiter and no wake-up can be lost.
+Waiters queue FIFO as futures. A released connection (in ``_put_back``) or a
+freed slot (in ``assign``) is handed straight to the first waiter, so a
+newcomer can never overtake a waiter and no wake-up can be lost. A slot is
+freed only once its session's QUIT is done: until then the upstream still
+counts the session, and the limit must hold in the upstream's view.
 """
 
 from __future__ import annotations
@@ -105,6 +107,14 @@ class _AccountPool:
                 self.active.add(conn)
                 return conn
             retire.append((conn, reason))
+        return None
+
+    def next_waiter(self) -> asyncio.Future[_Grant] | None:
+        """Pop the first waiter still waiting (cancelled or expired ones have left or are skipped)."""
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                return waiter
         return None
 
     def assign(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
@@ -320,20 +330,31 @@ class SMTPPool:
         finally:
             self._retire(pool, retire)
         loop = asyncio.get_running_loop()
-        remaining = None if deadline is None else deadline - loop.time()
-        if remaining is not None and remaining <= 0:
+        if deadline is not None and deadline <= loop.time():
             raise PoolTimeout(f"no connection available for account {pool.name!r} (pool saturated)")
         waiter: asyncio.Future[_Grant] = loop.create_future()
         pool.waiters.append(waiter)
+        # A bare future plus one timer: asyncio.wait() or wait_for() would cost several objects per message.
+        timer = None if deadline is None else loop.call_at(deadline, self._expire, pool, waiter)
         try:
-            await asyncio.wait({waiter}, timeout=remaining)
+            return await waiter
         except asyncio.CancelledError:
             self._abandon(pool, waiter)
             raise
-        if not waiter.done():
-            self._abandon(pool, waiter)
-            raise PoolTimeout(f"timed out after waiting for a connection to account {pool.name!r} (pool saturated)")
-        return waiter.result()
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    @staticmethod
+    def _expire(pool: _AccountPool, waiter: asyncio.Future[_Grant]) -> None:
+        """The deadline passed before a grant: leave the queue and fail the acquire."""
+        if waiter.done():
+            return
+        with contextlib.suppress(ValueError):
+            pool.waiters.remove(waiter)
+        waiter.set_exception(
+            PoolTimeout(f"timed out after waiting for a connection to account {pool.name!r} (pool saturated)")
+        )
 
     def _abandon(self, pool: _AccountPool, waiter: asyncio.Future[_Grant]) -> None:
         """A waiter gave up: leave the queue, and give back anything granted meanwhile."""
@@ -389,15 +410,22 @@ class SMTPPool:
             self._put_back(pool, conn)
 
     def _put_back(self, pool: _AccountPool, conn: PooledConnection) -> None:
+        """The hot path: a healthy connection goes straight to the first waiter, or to idle."""
         conn.touch()
+        now = conn.last_used
         # Decide while the connection still counts as active, so the limit check sees the real total.
-        reason = CloseReason.SHUTDOWN if self._closed else pool.retire_reason(conn, time.monotonic())
-        pool.active.discard(conn)
+        reason = CloseReason.SHUTDOWN if self._closed else pool.retire_reason(conn, now)
         if reason is None:
+            waiter = pool.next_waiter()
+            if waiter is not None:
+                waiter.set_result(conn)  # stays active: it changes hands without touching idle
+                return
+            pool.active.discard(conn)
             pool.idle.append(conn)
-        else:
-            self._count_close(pool, reason)
-            self._spawn_close(conn, pool)
+            return
+        pool.active.discard(conn)
+        self._count_close(pool, reason)
+        self._spawn_close(conn, pool)
         self._reassign(pool)
 
     def _discard(self, pool: _AccountPool, conn: PooledConnection, reason: CloseReason) -> None:

@@ -222,9 +222,8 @@ def _resolve(origin: _Origin, account: SmtpAccount, secrets: dict[str, _Secret],
     auth = account.spec.auth
     credentials = Credentials()
     needed = _NEEDED_KEYS[auth.method]
-    if needed and auth.secret_ref is None:
-        problems.append(f"{origin}: spec.auth.secretRef: required unless method is none")
-    elif needed and auth.secret_ref is not None:
+    # A missing secretRef never gets here: the model refuses it, as the CRD's CEL rule does.
+    if needed and auth.secret_ref is not None:
         why = f"auth method {auth.method.value} needs {' and '.join(needed)}"
         values = _secret_values(origin, "spec.auth.secretRef", account, auth.secret_ref.name, needed, why, secrets, problems)
         if values is not None:

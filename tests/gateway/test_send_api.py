@@ -299,3 +299,66 @@ async def test_suspended_account_is_503(gw: GatewayHandle, upstream: Upstream) -
     assert_problem(status, body, response, 503, "account-suspended")
     assert "Retry-After" in response.headers
     assert upstream.counters.sessions_total == 0
+
+
+async def test_authenticator_failure_is_503_never_401(gateway_factory: GatewayFactory, upstream: Upstream) -> None:
+    from kubernetes_asyncio import client as k8s
+
+    from mailgate.gateway.tokenreview import TokenReviewAuthenticator
+
+    # A TokenReview against an apiserver that is not there: the caller is not at fault.
+    api = k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{_free_port()}"))
+    try:
+        gw = await gateway_factory(TokenReviewAuthenticator(api))
+        await gw.configure(account(upstream))
+        status, body, response = await gw.send(token="some-token")
+        assert_problem(status, body, response, 503, "auth-unavailable")
+        assert "Retry-After" in response.headers
+        status, body, response = await gw.send()
+        assert_problem(status, body, response, 401, "unauthenticated")  # no token: nothing to check
+    finally:
+        await api.close()
+    assert upstream.messages == []
+
+
+async def test_idn_domains_need_no_smtputf8_but_utf8_local_parts_do(gw: GatewayHandle, upstream_factory: Any) -> None:
+    up = upstream_factory()
+    await gw.configure(account(up))
+    status, body, _ = await gw.send(to=["ann@bücher.example"])
+    assert status == 200, body
+    assert up.messages[0].rcpt_tos == ["ann@xn--bcher-kva.example"]
+    assert "SMTPUTF8" not in up.messages[0].mail_options
+    status, body, _ = await gw.send(to=["jörg@bücher.example"])
+    assert status == 200, body
+    assert up.messages[1].rcpt_tos == ["jörg@bücher.example"]
+    assert "SMTPUTF8" in up.messages[1].mail_options
+    # An upstream without SMTPUTF8 (aiosmtpd's switch, for sessions from now on) cannot take it: final.
+    up._controller.SMTP_kwargs["enable_SMTPUTF8"] = False
+    up.drop_all()
+    status, body, response = await gw.send(to=["jörg@example.org"])
+    assert_problem(status, body, response, 502, "upstream-unsupported")
+    assert body["retryable"] is False
+    assert len(up.messages) == 2
+
+
+async def test_idempotency_key_replays_the_first_answer_and_sends_once(gw: GatewayHandle, upstream: Upstream) -> None:
+    await gw.configure(account(upstream))
+    url = f"{gw.url}/v1/accounts/shop/billing/messages"
+
+    async def post(body: dict[str, Any], key: str) -> tuple[int, dict[str, Any], Any]:
+        async with gw.http.post(url, json=body, headers={"Idempotency-Key": key}) as response:
+            return response.status, await response.json(content_type=None), response
+
+    status, first, _ = await post(message(), "order-42")
+    assert status == 200, first
+    status, second, response = await post(message(), "order-42")
+    assert status == 200
+    assert second["messageId"] == first["messageId"]
+    assert response.headers["Idempotent-Replayed"] == "true"
+    assert len(upstream.messages) == 1
+    status, conflict, _ = await post(message(text="changed"), "order-42")
+    assert status == 422
+    assert conflict["type"].endswith("/idempotency-conflict")
+    status, _, _ = await post(message(), "order-43")
+    assert status == 200
+    assert len(upstream.messages) == 2

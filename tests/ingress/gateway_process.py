@@ -12,13 +12,16 @@ import asyncio
 import sys
 from pathlib import Path
 
+from aiohttp import web
+
 from mailgate.gateway.app import Gateway, GatewayOptions, run_until_signalled
 from mailgate.gateway.auth import AllowAnyone
-from mailgate.ingress import IngressOptions, attach, parse_networks
+from mailgate.ingress.attach import attach
+from mailgate.ingress.options import IngressOptions, parse_networks
 from mailgate.snapshot import ConfigSnapshot
 
 
-async def main(snapshot_file: str, cert: str, key: str) -> None:
+async def main(snapshot: ConfigSnapshot, cert: str, key: str) -> None:
     gateway = Gateway(
         AllowAnyone(), GatewayOptions(host="127.0.0.1", port=0, admin_port=None, upstream_timeout=5.0, shutdown_grace=10.0)
     )
@@ -27,17 +30,15 @@ async def main(snapshot_file: str, cert: str, key: str) -> None:
         trusted_networks=parse_networks("127.0.0.0/8"), shutdown_grace=10.0,
     )
     ingress = attach(gateway, options)
-    await gateway.apply_snapshot(ConfigSnapshot.model_validate_json(Path(snapshot_file).read_text()))
 
-    async def announce() -> None:
-        while not ingress.ports:
-            await asyncio.sleep(0.01)
+    async def announce(app: web.Application) -> None:  # runs after the ingress's own startup hook
         print(f"READY {ingress.ports['smtp']}", flush=True)
 
-    announcer = asyncio.create_task(announce())
+    gateway.app.on_startup.append(announce)
+    await gateway.apply_snapshot(snapshot)
     await run_until_signalled(gateway)
-    await announcer
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:4]))
+    snapshot_file, cert_file, key_file = sys.argv[1:4]
+    asyncio.run(main(ConfigSnapshot.model_validate_json(Path(snapshot_file).read_text()), cert_file, key_file))

@@ -162,7 +162,8 @@ async def test_implicit_tls_port(ingress_factory: IngressFactory, upstream: Upst
     gw.configure(account(upstream, "shop", senders=["*@shop.example"], clients={"app": "pw"}))
 
     def go() -> tuple[dict[str, str], list[tuple[int, str]]]:
-        with smtplib.SMTP_SSL(HOST, gw.tls_port, local_hostname="client.test", context=gw.tls.client_context(), timeout=10) as client:
+        context = gw.tls.client_context()
+        with smtplib.SMTP_SSL(HOST, gw.tls_port, local_hostname="client.test", context=context, timeout=10) as client:
             client.ehlo()
             features = dict(client.esmtp_features)
             client.login("app", "pw")

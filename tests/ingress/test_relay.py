@@ -141,7 +141,7 @@ async def test_stalled_upstream_becomes_451(ingress_factory: IngressFactory, ups
 
 async def test_saturated_pool_becomes_451(gw: IngressGateway, upstream: Upstream) -> None:
     gw.configure(login_account(upstream, pool={"maxConnections": 1, "acquireTimeoutSeconds": 0}))
-    upstream.data_delay = 1.0
+    upstream.data_delay = 1.5
     first = asyncio.create_task(in_thread(send, gw))
     await until(lambda: gw.gateway.pool.stats()["apps/alerts"]["active"] == 1)  # the only connection is in DATA
     second = await in_thread(send, gw)

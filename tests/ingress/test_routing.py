@@ -15,7 +15,11 @@ from mailgate.snapshot import AccountConfig, ConfigSnapshot
 
 def config(name: str, senders: list[str], namespace: str = "apps") -> AccountConfig:
     return AccountConfig.model_validate(
-        {"namespace": namespace, "name": name, "spec": {"server": {"host": "127.0.0.1", "port": 2525, "tls": "none"}, "senders": senders}}
+        {
+            "namespace": namespace,
+            "name": name,
+            "spec": {"server": {"host": "127.0.0.1", "port": 2525, "tls": "none"}, "senders": senders},
+        }
     )
 
 

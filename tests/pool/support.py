@@ -30,7 +30,7 @@ async def eventually(
 
 
 def limits(**overrides: Any) -> PoolLimits:
-    """PoolLimits with test-friendly defaults (short acquire deadline, no background NOOP)."""
+    """PoolLimits with test-friendly defaults: two connections, a 5 s acquire deadline."""
     values: dict[str, Any] = {"max_connections": 2, "acquire_timeout": 5.0}
     values.update(overrides)
     return PoolLimits(**values)

@@ -32,7 +32,9 @@ async def test_stalled_account_does_not_delay_another(pool: SMTPPool, upstream, 
 
 
 async def test_200_senders_on_a_limit_of_2(pool: SMTPPool, upstream) -> None:
-    pool.configure("a", settings_for(upstream, limits=limits(max_connections=2, acquire_timeout=None)))
+    # Reconnects every 20 messages: a session still saying QUIT must keep counting against the limit.
+    settings = settings_for(upstream, limits=limits(max_connections=2, acquire_timeout=None, max_messages_per_connection=20))
+    pool.configure("a", settings)
 
     results = await asyncio.gather(*(pool.send("a", SENDER, [f"r{i}@example.org"], MESSAGE) for i in range(200)))
 
@@ -41,7 +43,8 @@ async def test_200_senders_on_a_limit_of_2(pool: SMTPPool, upstream) -> None:
     assert sorted(m.rcpt_tos[0] for m in received) == sorted(f"r{i}@example.org" for i in range(200))
     assert upstream.sessions_peak <= 2
     stats = account_stats(pool, "a")
-    assert stats["created"] <= 2 and stats["messages_sent"] == 200
+    assert stats["messages_sent"] == 200 and stats["created"] >= 10
+    assert stats["closed"] == {"max_messages": stats["created"] - stats["idle"]}
     assert (stats["active"], stats["waiting"], stats["opening"]) == (0, 0, 0)
 
 
@@ -116,7 +119,7 @@ async def test_positive_timeout_is_a_deadline(pool: SMTPPool, upstream) -> None:
 
 async def test_none_waits_beyond_the_default_deadline(pool: SMTPPool, upstream) -> None:
     pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, acquire_timeout=0.05)))
-    held = await pool.acquire("a")
+    held = await pool.acquire("a", timeout=None)  # the connect must not race the 0.05 s default
     patient = asyncio.create_task(pool.acquire("a", timeout=None))
     await eventually(lambda: account_stats(pool, "a")["waiting"] == 1, what="a waiter")
 
@@ -194,3 +197,15 @@ async def test_accounts_have_separate_limits(pool: SMTPPool, upstream_factory) -
 
     assert result.code == 250
     await pool.release(held)
+
+
+async def test_constructor_limits_apply_to_accounts_without_their_own(upstream) -> None:
+    """The seed's ``SMTPPool(ttl=..., max_per_account=...)`` still means what it said."""
+    pool = SMTPPool(ttl=120.0, max_per_account=1)
+    try:
+        pool.configure("a", settings_for(upstream))  # no limits in the settings
+        await asyncio.gather(*(pool.send("a", SENDER, [RCPT], MESSAGE) for _ in range(5)))
+        assert account_stats(pool, "a")["max_connections"] == 1
+        assert upstream.sessions_peak == 1
+    finally:
+        await pool.close_all()

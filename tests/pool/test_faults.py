@@ -96,9 +96,9 @@ async def test_drop_at_data_is_not_retried_so_nothing_is_duplicated(pool: SMTPPo
 
 async def test_timeout_after_data_discards_and_is_not_retried(pool: SMTPPool, upstream) -> None:
     """The upstream may still deliver a message whose reply timed out: a retry would duplicate it."""
-    pool.configure("a", settings_for(upstream, command_timeout=0.2, limits=limits(max_connections=1)))
+    pool.configure("a", settings_for(upstream, command_timeout=0.5, limits=limits(max_connections=1)))
     await pool.send("a", SENDER, [RCPT], MESSAGE)
-    upstream.data_delay = 0.5
+    upstream.data_delay = 1.2
 
     with pytest.raises(aiosmtplib.SMTPTimeoutError):
         await pool.send("a", SENDER, [RCPT], MESSAGE)

@@ -18,17 +18,17 @@ async def test_a_busy_connection_expires_at_its_ttl(pool: SMTPPool, upstream) ->
     """Back-to-back sends never leave the session idle; it is still replaced once its TTL is up."""
     pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, ttl=0.3, max_messages_per_connection=10_000)))
     deadline = time.monotonic() + 10
-    sent = 0
+    results = []
     while account_stats(pool, "a")["closed"].get("ttl", 0) == 0:
-        assert time.monotonic() < deadline and sent < 5_000, "the session never expired"
-        await pool.send("a", SENDER, [RCPT], MESSAGE)
-        sent += 1
+        assert time.monotonic() < deadline and len(results) < 5_000, "the session never expired"
+        results.append(await pool.send("a", SENDER, [RCPT], MESSAGE))
 
-    result = await pool.send("a", SENDER, [RCPT], MESSAGE)
+    results.append(await pool.send("a", SENDER, [RCPT], MESSAGE))
 
-    assert result.connection_reused is False
+    # The expiry is found on release or on the next acquire; either way one later send opened a new session.
+    assert [r.connection_reused for r in results[1:]].count(False) == 1
     assert upstream.counters.sessions_total == 2
-    assert len(upstream.wait_messages(sent + 1)) == sent + 1
+    assert len(upstream.wait_messages(len(results))) == len(results)
 
 
 async def test_max_messages_per_connection_forces_a_reconnect(pool: SMTPPool, upstream) -> None:
@@ -42,13 +42,13 @@ async def test_max_messages_per_connection_forces_a_reconnect(pool: SMTPPool, up
 
 
 async def test_noop_only_after_the_idle_threshold(pool: SMTPPool, upstream) -> None:
-    pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, health_check_after_idle=0.2)))
+    pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, health_check_after_idle=0.5)))
     for _ in range(5):
         await pool.send("a", SENDER, [RCPT], MESSAGE)
     assert upstream.counters.noops == 0, "back-to-back sends must not pay a NOOP round trip"
     assert account_stats(pool, "a")["last_health_check"]["error"] is None
 
-    await asyncio.sleep(0.3)  # the behaviour under test: the session idles past the threshold
+    await asyncio.sleep(0.6)  # the behaviour under test: the session idles past the threshold
     result = await pool.send("a", SENDER, [RCPT], MESSAGE)
 
     assert result.connection_reused is True
@@ -125,3 +125,40 @@ async def test_stats_describe_the_pool(pool: SMTPPool, upstream) -> None:
     assert stats["last_health_check"]["ok"] is True and stats["last_error"] is None
     await pool.release(held)
     assert (account_stats(pool, "a")["idle"], account_stats(pool, "a")["active"]) == (2, 0)
+
+
+async def test_check_health_probes_an_idle_session_now(pool: SMTPPool, upstream) -> None:
+    pool.configure("a", settings_for(upstream, limits=limits(max_connections=1)))
+    await pool.send("a", SENDER, [RCPT], MESSAGE)
+
+    health = await pool.check_health("a")
+
+    assert health.ok is True and upstream.counters.noops == 1
+    assert pool.health("a") is health
+
+
+async def test_check_health_on_an_empty_pool_connects(pool: SMTPPool, upstream) -> None:
+    pool.configure("a", settings_for(upstream, limits=limits(max_connections=1)))
+
+    health = await pool.check_health("a")
+
+    assert health.ok is True and upstream.counters.sessions_total == 1
+    assert account_stats(pool, "a")["idle"] == 1
+
+
+async def test_cleanup_can_be_called_directly(upstream_factory) -> None:
+    """Without the background task (a long interval), ``cleanup()`` alone keeps ``stats()`` true."""
+    upstream = upstream_factory()
+    pool = SMTPPool(cleanup_interval=3600)
+    try:
+        pool.configure("a", settings_for(upstream, limits=limits(idle_timeout=0.1)))
+        await pool.send("a", SENDER, [RCPT], MESSAGE)
+        await asyncio.sleep(0.15)  # the behaviour under test: the session idles past its timeout
+        assert account_stats(pool, "a")["idle"] == 1, "nothing but cleanup() may close it"
+
+        await pool.cleanup()
+
+        assert account_stats(pool, "a")["idle"] == 0 and account_stats(pool, "a")["closed"] == {"idle": 1}
+    finally:
+        await pool.close_all()
+    await eventually(lambda: upstream.sessions_open == 0, what="the idle session to end upstream")

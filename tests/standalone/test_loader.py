@@ -157,19 +157,25 @@ def test_secret_problems_never_show_values(tmp_path: Path) -> None:
     assert not any("sentinel" in problem for problem in problems)
 
 
-def test_login_without_secret_ref_and_duplicates_are_errors(tmp_path: Path) -> None:
-    first = write(
+def test_login_without_secret_ref_is_an_error(tmp_path: Path) -> None:
+    path = write(
         tmp_path,
         "a.yaml",
         "apiVersion: mailgate.dev/v1alpha1\nkind: SmtpAccount\nmetadata: {name: billing, namespace: shop}\n"
         "spec: {server: {host: h}, auth: {method: login}}\n",
     )
+    assert problems_of([path]) == [
+        f"{path}: document 1 (SmtpAccount shop/billing): spec.auth: "
+        "Value error, secretRef is required unless method is none",
+    ]
+
+
+def test_duplicate_accounts_are_errors(tmp_path: Path) -> None:
+    first = write(tmp_path, "a.yaml", account(method="none"))
     second = write(tmp_path, "b.yaml", account(method="none"))
-    problems = problems_of([first, second])
-    assert problems == [
+    assert problems_of([first, second]) == [
         f"{second}: document 1 (SmtpAccount shop/billing): duplicate SmtpAccount shop/billing, "
         f"first defined in {first}: document 1 (SmtpAccount shop/billing)",
-        f"{first}: document 1 (SmtpAccount shop/billing): spec.auth.secretRef: required unless method is none",
     ]
 
 

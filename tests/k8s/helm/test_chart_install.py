@@ -23,7 +23,7 @@ from tests.k8s.helm.helm import Helm, HelmError
 Rule = tuple[str, str, str, str]  # (apiGroup, resource, verb, resourceName or "")
 
 NAMESPACED_KINDS = (
-    "deployments,services,serviceaccounts,secrets,configmaps,networkpolicies,poddisruptionbudgets,roles,rolebindings"
+    "deployments,services,serviceaccounts,secrets,configmaps,networkpolicies,poddisruptionbudgets,roles,rolebindings,leases"
 )
 
 
@@ -128,8 +128,10 @@ def test_install_upgrade_keeps_admin_token_and_uninstall_is_clean(
     ns, shop, crm = make_namespace(), make_namespace(), make_namespace()
     values: dict[str, Any] = {"watchNamespaces": [shop, crm]}
 
-    helm.install("mg", ns, values)
+    installed = helm.install("mg", ns, values)
 
+    # NOTES.txt tells how to send the first mail, with this release's real address.
+    assert f"curl -sS http://mg-mailgate.{ns}.svc:8080/v1/accounts/{shop}/billing/messages" in installed.stdout
     (release,) = helm.releases(ns)
     assert release["status"] == "deployed"
     assert sorted(_labelled(cluster, "deployments", "mg", ns)) == [
@@ -141,6 +143,10 @@ def test_install_upgrade_keeps_admin_token_and_uninstall_is_clean(
     token = _admin_token(cluster, ns, "mg-mailgate-admin-token")
     assert len(token) >= 32
 
+    # An operator replica holds the chart's Lease; the upgrade must not take it away.
+    held = json.dumps({"spec": {"holderIdentity": "op-0"}})
+    cluster.kubectl("patch", "lease", "mg-mailgate-operator", "-n", ns, "--type=merge", "-p", held)
+
     helm.upgrade("mg", ns, {**values, "gateway": {"replicas": 3}})
 
     (release,) = helm.releases(ns)
@@ -148,6 +154,8 @@ def test_install_upgrade_keeps_admin_token_and_uninstall_is_clean(
     gateway = cluster.get("deployment", "mg-mailgate-gateway", ns)
     assert gateway is not None and gateway["spec"]["replicas"] == 3
     assert _admin_token(cluster, ns, "mg-mailgate-admin-token") == token, "upgrade must keep the admin token"
+    lease = cluster.get("lease", "mg-mailgate-operator", ns)
+    assert lease is not None and lease["spec"]["holderIdentity"] == "op-0"
 
     helm.uninstall("mg", ns)
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from mailgate.cli import build_parser
 from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.metrics import GatewayMetrics
 from mailgate.pool import SMTPPool
@@ -195,7 +196,7 @@ def test_default_render_is_locked_down(helm_offline: Helm) -> None:
     }
     assert not [a for a in o["args"] if a.startswith("--namespace")], "cluster-wide by default"
     assert o["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert "--lease-name=mg-mailgate-operator" in o["args"]
+    assert "--peering=mg-mailgate-operator" in o["args"]  # the Lease the replicas elect a leader with
 
     # The gateway selector the operator uses really selects the gateway pods.
     pod_labels = gateway["spec"]["template"]["metadata"]["labels"]
@@ -206,6 +207,26 @@ def test_default_render_is_locked_down(helm_offline: Helm) -> None:
     # The admin port is in no Service; only the send port is.
     ports = [p["targetPort"] for s in _by_kind(objs, "Service") for p in s["spec"]["ports"]]
     assert sorted(ports) == ["http", "metrics"]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [{}, {"watchNamespaces": ["shop", "crm"], "operator": {"replicas": 1, "leaderElection": {"enabled": False}}}],
+    ids=["default", "namespaces-standalone"],
+)
+def test_container_args_are_accepted_by_the_real_cli(helm_offline: Helm, values: dict[str, Any]) -> None:
+    """The chart's command lines parse with mailgate's own argument parser, so a
+    renamed flag fails here rather than in a crash-looping pod."""
+    objs = helm_offline.render(values=values)
+    for deployment in _by_kind(objs, "Deployment"):
+        args = _container(deployment)["args"]
+        try:
+            parsed = build_parser().parse_args(args)
+        except SystemExit:
+            pytest.fail(f"mailgate rejects the args of {deployment['metadata']['name']}: {args}")
+        assert parsed.command == args[0]
+        if parsed.command == "operator":
+            assert (parsed.namespace or []) == values.get("watchNamespaces", [])
 
 
 def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
@@ -276,7 +297,8 @@ def test_invalid_values_are_rejected_with_a_clear_message(helm_offline: Helm, va
 
 def test_single_operator_may_run_without_leader_election(helm_offline: Helm) -> None:
     objs = helm_offline.render(values={"operator": {"replicas": 1, "leaderElection": {"enabled": False}}})
-    assert not [a for a in _container(_one(objs, "Deployment", "-operator"))["args"] if a.startswith("--lease")]
+    args = _container(_one(objs, "Deployment", "-operator"))["args"]
+    assert "--standalone" in args and not [a for a in args if a.startswith("--peering")]
     (role,) = [r for r in _by_kind(objs, "Role") if r["metadata"]["name"].endswith("-operator")]
     assert not [rule for rule in role["rules"] if "leases" in rule["resources"]]
 
@@ -317,6 +339,7 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         "rolebinding.rbac.authorization.k8s.io",
         "clusterrole.rbac.authorization.k8s.io",
         "clusterrolebinding.rbac.authorization.k8s.io",
+        "lease.coordination.k8s.io",
     }
     if non_default:
         expected |= {"horizontalpodautoscaler.autoscaling", "servicemonitor.monitoring.coreos.com", "configmap"}

@@ -165,3 +165,11 @@ def test_transition_time_changes_only_with_the_status() -> None:
     assert synced[1].message == "0 of 2 gateways serve generation 2"  # message and generation do move
     assert synced[1].observed_generation == 2
     assert synced[2].last_transition_time == later
+
+
+def test_a_configuration_refused_by_a_gateway_is_not_synced() -> None:
+    inputs = StatusInputs(generation=3, pushed_generation=3, synced=1, total=2, rejected=[("gw-1", "ca: not a PEM bundle")])
+    status = build_status(inputs, [], NOW)
+    synced = next(c for c in status.conditions if c.type == "Synced")
+    assert (synced.status, synced.reason) == ("False", "Rejected")
+    assert synced.message == "1 of 2 gateways serve generation 3; gateway gw-1 refused it: ca: not a PEM bundle"

@@ -1,0 +1,49 @@
+"""``mailgate operator``: turn parsed arguments into ``OperatorOptions`` and run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+
+from .runner import OperatorOptions, default_identity, run
+
+
+def read_admin_token(path: str | None) -> str | None:
+    """The admin API bearer token from ``path``, else ``$MAILGATE_ADMIN_TOKEN``; surrounding whitespace dropped."""
+    token = Path(path).read_text(encoding="utf-8") if path else os.environ.get("MAILGATE_ADMIN_TOKEN", "")
+    return token.strip() or None
+
+
+def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        token = read_admin_token(args.admin_token_file)
+    except OSError as error:
+        print(f"mailgate operator: cannot read --admin-token-file: {error.strerror}", file=sys.stderr)
+        return 2
+    if token is None:
+        print("mailgate operator: no admin token (--admin-token-file or $MAILGATE_ADMIN_TOKEN)", file=sys.stderr)
+        return 2
+    options = OperatorOptions(
+        gateway_namespace=args.gateway_namespace,
+        gateway_selector=args.gateway_selector,
+        admin_token=token,
+        admin_port=args.admin_port,
+        send_port=args.send_port,
+        namespaces=tuple(dict.fromkeys(args.namespace or ())),
+        health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        bind_address=args.bind_address,
+        resync_seconds=args.resync_seconds,
+        lease_name=None if args.standalone else args.peering,
+        identity=args.identity or default_identity(),
+    )
+    return asyncio.run(run(options))
