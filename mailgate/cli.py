@@ -46,6 +46,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS", help="file poll interval")
     parser.add_argument("--log-format", choices=["json", "text"], default="text", help="log format (default text)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    _add_smtp_ingress_arguments(parser)
     parser.set_defaults(func=_serve)
 
 
@@ -106,6 +107,13 @@ def _gateway(args: argparse.Namespace) -> int:
     return main(args)
 
 
+def _add_smtp_ingress_arguments(parser: argparse.ArgumentParser) -> None:
+    """The --smtp-* flags of the SMTP ingress (off unless --smtp-port or --smtp-implicit-tls-port is given)."""
+    from .ingress.options import add_arguments
+
+    add_arguments(parser)
+
+
 def _add_gateway(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser(
         "gateway",
@@ -144,6 +152,7 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--shutdown-grace", type=float, default=30.0, metavar="SECONDS", help="time in-flight requests get to finish"
     )
+    _add_smtp_ingress_arguments(parser)
     parser.set_defaults(func=_gateway)
 
 

@@ -18,8 +18,9 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..ingress.routing import NoRoute, Router
 from .accounts import Account
-from .auth import Authenticator
+from .auth import Authenticator, Identity
 from .forward import Forwarder
 from .idempotency import MAX_KEY_LENGTH, IdempotencyConflict, IdempotencyStore, StoredResponse, fingerprint
 from .message import MessageError, OutgoingMessage, SendRequest, build_message, describe_validation_error, parse_raw_message
@@ -28,6 +29,7 @@ from .problems import outcome_problem, problem
 from .relay import Reason, Refused, Relay, Sent
 
 ROUTE = "/v1/accounts/{namespace}/{name}/messages"
+ROUTED = "/v1/messages"
 JSON = "application/json"
 RFC822 = "message/rfc822"
 # A JSON body carries attachments base64-encoded (4/3 of their size) plus field names and quoting.
@@ -84,10 +86,56 @@ class SendAPI:
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_post(ROUTE, self.post_message)
+        app.router.add_post(ROUTED, self.post_routed_message)
 
     async def post_message(self, request: web.Request) -> web.Response:
+        """The account is named in the path: every check that needs no body runs before reading it."""
         rid = request_id(request)
         key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        identity = await self._identify(request, key, rid)
+        if isinstance(identity, web.Response):
+            return identity
+        admitted = self.relay.admit(identity, key)
+        if not isinstance(admitted, Account):
+            return outcome_problem(admitted, rid)
+        body = await self._read_body(request, key, admitted.config.spec.max_message_bytes, rid)
+        if isinstance(body, web.Response):
+            return body
+        return await self._respond(request, admitted, body, rid)
+
+    async def post_routed_message(self, request: web.Request) -> web.Response:
+        """No account in the path: the sender picks it, by the same routing as the SMTP ingress.
+
+        The body has to be read (within the largest account limit) to learn the
+        sender; then the chosen account's access, size and sender checks apply
+        exactly as on the per-account path.
+        """
+        rid = request_id(request)
+        identity = await self._identify(request, "-", rid)
+        if isinstance(identity, web.Response):
+            return identity
+        largest = max((a.config.spec.max_message_bytes for a in self.relay.registry.accounts().values()), default=0)
+        body = await self._read_body(request, "-", largest, rid)
+        if isinstance(body, web.Response):
+            return body
+        try:
+            sender = self._message(request.content_type, body, request).sender
+        except ValidationError as exc:
+            return self._invalid("-", describe_validation_error(exc), rid)
+        except MessageError as exc:
+            return self._invalid("-", [{"field": exc.field, "message": exc.detail}], rid)
+        decision = Router(self.relay.registry).route(sender)
+        if isinstance(decision, NoRoute):
+            return outcome_problem(decision.as_outcome(), rid)
+        admitted = self.relay.admit(identity, decision.account.key)
+        if not isinstance(admitted, Account):
+            return outcome_problem(admitted, rid)
+        too_large = self.relay.check_size(admitted, len(body))
+        if request.content_type == RFC822 and too_large is not None:
+            return outcome_problem(too_large, rid)
+        return await self._respond(request, admitted, body, rid)
+
+    async def _identify(self, request: web.Request, key: str, rid: str) -> Identity | web.Response:
         try:
             identity = await self.authenticator.authenticate(request)
         except Exception as exc:  # the authenticator failed (apiserver down), not the caller: never a false 401
@@ -100,23 +148,27 @@ class SendAPI:
                 request_id=rid,
                 headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
             )
-        admitted = self.relay.admit(identity, key)
-        if not isinstance(admitted, Account):
-            return outcome_problem(admitted, rid)
-        account = admitted
+        return identity
+
+    async def _read_body(self, request: web.Request, key: str, max_message_bytes: int, rid: str) -> bytes | web.Response:
         content_type = request.content_type
         if content_type not in (JSON, RFC822):
             self.relay.record(key, "unsupported-media-type")
             return problem("unsupported-media-type", f"send {JSON} or {RFC822}, not {content_type!r}", request_id=rid)
-        limit = account.config.spec.max_message_bytes
+        limit = max_message_bytes
         if content_type == JSON:
             limit = int(limit * JSON_OVERHEAD) + JSON_SLACK
         try:
-            body = await read_limited(request, limit)
+            return await read_limited(request, limit)
         except BodyTooLarge:
             self.relay.record(key, Reason.TOO_LARGE.value)
             refusal = Refused(Reason.TOO_LARGE, f"the body is larger than account {key!r} accepts ({limit} bytes)")
             return outcome_problem(refusal, rid)
+
+    async def _respond(self, request: web.Request, account: Account, body: bytes, rid: str) -> web.Response:
+        """Deliver, once per Idempotency-Key when the caller sent one."""
+        key = account.key
+        content_type = request.content_type
         idempotency_key = request.headers.get("Idempotency-Key")
         if idempotency_key is None:
             return await self._deliver(request, account, content_type, body, rid)

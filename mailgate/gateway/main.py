@@ -23,6 +23,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..ingress.options import IngressOptions, from_args
 from .app import Gateway, GatewayOptions, run_until_signalled
 from .auth import AllowAnyone, Authenticator
 from .logs import configure_logging
@@ -107,28 +108,40 @@ def main(args: argparse.Namespace) -> int:
         authenticator = static_authenticator(args)
         gateway_options = options(args)
         factory = loop_factory(args.event_loop)
-    except UsageError as exc:
+        smtp = from_args(args)
+    except (UsageError, ValueError) as exc:
         print(f"mailgate gateway: {exc}", file=sys.stderr)
         return 2
     configure_logging(args.log_format or ("json" if args.in_cluster else "text"), args.log_level.upper())
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(gateway_options, authenticator, args.kubeconfig))
+            runner.run(_serve(gateway_options, authenticator, args.kubeconfig, smtp))
     except OSError as exc:  # the port is taken, the address does not exist
         log.error("cannot serve: %s", exc)
         return 1
     return 0
 
 
-async def _serve(gateway_options: GatewayOptions, authenticator: Authenticator | None, kubeconfig: str | None) -> None:
+async def _serve(
+    gateway_options: GatewayOptions, authenticator: Authenticator | None, kubeconfig: str | None, smtp: IngressOptions
+) -> None:
     """The TokenReview client needs the running loop, so it is made here and closed on the way out."""
     if authenticator is not None:
-        await run_until_signalled(Gateway(authenticator, gateway_options))
+        await run_until_signalled(with_ingress(Gateway(authenticator, gateway_options), smtp))
         return
     from .tokenreview import TokenReviewAuthenticator, kubernetes_api_client
 
     api = await kubernetes_api_client(kubeconfig)
     try:
-        await run_until_signalled(Gateway(TokenReviewAuthenticator(api), gateway_options))
+        await run_until_signalled(with_ingress(Gateway(TokenReviewAuthenticator(api), gateway_options), smtp))
     finally:
         await api.close()
+
+
+def with_ingress(gateway: Gateway, smtp: IngressOptions) -> Gateway:
+    """Attach the SMTP listener when --smtp-port or --smtp-implicit-tls-port asked for one."""
+    if smtp.enabled:
+        from ..ingress.attach import attach
+
+        attach(gateway, smtp)
+    return gateway

@@ -106,7 +106,7 @@ class GatewayStatus(_Doc):
 
 _REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
 _RESPONSE_MODELS: list[type[BaseModel]] = [SendResponse, Problem, ConfigApplied, AccountApplied, GatewayStatus]
-_SEND_ERRORS = (400, 401, 403, 404, 413, 415, 429, 502, 503, 504)
+_SEND_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 _ADMIN_ERRORS = {"put": (400, 401, 409), "delete": (400, 401, 404, 409), "get": (401,)}
 
 
@@ -164,8 +164,16 @@ def _send_paths() -> dict[str, Any]:
             },
         }
     }
+    idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": 255},
+                   "description": "A retried request with the same key returns the first answer (see docs/api.md)."}
+    send["post"]["parameters"].append(idempotency)
+    routed = {"post": {**send["post"], "operationId": "sendMessageRouted",
+                       "summary": "Send one message through the account its sender routes to (as the SMTP ingress does)",
+                       "parameters": [*raw_params, idempotency]}}
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
+        "/v1/messages": routed,
         "/v1/accounts/{namespace}/{name}/messages": send,
         "/livez": {
             "get": {"tags": ["probes"], "summary": "The event loop answers", "responses": {"200": {"description": "OK", **text}}}

@@ -24,6 +24,8 @@ from ..gateway.accounts import InvalidAccount
 from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone, Authenticator
 from ..gateway.logs import configure_logging
+from ..gateway.main import with_ingress
+from ..ingress.options import from_args
 from .apikeys import ApiKeys, KeyRing
 from .loader import ConfigError
 from .watcher import ConfigFiles, watch
@@ -45,6 +47,11 @@ def serve(args: argparse.Namespace) -> int:
     if not args.api_keys and not args.insecure_no_auth:
         _fail("callers need API keys: --api-keys FILE (make keys with `mailgate apikey`), or --insecure-no-auth")
         return 2
+    try:
+        smtp = from_args(args)
+    except ValueError as error:
+        _fail(str(error))
+        return 2
     files = ConfigFiles(args.filename, args.api_keys)
     try:
         files.load()
@@ -57,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
     else:
         authenticator = AllowAnyone()
         log.warning(NO_AUTH_WARNING)
-    gateway = Gateway(authenticator, GatewayOptions(host=args.host, port=args.port, admin_port=None))
+    gateway = with_ingress(Gateway(authenticator, GatewayOptions(host=args.host, port=args.port, admin_port=None)), smtp)
     try:
         asyncio.run(_run(gateway, files, authenticator, args.reload_interval))
     except InvalidAccount as error:

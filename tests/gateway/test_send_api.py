@@ -362,3 +362,23 @@ async def test_idempotency_key_replays_the_first_answer_and_sends_once(gw: Gatew
     status, _, _ = await post(message(), "order-43")
     assert status == 200
     assert len(upstream.messages) == 2
+
+
+async def test_post_without_account_routes_by_sender(gw: GatewayHandle, upstream_factory: Any) -> None:
+    """POST /v1/messages: the From address picks the account (exact address beats *@domain)."""
+    billing, support = upstream_factory(), upstream_factory()
+    await gw.configure(
+        account(billing, name="billing", senders=["*@shop.example"]),
+        account(support, name="support", senders=["help@shop.example"]),
+    )
+
+    async def post(sender: str) -> tuple[int, dict[str, Any]]:
+        async with gw.http.post(f"{gw.url}/v1/messages", json=message(**{"from": sender})) as response:
+            return response.status, await response.json(content_type=None)
+
+    assert (await post("help@shop.example"))[0] == 200
+    assert (await post("orders@shop.example"))[0] == 200
+    status, body = await post("someone@elsewhere.example")
+    assert status == 403 and body["type"].endswith("/sender-not-allowed"), body
+    assert [m.mail_from for m in support.messages] == ["help@shop.example"]
+    assert [m.mail_from for m in billing.messages] == ["orders@shop.example"]

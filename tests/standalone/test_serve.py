@@ -168,3 +168,33 @@ async def test_a_broken_file_keeps_the_last_good_configuration(tmp_path: Path, u
         assert await post(session, gateway.url) == 200
         assert len(await asyncio.to_thread(second.wait_messages, 1)) == 1
     assert len(first.messages) == 1
+
+
+async def test_serve_with_the_smtp_ingress_relays_an_smtp_client(tmp_path: Path, upstream_factory, serve) -> None:
+    """`mailgate serve --smtp-port`: an SMTP-only app on a trusted network relays through the account."""
+    import smtplib
+
+    from tests.standalone.support import _free_port
+
+    upstream = upstream_factory(users={"billing": SENTINEL})
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text(account_yaml(upstream).replace("  pool:", "  senders: ['*@shop.example']\n  pool:"))
+    smtp_port = _free_port()
+    process = serve(
+        "-f", str(accounts), "--insecure-no-auth",
+        "--smtp-port", str(smtp_port), "--smtp-host", "127.0.0.1", "--smtp-trusted-networks", "127.0.0.0/8",
+    )  # fmt: skip
+    await process.wait_ready()
+
+    def send() -> dict[str, tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+            return client.sendmail(
+                "app@shop.example", ["rcpt@example.org"], b"Subject: via smtp\r\n\r\nrouted by sender\r\n"
+            )
+
+    assert await asyncio.to_thread(send) == {}
+    [received] = await asyncio.to_thread(upstream.wait_messages, 1)
+    assert received.mail_from == "app@shop.example"
+    assert received.login == "billing"
+    assert b"routed by sender" in received.data
+    assert received.data.startswith(b"Received: ")

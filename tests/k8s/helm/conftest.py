@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from tests.k8s.cluster import ControlPlane, locate_binaries
-from tests.k8s.helm.helm import CHART, Helm
+from tests.k8s.helm.helm import Helm
 
 # The smallest ServiceMonitor CRD that lets the apiserver accept the chart's
 # ServiceMonitors (the Prometheus Operator is not part of the test cluster; its
@@ -47,9 +47,8 @@ def helm_offline(tmp_path_factory: pytest.TempPathFactory) -> Helm:
 
 @pytest.fixture(scope="session")
 def cluster(control_plane: ControlPlane, tmp_path_factory: pytest.TempPathFactory) -> ControlPlane:
-    """The control plane with every CRD the chart's objects need: the chart's own
-    (already there) and a minimal ServiceMonitor."""
-    control_plane.install_crds(CHART / "crds")
+    """The control plane (its fixture installs the SmtpAccount CRD the chart ships)
+    plus a minimal ServiceMonitor CRD for the chart's optional ServiceMonitors."""
     crd_dir = tmp_path_factory.mktemp("monitoring-crd")
     (crd_dir / "servicemonitors.yaml").write_text(json.dumps(SERVICE_MONITOR_CRD))  # JSON is YAML
     control_plane.install_crds(crd_dir)

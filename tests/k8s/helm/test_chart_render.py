@@ -345,3 +345,14 @@ def test_rendered_chart_is_accepted_by_the_apiserver(
         expected |= {"horizontalpodautoscaler.autoscaling", "servicemonitor.monitoring.coreos.com", "configmap"}
     assert kinds == expected
     assert len(applied) == len([d for d in yaml.safe_load_all(rendered) if d])
+
+
+def test_crd_upgrade_step_from_the_docs_applies_the_chart_crds(cluster: ControlPlane) -> None:
+    """Helm never upgrades crds/, so docs/install.md says `kubectl apply -f charts/mailgate/crds/`:
+    kubectl must follow the symlink to the generated CRD."""
+    applied = _dry_run_apply_dir(cluster, CHART / "crds")
+    assert applied == ["customresourcedefinition.apiextensions.k8s.io/smtpaccounts.mailgate.dev"]
+
+
+def _dry_run_apply_dir(cluster: ControlPlane, directory: Path) -> list[str]:
+    return cluster.kubectl("apply", "--dry-run=server", "-f", str(directory), "-o", "name").stdout.split()
