@@ -144,7 +144,7 @@ def _send_paths() -> dict[str, Any]:
          "style": "form", "explode": True,
          "description": "message/rfc822 only: envelope recipients instead of the body's To/Cc/Bcc (repeatable)."},
     ]
-    send = {
+    send: dict[str, Any] = {
         "post": {
             "tags": ["send"],
             "summary": "Send one message through an account",
