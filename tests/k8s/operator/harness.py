@@ -78,6 +78,7 @@ class GatewayProcess:
     token: str
     token_file: Path
     log_path: Path
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +89,7 @@ class GatewayProcess:
         argv = [
             sys.executable, "-m", "mailgate", "gateway", "--host", self.ip, "--port", str(self.send_port),
             "--admin-port", str(self.admin_port), "--admin-token-file", str(self.token_file),
-            "--insecure-no-auth", "--upstream-timeout", "5",
+            "--insecure-no-auth", "--upstream-timeout", "5", *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
@@ -204,11 +205,17 @@ class Mesh:
 
     # -- gateways
 
-    def gateway(self, name: str, *, index: int, ready: bool = True, register: bool = True) -> GatewayProcess:
+    def ip(self, index: int) -> str:
+        """This test's loopback address number ``index`` (127.a.b.index, a and b random per test)."""
+        return f"{self._net}.{index}"
+
+    def gateway(
+        self, name: str, *, index: int, ready: bool = True, register: bool = True, extra_args: tuple[str, ...] = ()
+    ) -> GatewayProcess:
         """Start a gateway on 127.a.b.<index> and (by default) register its Pod, Ready or not."""
         gateway = GatewayProcess(
-            name, f"{self._net}.{index}", self.send_port, self.admin_port, self.token, self.token_file,
-            self.workdir / f"{name}.log",
+            name, self.ip(index), self.send_port, self.admin_port, self.token, self.token_file,
+            self.workdir / f"{name}.log", extra_args,
         ).start()  # fmt: skip
         self.gateways[name] = gateway
         if register:
