@@ -41,7 +41,6 @@ def operator_settings() -> kopf.OperatorSettings:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # no Event per successful handler run
-    settings.batching.batch_window = 0.02  # react within tens of milliseconds, not the default 0.1 s
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30
