@@ -128,6 +128,8 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--admin-token-file", metavar="FILE", help="file holding the admin bearer token (else $MAILGATE_ADMIN_TOKEN)"
     )
+    parser.add_argument("--admin-tls-cert", metavar="FILE", help="serve the admin API over TLS with this PEM certificate")
+    parser.add_argument("--admin-tls-key", metavar="FILE", help="its private key (default: in the certificate file)")
     parser.add_argument("--api-keys", metavar="FILE", help="YAML file of hashed API keys callers authenticate with")
     parser.add_argument("--insecure-no-auth", action="store_true", help="let any caller use any account (tests, demos)")
     parser.add_argument(

@@ -28,6 +28,7 @@ import asyncio
 import logging
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -66,6 +67,8 @@ class GatewayOptions:
     upstream_timeout: float = 30.0  # per SMTP command, connect included
     shutdown_delay: float = 0.0
     shutdown_grace: float = 30.0
+    admin_tls_cert: str | None = None  # PEM certificate (chain) for the admin API; with admin_tls_key
+    admin_tls_key: str | None = None
 
 
 class Gateway:
@@ -142,7 +145,7 @@ class Gateway:
             admin = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
             await admin.setup()
             self._runners.append(admin)
-            await web.TCPSite(admin, opts.admin_host or opts.host, opts.admin_port).start()
+            await web.TCPSite(admin, opts.admin_host or opts.host, opts.admin_port, ssl_context=self._admin_tls()).start()
             self.admin_port = _bound_port(admin)
         log.info(
             "gateway listening: send API on %s:%s, admin API on %s",
@@ -151,6 +154,15 @@ class Gateway:
             f"{opts.admin_host or opts.host}:{self.admin_port}" if self.admin_app is not None else "(disabled)",
             extra={"port": self.port, "adminPort": self.admin_port},
         )
+
+    def _admin_tls(self) -> ssl.SSLContext | None:
+        """TLS for the admin API: the bearer token and pushed credentials cross the pod network on it."""
+        if self.options.admin_tls_cert is None:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(self.options.admin_tls_cert, self.options.admin_tls_key)
+        return context
 
     async def stop(self) -> None:
         """Graceful shutdown as described in the module docstring; safe to call twice."""
@@ -171,7 +183,8 @@ class Gateway:
 
     @property
     def admin_url(self) -> str:
-        return f"http://{_url_host(self.options.admin_host or self.options.host)}:{self.admin_port}"
+        scheme = "https" if self.options.admin_tls_cert else "http"
+        return f"{scheme}://{_url_host(self.options.admin_host or self.options.host)}:{self.admin_port}"
 
 
 def _bound_port(runner: web.AppRunner) -> int:

@@ -87,6 +87,8 @@ def options(args: argparse.Namespace) -> GatewayOptions:
         upstream_timeout=args.upstream_timeout,
         shutdown_delay=delay,
         shutdown_grace=args.shutdown_grace,
+        admin_tls_cert=args.admin_tls_cert,
+        admin_tls_key=args.admin_tls_key or args.admin_tls_cert,
     )
 
 

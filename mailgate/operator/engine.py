@@ -26,7 +26,7 @@ from .admin import AdminClient
 from .conditions import GatewayHealth, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
-from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, plan_account
+from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account
 from .revisions import Revisions
 from .syncer import Desired, GatewaySyncer
 
@@ -294,7 +294,7 @@ class Engine:
             share = config.share
             own = syncer.held(key)
             if share is not None and _raises(share.max_connections, share.messages_per_minute, own):
-                others = [self._hold_of(other, key) for other in self._all_syncers() if other is not syncer]
+                others = [self._hold_of(other, key, plan) for other in self._all_syncers() if other is not syncer]
                 limited = cap(config, own, others, self._serving_peers(plan, syncer, key))
                 if limited is not config:
                     if limited.share is not None and limited.share.max_connections == 0 and not limited.share.peers:
@@ -338,9 +338,21 @@ class Engine:
         if keys:
             self._on_status_change(keys)
 
-    def _hold_of(self, syncer: GatewaySyncer, key: str) -> Hold:
-        """A pod not yet contacted may serve anything (e.g. after an operator restart): count the whole limits."""
-        return syncer.held(key) if syncer.contacted else self.full_hold(key)
+    def _hold_of(self, syncer: GatewaySyncer, key: str, plan: AccountPlan) -> Hold:
+        """What another pod may use of ``key``'s limits.
+
+        A pod not asked yet may serve anything (e.g. after an operator restart):
+        the whole limits, for the moment its first status read takes. A pod that
+        could not be reached counts with its planned share, which is what a
+        previous operator run gave it too: assuming more would let one dead pod
+        take every share from the live ones.
+        """
+        if syncer.contacted:
+            return syncer.held(key)
+        if syncer.failures == 0:
+            return self.full_hold(key)
+        config = plan.configs.get(syncer.name)
+        return syncer.held(key).union(hold_of(config)) if config is not None else syncer.held(key)
 
     def _all_syncers(self) -> Iterable[GatewaySyncer]:
         yield from self._syncers.values()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 from mailgate.gateway.openapi import GatewayStatus
 from mailgate.snapshot import AccountConfig, config_digest
-from tests.gateway.conftest import GatewayFactory, GatewayHandle, account
-from tests.smtp_servers import StallServer, Upstream
+from tests.gateway.conftest import ADMIN_TOKEN, GatewayFactory, GatewayHandle, account
+from tests.smtp_servers import StallServer, TestCA, Upstream
 
 
 async def get(http: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -153,3 +156,24 @@ async def test_unknown_routes_are_problems(gateway_factory: GatewayFactory) -> N
     async with gw.http.get(gw.url + "/v1/accounts/a/b/messages") as response:
         assert response.status == 405
         assert response.headers["Content-Type"].startswith("application/problem+json")
+
+
+async def test_admin_api_can_serve_tls(gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path) -> None:
+    """With a certificate the admin API speaks only TLS: token and credentials never cross in clear."""
+    ca = TestCA()
+    cert = tmp_path / "admin.pem"
+    ca.server_cert.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    gw = await gateway_factory(admin_tls_cert=str(cert), admin_tls_key=str(cert))
+    assert gw.admin_url.startswith("https://")
+    trusting = ssl.create_default_context(cadata=ca.ca_pem)
+    async with aiohttp.ClientSession() as session:
+        body = {"revision": 1, "accounts": [account(upstream)]}
+        headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        async with session.put(gw.admin_url + "/v1/config", json=body, headers=headers, ssl=trusting) as response:
+            assert response.status == 200
+        plain = gw.admin_url.replace("https://", "http://") + "/v1/status"
+        with pytest.raises(aiohttp.ClientError):
+            async with session.get(plain, headers=headers) as response:
+                await response.read()
+    status, _, _ = await gw.send()
+    assert status == 200
