@@ -98,9 +98,7 @@ class Cluster:
 
     def synced(self, key: str) -> bool:
         inputs = self.engine.status_inputs(key)
-        return inputs is not None and inputs.total > 0 and inputs.synced == inputs.total and not self.engine._plans[
-            key
-        ].account.generation is None
+        return inputs is not None and inputs.total > 0 and inputs.synced == inputs.total
 
 
 @pytest.fixture
