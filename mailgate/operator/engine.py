@@ -26,7 +26,7 @@ from .admin import AdminClient
 from .conditions import GatewayHealth, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
-from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account
+from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
 from .revisions import Revisions
 from .syncer import Desired, GatewaySyncer
 
@@ -276,8 +276,9 @@ class Engine:
                 changed = True
         if changed:
             self._metrics.gateways.set(len(self._syncers))
-            for key in list(self._plans):
-                self._replan(key, wake=False)
+            gateways = [syncer.gateway for syncer in self._syncers.values()]
+            accounts = [entry.good for entry in self._accounts.values() if entry.good is not None and not entry.deleting]
+            self._plans = plan_all(accounts, gateways, self._send_port)
             self._wake_all()
             self._on_status_change(list(self._accounts))
 
@@ -406,15 +407,14 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _replan(self, key: str, *, wake: bool = True) -> None:
+    def _replan(self, key: str) -> None:
         entry = self._accounts.get(key)
         gateways = [syncer.gateway for syncer in self._syncers.values()]
         if entry is None or entry.good is None or entry.deleting:
             self._plans.pop(key, None)
         else:
             self._plans[key] = plan_account(entry.good, gateways, self._send_port)
-        if wake:
-            self._wake_all()
+        self._wake_all()
 
     def _wake_all(self) -> None:
         for syncer in self._syncers.values():

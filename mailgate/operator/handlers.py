@@ -41,6 +41,9 @@ def operator_settings() -> kopf.OperatorSettings:
         prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING  # no Event per successful handler run
+    # Resources and namespaces are resolved once at start-up (the CRD is installed first, namespaces are
+    # listed by name): no cluster-wide watch of Namespaces and CRDs, which the chart's RBAC does not grant.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 30

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..snapshot import AccountConfig, AccountShare, ConfigSnapshot, Credentials, SmtpClientCredential, config_digest
+from ..snapshot import AccountConfig, AccountShare, Credentials, SmtpClientCredential, config_digest
 from ..spec import EffectiveLimits, SmtpAccountSpec
 
 
@@ -204,12 +204,3 @@ def plan_all(accounts: Iterable[ResolvedAccount], gateways: Iterable[Gateway], s
     """Plans for many accounts, by account key."""
     gateways = list(gateways)
     return {account.key: plan_account(account, gateways, send_port) for account in accounts}
-
-
-def snapshots(plans: Mapping[str, AccountPlan], gateways: Iterable[Gateway], revision: int) -> dict[str, ConfigSnapshot]:
-    """The full snapshot for each gateway (as a new or restarted gateway receives it), by pod name."""
-    keys = sorted(plans)
-    return {
-        gateway.name: ConfigSnapshot(revision=revision, accounts=[plans[key].configs[gateway.name] for key in keys])
-        for gateway in gateways
-    }

@@ -45,7 +45,7 @@ class StatusWriter:
         api_client: ApiClient,
         metrics: OperatorMetrics,
         *,
-        interval: float = 1.0,
+        interval: float = 0.5,
         concurrency: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:

@@ -126,14 +126,6 @@ def processes() -> Iterator[_Processes]:
     started.stop()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "the operator lets kopf list namespaces and watch CRDs, which the chart does not grant: with watchNamespaces "
-        "kopf retries the 403s for about a minute before serving; fix: settings.scanning.disabled = True in "
-        "mailgate/operator/handlers.py operator_settings() (verified: then this test passes), then drop this marker"
-    ),
-)
 def test_chart_runs_operator_and_gateways_under_its_service_accounts(
     cluster: ControlPlane,
     helm: Helm,

@@ -21,7 +21,6 @@ from mailgate.operator.plan import (
     plan_account,
     plan_all,
     shareholders,
-    snapshots,
     split,
 )
 from mailgate.snapshot import AccountShare, Credentials, config_digest
@@ -146,13 +145,12 @@ def test_digests_differ_per_share_and_match_the_snapshot_function() -> None:
     assert plan.digests["gw-0"] == config_digest(plan.configs["gw-0"])
 
 
-def test_full_snapshots_hold_every_account_for_each_gateway_in_key_order() -> None:
+def test_plans_for_many_accounts_by_key() -> None:
     pods = gateways(2)
     plans = plan_all([account(2, name="b"), account(1, name="a")], pods, PORT)
-    result = snapshots(plans, pods, revision=17)
-    assert [config.key for config in result["gw-1"].accounts] == ["shop/a", "shop/b"]
-    assert result["gw-1"].revision == 17
-    assert result["gw-1"].accounts[0].share == AccountShare(max_connections=0, peers=["http://10.0.0.1:8080"])
+    assert sorted(plans) == ["shop/a", "shop/b"]
+    assert plans["shop/a"].configs["gw-1"].share == AccountShare(max_connections=0, peers=["http://10.0.0.1:8080"])
+    assert plans["shop/b"].effective.max_connections_per_gateway == [1, 1]
 
 
 def test_a_gateway_removed_hands_its_share_to_the_others() -> None:
