@@ -9,6 +9,8 @@ import os
 import sys
 from pathlib import Path
 
+import kubernetes_asyncio.config
+
 from .runner import OperatorOptions, default_identity, run
 
 
@@ -46,4 +48,8 @@ def main(args: argparse.Namespace) -> int:
         lease_name=None if args.standalone else args.peering,
         identity=args.identity or default_identity(),
     )
-    return asyncio.run(run(options))
+    try:
+        return asyncio.run(run(options))
+    except kubernetes_asyncio.config.ConfigException as error:
+        print(f"mailgate operator: no Kubernetes credentials (in-cluster or $KUBECONFIG): {error}", file=sys.stderr)
+        return 2

@@ -171,12 +171,18 @@ class GatewaySyncer:
             try:
                 await self.sync_once()
             except GatewayError as error:
-                self.failures += 1
-                self._needs_status = True
-                self.metrics.push_failures.labels(reason=error.kind).inc()
+                self._failed(error.kind)
                 log.warning("gateway %s (%s): %s; attempt %d", self.name, self.gateway.ip, error, self.failures)
+            except Exception:  # a bug must not end this pod's loop for good: log it, back off, start over
+                self._failed("error")
+                log.exception("gateway %s: sync failed; attempt %d", self.name, self.failures)
             else:
                 self.failures = 0
+
+    def _failed(self, reason: str) -> None:
+        self.failures += 1
+        self._needs_status = True
+        self.metrics.push_failures.labels(reason=reason).inc()
 
     def _backoff(self) -> float:
         """Exponential, but never longer than the resync period: a restarted pod should not wait longer."""
@@ -192,6 +198,7 @@ class GatewaySyncer:
             return
         desired = self._acceptable(self.host.desired_for(self))
         changed: list[tuple[str, AccountConfig, str]] = []
+        adopted: set[str] = set()
         for key, (config, digest) in desired.items():
             if self.serves(key, digest):
                 continue
@@ -199,8 +206,11 @@ class GatewaySyncer:
             if unknown is not None and unknown[1] == digest:  # already served, e.g. pushed by the previous operator
                 self.known[key] = (config, digest)
                 del self.unknown[key]
+                adopted.add(key)
                 continue
             changed.append((key, config, digest))
+        if adopted:
+            self.host.gateway_changed(self, adopted)
         present = set(self.known) | set(self.unknown)
         kept = self.host.keeps()
         planned = self.host.planned()

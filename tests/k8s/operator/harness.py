@@ -15,10 +15,9 @@ import random
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -351,10 +350,3 @@ class Mesh:
             operator.stop()
         for gateway in self.gateways.values():
             gateway.stop()
-
-
-def monotonic_deadline(seconds: float) -> Iterator[float]:
-    """Yield the remaining time until ``seconds`` from now have passed (bounded loops)."""
-    end = time.monotonic() + seconds
-    while (left := end - time.monotonic()) > 0:
-        yield left

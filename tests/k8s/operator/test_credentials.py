@@ -97,3 +97,19 @@ def test_an_account_whose_secret_never_existed_is_not_pushed(mesh: Mesh, upstrea
     mesh.secret("orphan-smtp", {"username": "app", "password": "pw"})
     mesh.wait_condition("orphan", "Synced", "True")
     assert gateway.account(f"{mesh.namespace}/orphan") is not None
+
+
+def test_an_upstream_refusing_the_login_turns_upstream_healthy_false(mesh: Mesh, upstream_factory) -> None:
+    upstream = upstream_factory(users={"app": "the-right-one"})
+    gateway = mesh.gateway("gw-1", index=1)
+    mesh.operator()
+    mesh.secret("locked-smtp", {"username": "app", "password": "a-wrong-one"})
+    mesh.apply_account("locked", upstream)
+    mesh.wait_condition("locked", "Synced", "True")
+    assert mesh.condition("locked", "UpstreamHealthy")["reason"] == "NotChecked"  # type: ignore[index]
+    code, body = gateway.send(f"{mesh.namespace}/locked")
+    assert code in (502, 503), body
+    condition = mesh.wait_condition("locked", "UpstreamHealthy", "False", "UpstreamError")
+    assert condition["message"].startswith("1 gateway(s) report errors; gw-1: ")
+    assert "a-wrong-one" not in condition["message"]
+    assert mesh.condition("locked", "Ready")["reason"] == "UpstreamUnhealthy"  # type: ignore[index]
