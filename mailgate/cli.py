@@ -179,6 +179,9 @@ def _add_operator(sub: argparse._SubParsersAction) -> None:
         "--admin-token-file", metavar="FILE", help="file holding the admin bearer token (else $MAILGATE_ADMIN_TOKEN)"
     )
     parser.add_argument("--admin-port", type=int, default=8081, help="gateways' admin API port (default 8081)")
+    parser.add_argument(
+        "--admin-ca-file", metavar="FILE", help="talk https to gateways' admin API, trusting this CA (--admin-tls-cert)"
+    )
     parser.add_argument("--send-port", type=int, default=8080, help="gateways' send API port, for forwarding peers")
     parser.add_argument(
         "--namespace", action="append", metavar="NS", help="serve SmtpAccounts in NS (repeatable; default: all namespaces)"

@@ -9,6 +9,7 @@ never echoed into an exception, a log line or a metric.
 from __future__ import annotations
 
 import json
+import ssl
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,16 +70,21 @@ class GatewayReport:
 class AdminClient:
     """Talks to gateways' admin ports with a bearer token."""
 
-    def __init__(self, token: str, port: int, *, timeout: float = 5.0, snapshot_timeout: float = 30.0) -> None:
+    def __init__(
+        self, token: str, port: int, *, timeout: float = 5.0, snapshot_timeout: float = 30.0, ca_file: str | None = None
+    ) -> None:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._port = port
+        self._tls = _admin_tls(ca_file)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 2.0))
         self._snapshot_timeout = aiohttp.ClientTimeout(total=snapshot_timeout, connect=min(timeout, 2.0))
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
         self._session = aiohttp.ClientSession(
-            headers=self._headers, connector=aiohttp.TCPConnector(limit=0, limit_per_host=4), raise_for_status=False
+            headers=self._headers,
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=4, ssl=self._tls if self._tls is not None else True),
+            raise_for_status=False,
         )
         return self
 
@@ -89,7 +95,8 @@ class AdminClient:
 
     def _url(self, ip: str, path: str) -> str:
         host = f"[{ip}]" if ":" in ip else ip
-        return f"http://{host}:{self._port}{path}"
+        scheme = "https" if self._tls is not None else "http"
+        return f"{scheme}://{host}:{self._port}{path}"
 
     async def _call(
         self, method: str, ip: str, path: str, *, body: str | None = None, params: dict[str, str] | None = None,
@@ -127,6 +134,19 @@ class AdminClient:
     async def delete_account(self, ip: str, key: str, revision: int) -> None:
         """Remove an account; a gateway that does not have it (404) is just as good."""
         await self._call("DELETE", ip, f"/v1/config/accounts/{key}", params={"revision": str(revision)}, accept=(204, 404))
+
+
+def _admin_tls(ca_file: str | None) -> ssl.SSLContext | None:
+    """Trust exactly the CA that signs the gateways' admin certificates.
+
+    Gateways are addressed by pod IP, which no certificate names, so the host
+    name is not checked: the dedicated CA is the trust anchor.
+    """
+    if ca_file is None:
+        return None
+    context = ssl.create_default_context(cafile=ca_file)
+    context.check_hostname = False
+    return context
 
 
 def _json(text: str) -> Any:

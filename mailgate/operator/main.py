@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
         gateway_selector=args.gateway_selector,
         admin_token=token,
         admin_port=args.admin_port,
+        admin_ca_file=args.admin_ca_file,
         send_port=args.send_port,
         namespaces=tuple(dict.fromkeys(args.namespace or ())),
         health_port=args.health_port,

@@ -48,6 +48,7 @@ class OperatorOptions:
     gateway_selector: str
     admin_token: str = field(repr=False)
     admin_port: int = 8081
+    admin_ca_file: str | None = None  # set when gateways serve the admin API over TLS
     send_port: int = 8080
     namespaces: tuple[str, ...] = ()
     """Namespaces whose SmtpAccounts are served; empty: all."""
@@ -111,7 +112,7 @@ async def _stand_by(elector: LeaseElector, options: OperatorOptions) -> bool:
 async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: OperatorMetrics, elector: LeaseElector | None) -> int:
     stop_flag = asyncio.Event()
     lost = False
-    async with AdminClient(options.admin_token, options.admin_port) as client:
+    async with AdminClient(options.admin_token, options.admin_port, ca_file=options.admin_ca_file) as client:
         writer = StatusWriter(api_client, metrics)
         engine = Engine(
             client=client,

@@ -177,3 +177,27 @@ async def test_admin_api_can_serve_tls(gateway_factory: GatewayFactory, upstream
                 await response.read()
     status, _, _ = await gw.send()
     assert status == 200
+
+
+async def test_operator_client_pushes_over_tls_trusting_only_the_admin_ca(
+    gateway_factory: GatewayFactory, upstream: Upstream, tmp_path: Path
+) -> None:
+    """The operator's admin client speaks https with --admin-ca-file, and refuses a gateway signed by another CA."""
+    from mailgate.operator.admin import AdminClient, GatewayUnreachable
+    from mailgate.snapshot import ConfigSnapshot
+
+    ca, other = TestCA(), TestCA()
+    cert = tmp_path / "admin.pem"
+    ca.server_cert.private_key_and_cert_chain_pem.write_to_path(str(cert))
+    trusted, untrusted = tmp_path / "ca.pem", tmp_path / "other.pem"
+    trusted.write_text(ca.ca_pem)
+    untrusted.write_text(other.ca_pem)
+    gw = await gateway_factory(admin_tls_cert=str(cert), admin_tls_key=str(cert))
+    assert gw.gateway.admin_port is not None
+    snapshot = ConfigSnapshot.model_validate({"revision": 7, "accounts": [account(upstream)]})
+    async with AdminClient(ADMIN_TOKEN, gw.gateway.admin_port, ca_file=str(trusted)) as client:
+        await client.put_config("127.0.0.1", snapshot)
+        assert (await client.status("127.0.0.1")).revision == 7
+    async with AdminClient(ADMIN_TOKEN, gw.gateway.admin_port, ca_file=str(untrusted)) as client:
+        with pytest.raises(GatewayUnreachable):
+            await client.status("127.0.0.1")
