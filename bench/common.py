@@ -86,21 +86,28 @@ def smtp_sink(max_sessions: int = 1024) -> Iterator[int]:
 def delay_proxy(target_port: int, delay: float) -> Iterator[int]:
     """Run the delaying proxy (below) in its own process in front of 127.0.0.1:target_port; yields its port."""
     command = [sys.executable, "-m", "bench.common", "proxy", "--target-port", str(target_port), "--delay", str(delay)]
+    with listening_process(command, "the delay proxy") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def listening_process(command: list[str], what: str, stop_timeout: float = 5.0) -> Iterator[int]:
+    """Start a helper process that prints ``listening PORT`` first; yields PORT, then stops it (SIGTERM, then kill)."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert process.stdout is not None
-        line = process.stdout.readline().decode().split()
-        if len(line) != 2 or line[0] != "listening":
-            raise RuntimeError(f"the delay proxy did not start: {process.stderr.read().decode() if process.stderr else ''}")
-        yield int(line[1])
+        words = process.stdout.readline().decode().split()
+        if len(words) != 2 or words[0] != "listening":
+            raise RuntimeError(f"{what} did not start: {process.stderr.read().decode() if process.stderr else ''}")
+        yield int(words[1])
     finally:
-        _stop(process)
+        _stop(process, stop_timeout)
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     process.terminate()
     try:
-        process.wait(timeout=5)
+        process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()

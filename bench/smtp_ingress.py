@@ -43,7 +43,7 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from bench.common import LOOPBACK, REPO, find_smtp_sink, format_table, free_port, wait_listening
+from bench.common import LOOPBACK, find_smtp_sink, format_table, free_port, listening_process, wait_listening
 
 SESSIONS = 16
 CONNECTIONS = 4
@@ -185,23 +185,9 @@ def ingress_process(sink_port: int, profile: str | None = None) -> Iterator[int]
     command = [sys.executable, "-m", "bench.smtp_ingress", "serve", "--sink-port", str(sink_port)]
     if profile:
         command += ["--profile", profile]
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert process.stdout is not None
-        words = process.stdout.readline().decode().split()
-        if len(words) != 2 or words[0] != "listening":
-            raise RuntimeError(f"the gateway did not start: {process.stderr.read().decode() if process.stderr else ''}")
-        yield int(words[1])
-    finally:
-        process.terminate()  # SIGTERM: the gateway drains and exits
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        for stream in (process.stdout, process.stderr):
-            if stream is not None:
-                stream.close()
+    # SIGTERM on the way out: the gateway drains and exits.
+    with listening_process(command, "the gateway", stop_timeout=30) as port:
+        yield port
 
 
 # -- contender 2: a private Postfix relay -------------------------------------------------------
