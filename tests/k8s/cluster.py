@@ -355,6 +355,30 @@ class ControlPlane:
             self._tmp = None
         atexit.unregister(self.stop)
 
+    def restart_apiserver(self, grace: float = 2.0) -> float:
+        """Stop kube-apiserver and start it again with the same argv; returns the seconds it was away.
+
+        Why: "the apiserver restarted" is the realistic control-plane fault (an
+        upgrade, an OOM kill). Same etcd, port, flags and cert dir (the serving
+        cert is reused), so clients reconnect to the same URL and trust the same
+        CA, and the session's other tests see an unchanged cluster afterwards.
+        The old log moves to ``kube-apiserver.<n>.log``. Waits for /readyz.
+        SIGTERM first, SIGKILL after ``grace`` seconds: with watches open the
+        apiserver drains for far longer than a test should wait (a kubelet too
+        ends a slow shutdown with SIGKILL).
+        """
+        index, old = next((i, p) for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
+        began = time.monotonic()
+        old.stop(grace)
+        restarts = len(list(self.log_dir.glob("kube-apiserver.*.log")))
+        old.log_path.rename(self.log_dir / f"kube-apiserver.{restarts + 1}.log")
+        self._procs.remove(old)
+        proc = self._spawn("kube-apiserver", [str(arg) for arg in old.popen.args[1:]])  # type: ignore[index]  # a list: see _spawn
+        self._procs.remove(proc)
+        self._procs.insert(index, proc)  # keep the stop order: controller-manager before apiserver before etcd
+        self._wait(proc, self._apiserver_ready, "kube-apiserver /readyz after a restart")
+        return time.monotonic() - began
+
     def _prepare_files(self) -> None:
         self.log_dir.mkdir()
         _generate_sa_key(self.workdir / "sa.key", self.workdir / "sa.pub")
