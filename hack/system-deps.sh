@@ -9,6 +9,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks)
 perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)  # swaks --tls (a Recommends, skipped below)
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
+command -v curl >/dev/null 2>&1 || need+=(curl)  # the `mailgate dev` banner's curl line is run by a test
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"

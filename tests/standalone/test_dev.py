@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shlex
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +19,6 @@ from tests.standalone.support import ServeProcess
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.skipif(shutil.which("curl") is None, reason="needs curl, as the banner does")
 async def test_dev_banner_curl_line_sends_a_message_that_dev_messages_shows(tmp_path: Path) -> None:
     port = _free_port()
     dev = ServeProcess(["dev", "--port", str(port)], tmp_path / "dev.log", port)
