@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
@@ -272,6 +272,3 @@ class SmtpAccount(BaseModel):
     def key(self) -> str:
         return f"{self.metadata.namespace}/{self.metadata.name}"
 
-
-def parse_spec(raw: dict[str, Any]) -> SmtpAccountSpec:
-    return SmtpAccountSpec.model_validate(raw)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from enum import Enum
 
 
@@ -111,9 +111,6 @@ class AccountSettings:
         """A human-readable identity for logs and stats, never containing a credential."""
         user = f"{self.username}@" if self.username else ""
         return f"{user}{self.host}:{self.effective_port}"
-
-    def with_limits(self, limits: PoolLimits) -> AccountSettings:
-        return replace(self, limits=limits)
 
     def build_ssl_context(self) -> ssl.SSLContext | None:
         """One context per account: building a context per connection costs a CA load each time."""
