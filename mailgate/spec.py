@@ -220,7 +220,7 @@ ConditionStatus = Literal["True", "False", "Unknown"]
 class Condition(_Model):
     """Standard metav1.Condition shape."""
 
-    type: str = Field(description="Ready, CredentialsResolved, Synced or UpstreamHealthy.")
+    type: str = Field(description="Ready, CredentialsResolved, Synced, UpstreamHealthy or SendersUnique.")
     status: ConditionStatus = Field(description="True, False or Unknown.")
     reason: str = Field(description="CamelCase reason for the last transition.")
     message: str = Field(default="", description="Human-readable detail.")

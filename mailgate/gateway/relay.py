@@ -106,7 +106,7 @@ class _NoObserver:
         return None
 
 
-def classify_error(exc: BaseException, *, smtputf8: bool = False) -> Refused | RetryLater:
+def classify_error(exc: BaseException, *, smtputf8: bool = False, eight_bit: bool = False) -> Refused | RetryLater:
     """Map what the pool or the upstream raised to an outcome. Order matters: subclasses first."""
     detail = describe_error(exc)
     if isinstance(exc, PoolTimeout):
@@ -134,6 +134,9 @@ def classify_error(exc: BaseException, *, smtputf8: bool = False) -> Refused | R
         return Refused(Reason.UPSTREAM_TIMEOUT, f"the upstream did not answer in time ({detail})", retryable=True)
     if isinstance(exc, aiosmtplib.SMTPNotSupported) and smtputf8 and "SMTPUTF8" in str(exc):
         return Refused(Reason.UPSTREAM_UNSUPPORTED, "the message needs SMTPUTF8, which the upstream does not support")
+    if isinstance(exc, aiosmtplib.SMTPNotSupported) and eight_bit and "8BITMIME" in str(exc):
+        text = "the message has 8-bit data, which needs 8BITMIME, which the upstream does not support"
+        return Refused(Reason.UPSTREAM_UNSUPPORTED, text)
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
         return RetryLater(Reason.UPSTREAM_UNAVAILABLE, f"the upstream is unreachable ({detail})", RETRY_UPSTREAM_DOWN)
     raise exc
@@ -191,11 +194,13 @@ class Relay:
         started = self._clock()
         wait: float | None = None
         outcome: Outcome
-        options = ("SMTPUTF8",) if message.smtputf8 else ()
+        # RFC 6152: 8-bit data must be declared, or a relay may mangle it; isascii() is one C-speed pass.
+        eight_bit = not message.data.isascii()
+        options = ("BODY=8BITMIME",) * eight_bit + ("SMTPUTF8",) * message.smtputf8
         try:
             result = await self.pool.send(account.key, message.sender, message.recipients, message.data, mail_options=options)
         except Exception as exc:
-            outcome = classify_error(exc, smtputf8=message.smtputf8)
+            outcome = classify_error(exc, smtputf8=message.smtputf8, eight_bit=eight_bit)
             if outcome.reason in (Reason.POOL_SATURATED, Reason.SHUTTING_DOWN, Reason.UNKNOWN_ACCOUNT):
                 account.limiter.give_back()  # nothing reached the upstream
         else:

@@ -56,6 +56,8 @@ class AccountReport:
     last_error: str | None
     hold: Hold | None
     """The share the gateway reports using; None when it does not say."""
+    sender_conflicts: tuple[str, ...] = ()
+    """Sender patterns of this account that another account lists too (routing by them is refused)."""
 
 
 @dataclass(frozen=True)
@@ -182,8 +184,16 @@ def parse_report(payload: Any) -> GatewayReport:
                 healthy=item.get("healthy"),
                 last_error=item.get("lastError"),
                 hold=_hold(item),
+                sender_conflicts=_strings(item.get("senderConflicts")),
             )
     return GatewayReport(revision=int(payload.get("revision") or 0), ready=bool(payload.get("ready")), accounts=accounts)
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A list of strings from the payload; anything else (an older gateway says nothing) is empty."""
+    if not isinstance(value, list):
+        return ()
+    return tuple(item for item in value if isinstance(item, str))
 
 
 def _hold(item: dict[str, Any]) -> Hold | None:

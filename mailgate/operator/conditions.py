@@ -18,6 +18,8 @@ READY = "Ready"
 CREDENTIALS_RESOLVED = "CredentialsResolved"
 SYNCED = "Synced"
 UPSTREAM_HEALTHY = "UpstreamHealthy"
+SENDERS_UNIQUE = "SendersUnique"
+SENDER_CONFLICT = "SenderConflict"
 
 _MAX_MESSAGE = 512
 
@@ -29,6 +31,15 @@ class GatewayHealth:
     gateway: str
     healthy: bool | None
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class SenderConflict:
+    """A sender pattern of this account that another account lists too (reported by the gateways)."""
+
+    pattern: str
+    accounts: tuple[str, ...] = ()
+    """The other accounts (namespace/name) reported with the same pattern; empty if none is known yet."""
 
 
 @dataclass(frozen=True)
@@ -46,6 +57,7 @@ class StatusInputs:
     rejected: Sequence[tuple[str, str]] = ()
     """(gateway, its reason) for gateways that refused the configuration as invalid."""
     effective: EffectiveLimits = field(default_factory=EffectiveLimits)
+    sender_conflicts: Sequence[SenderConflict] = ()
 
 
 def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datetime) -> SmtpAccountStatus:
@@ -55,6 +67,7 @@ def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datet
     synced = _synced(inputs)
     upstream = _upstream(inputs)
     ready = _ready(inputs, credentials, synced, upstream)
+    senders = _senders(inputs)
     conditions = [
         _condition(kind, status, reason, message, inputs.generation, earlier.get(kind), now)
         for kind, (status, reason, message) in (
@@ -62,6 +75,7 @@ def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datet
             (CREDENTIALS_RESOLVED, credentials),
             (SYNCED, synced),
             (UPSTREAM_HEALTHY, upstream),
+            (SENDERS_UNIQUE, senders),
         )
     ]
     return SmtpAccountStatus(
@@ -105,6 +119,36 @@ def _upstream(inputs: StatusInputs) -> _Verdict:
     if healthy:
         return "True", "Healthy", f"{healthy} gateway(s) report the upstream healthy"
     return "Unknown", "NotChecked", "no gateway has talked to the upstream yet"
+
+
+def _senders(inputs: StatusInputs) -> _Verdict:
+    """A pattern two accounts claim cannot route (the gateways answer 451 for it); sending by
+    account name still works, so this is its own condition and leaves ``Ready`` alone."""
+    if not inputs.sender_conflicts:
+        return "True", "Unique", "no other account lists these senders"
+    parts = []
+    for conflict in inputs.sender_conflicts:
+        others = f" (also listed by {', '.join(conflict.accounts)})" if conflict.accounts else ""
+        parts.append(f"{conflict.pattern}{others}")
+    message = (
+        f"sender pattern(s) claimed by more than one account: {'; '.join(parts)}; "
+        "messages routed by sender to them are refused until only one account lists each"
+    )
+    return "False", SENDER_CONFLICT, message
+
+
+def sender_conflict_event(previous: Sequence[Condition], current: Sequence[Condition]) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) to post when ``SendersUnique`` turns False, names other
+    patterns while False, or turns True again; None when nothing about it changed."""
+    before = next((c for c in previous if c.type == SENDERS_UNIQUE), None)
+    after = next((c for c in current if c.type == SENDERS_UNIQUE), None)
+    if after is None:
+        return None
+    if after.status == "False" and (before is None or before.status != "False" or before.message != after.message):
+        return "Warning", SENDER_CONFLICT, after.message
+    if after.status == "True" and before is not None and before.status == "False":
+        return "Normal", "SenderConflictResolved", "no other account lists these senders any more"
+    return None
 
 
 def _ready(inputs: StatusInputs, credentials: _Verdict, synced: _Verdict, upstream: _Verdict) -> _Verdict:

@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from ..snapshot import config_digest
 from ..spec import API_VERSION, KIND, EffectiveLimits, SmtpAccountSpec, SmtpAccountStatus
 from .admin import AdminClient
-from .conditions import GatewayHealth, StatusInputs
+from .conditions import GatewayHealth, SenderConflict, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
 from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
@@ -383,6 +383,7 @@ class Engine:
             health=health,
             rejected=[(syncer.name, syncer.rejected[key][1]) for syncer in targets if key in syncer.rejected],
             effective=plan.effective if plan is not None else EffectiveLimits(),
+            sender_conflicts=_sender_conflicts(key, targets),
         )
 
     def previous_status(self, key: str) -> SmtpAccountStatus | None:
@@ -427,6 +428,20 @@ class Engine:
         for syncer in syncers:
             syncer.cancel()
         await asyncio.gather(*(syncer.wait_stopped() for syncer in syncers))
+
+
+def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[SenderConflict]:
+    """The patterns any gateway reports as conflicting for ``key``, each with the other accounts
+    reported with the same pattern (the gateway lists a conflict under every account involved)."""
+    accounts: dict[str, set[str]] = {}  # casefolded pattern -> accounts reported with it
+    own: dict[str, str] = {}  # casefolded pattern -> as ``key`` spells it
+    for syncer in targets:
+        for account, report in (syncer.report.accounts if syncer.report is not None else {}).items():
+            for pattern in report.sender_conflicts:
+                accounts.setdefault(pattern.casefold(), set()).add(account)
+                if account == key:
+                    own.setdefault(pattern.casefold(), pattern)
+    return [SenderConflict(text, tuple(sorted(accounts[folded] - {key}))) for folded, text in sorted(own.items())]
 
 
 def _raises(connections: int, rate: int | None, own: Hold) -> bool:

@@ -14,14 +14,15 @@ import asyncio
 import logging
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..spec import GROUP, PLURAL, VERSION, SmtpAccountStatus
-from .conditions import StatusInputs, build_status, status_body
+from .conditions import StatusInputs, build_status, sender_conflict_event, status_body
+from .events import post_event
 from .metrics import OperatorMetrics
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ class StatusSource(Protocol):
     def previous_status(self, key: str) -> SmtpAccountStatus | None: ...
 
     def record_status(self, key: str, status: SmtpAccountStatus) -> None: ...
+
+    def object_ref(self, key: str) -> dict[str, Any] | None: ...
 
 
 class StatusWriter:
@@ -50,6 +53,7 @@ class StatusWriter:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.source: StatusSource | None = None
+        self._api_client = api_client
         self._api = CustomObjectsApi(api_client)
         self._metrics = metrics
         self._interval = interval
@@ -82,7 +86,8 @@ class StatusWriter:
         if source is None or inputs is None:
             return True
         previous = source.previous_status(key)
-        status = build_status(inputs, previous.conditions if previous is not None else [], self._clock())
+        now = self._clock()
+        status = build_status(inputs, previous.conditions if previous is not None else [], now)
         body = status_body(status)
         if previous is not None and status_body(previous) == body:
             return True
@@ -106,4 +111,8 @@ class StatusWriter:
                 return False
         self._metrics.status_patches.labels(result="ok").inc()
         source.record_status(key, status)
+        event = sender_conflict_event(previous.conditions if previous is not None else [], status.conditions)
+        ref = source.object_ref(key)
+        if event is not None and ref is not None:
+            await post_event(self._api_client, ref, *event, now)
         return True

@@ -132,6 +132,9 @@ class PooledConnection:
             await smtp._ehlo_or_helo_if_needed()
             if utf8 and not smtp.supports_extension("smtputf8"):
                 raise aiosmtplib.SMTPNotSupported("SMTPUTF8 is not supported by the upstream server")
+            eight_bit = any(option.upper() == "BODY=8BITMIME" for option in options)
+            if eight_bit and not smtp.supports_extension("8bitmime"):  # never mangle 8-bit data into 7 bits
+                raise aiosmtplib.SMTPNotSupported("8BITMIME is not supported by the upstream server")
             if smtp.supports_extension("size"):
                 options.insert(0, f"SIZE={len(message)}")
             await smtp.mail(sender, options=options, encoding=encoding)

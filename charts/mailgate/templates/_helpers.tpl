@@ -120,6 +120,11 @@ The gateway pods as a label selector string, for the operator's
 {{- end -}}
 
 {{/* Volume and mount for the admin token, identical in both Deployments. */}}
+{{/* Where the SMTP ingress's TLS Secret is mounted in the gateway container. */}}
+{{- define "mailgate.smtpTlsDir" -}}
+/etc/mailgate/smtp-tls
+{{- end -}}
+
 {{- define "mailgate.adminTokenVolume" -}}
 - name: admin-token
   secret:
@@ -153,6 +158,24 @@ Rendered by templates/validate.yaml; each failure names the values to fix.
 {{- end -}}
 {{- if and (gt (int .Values.operator.replicas) 1) (not .Values.operator.leaderElection.enabled) -}}
 {{- fail (printf "operator.replicas is %d but operator.leaderElection.enabled is false: the replicas would all act at once; enable leader election or run one replica" (int .Values.operator.replicas)) -}}
+{{- end -}}
+{{- $smtp := .Values.gateway.smtp -}}
+{{- if $smtp.enabled -}}
+{{- if has (int $smtp.port) (list (int .Values.gateway.port) (int .Values.gateway.adminPort) (int $smtp.implicitTlsPort)) -}}
+{{- fail (printf "gateway.smtp.port (%d) must differ from gateway.port, gateway.adminPort and gateway.smtp.implicitTlsPort" (int $smtp.port)) -}}
+{{- end -}}
+{{- if and $smtp.implicitTlsPort (has (int $smtp.implicitTlsPort) (list (int .Values.gateway.port) (int .Values.gateway.adminPort))) -}}
+{{- fail (printf "gateway.smtp.implicitTlsPort (%d) must differ from gateway.port and gateway.adminPort" (int $smtp.implicitTlsPort)) -}}
+{{- end -}}
+{{- if and $smtp.implicitTlsPort (not $smtp.tls.secretName) -}}
+{{- fail "gateway.smtp.implicitTlsPort needs gateway.smtp.tls.secretName (a kubernetes.io/tls Secret): implicit TLS without a certificate cannot work" -}}
+{{- end -}}
+{{- if and $smtp.implicitTlsPort (eq (int $smtp.service.port) (int $smtp.service.implicitTlsPort)) -}}
+{{- fail (printf "gateway.smtp.service.port and gateway.smtp.service.implicitTlsPort must differ (both are %d)" (int $smtp.service.port)) -}}
+{{- end -}}
+{{- if eq (int $smtp.service.port) (int .Values.gateway.service.port) -}}
+{{- fail (printf "gateway.smtp.service.port must differ from gateway.service.port (both are %d)" (int $smtp.service.port)) -}}
+{{- end -}}
 {{- end -}}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) -}}
 {{- fail (printf "watchNamespaces lists a namespace twice: %v" .Values.watchNamespaces) -}}

@@ -15,12 +15,23 @@ import yaml
 from mailgate.cli import build_parser
 from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.metrics import GatewayMetrics
+from mailgate.ingress.options import from_args, parse_networks
 from mailgate.pool import SMTPPool
 from tests.k8s.cluster import ControlPlane
 from tests.k8s.helm.helm import CHART, REPO_ROOT, Helm, HelmError
 
 GENERATED_CRD = REPO_ROOT / "crds" / "smtpaccounts.mailgate.dev.yaml"
 CHART_CRD = CHART / "crds" / "smtpaccounts.mailgate.dev.yaml"
+
+# The SMTP ingress with every option set (the TLS Secret need not exist to render or dry-run).
+SMTP_FULL: dict[str, Any] = {
+    "enabled": True,
+    "implicitTlsPort": 4650,
+    "tls": {"secretName": "smtp-cert"},
+    "trustedNetworks": ["10.0.0.0/8", "fd00::/8"],
+    "defaultAccount": "shop/billing",
+    "service": {"port": 25, "implicitTlsPort": 465},
+}
 
 # Values that switch on everything optional, with a namespace list (the
 # namespaces are filled in by the tests that need them to exist).
@@ -30,6 +41,7 @@ NON_DEFAULT: dict[str, Any] = {
         "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 9},
         "logFormat": "text",
         "extraArgs": ["--verbose"],
+        "smtp": SMTP_FULL,
     },
     "operator": {"replicas": 3},
     "networkPolicy": {"send": {"fromNamespaces": ["shop"]}, "metrics": {"fromNamespaces": ["monitoring"]}},
@@ -211,8 +223,13 @@ def test_default_render_is_locked_down(helm_offline: Helm) -> None:
 
 @pytest.mark.parametrize(
     "values",
-    [{}, {"watchNamespaces": ["shop", "crm"], "operator": {"replicas": 1, "leaderElection": {"enabled": False}}}],
-    ids=["default", "namespaces-standalone"],
+    [
+        {},
+        {"watchNamespaces": ["shop", "crm"], "operator": {"replicas": 1, "leaderElection": {"enabled": False}}},
+        {"gateway": {"smtp": {"enabled": True}}},
+        {"gateway": {"smtp": SMTP_FULL}},
+    ],
+    ids=["default", "namespaces-standalone", "smtp-minimal", "smtp-full"],
 )
 def test_container_args_are_accepted_by_the_real_cli(helm_offline: Helm, values: dict[str, Any]) -> None:
     """The chart's command lines parse with mailgate's own argument parser, so a
@@ -227,6 +244,24 @@ def test_container_args_are_accepted_by_the_real_cli(helm_offline: Helm, values:
         assert parsed.command == args[0]
         if parsed.command == "operator":
             assert (parsed.namespace or []) == values.get("watchNamespaces", [])
+        if parsed.command == "gateway":
+            _assert_smtp_options(parsed, values.get("gateway", {}).get("smtp", {}))
+
+
+def _assert_smtp_options(parsed: Any, smtp: dict[str, Any]) -> None:
+    """The ingress options mailgate builds from the rendered flags are the ones the values ask for."""
+    options = from_args(parsed)  # raises on inconsistent flags, e.g. implicit TLS without a certificate
+    if not smtp.get("enabled"):
+        assert not options.enabled
+        return
+    assert options.port == 2525
+    assert options.implicit_tls_port == (smtp.get("implicitTlsPort") or None)
+    assert options.tls == bool(smtp.get("tls", {}).get("secretName"))
+    if options.tls:
+        assert (options.tls_cert, options.tls_key) == ("/etc/mailgate/smtp-tls/tls.crt", "/etc/mailgate/smtp-tls/tls.key")
+    assert options.trusted_networks == parse_networks(smtp.get("trustedNetworks", []))
+    assert options.default_account == (smtp.get("defaultAccount") or None)
+    assert options.hostname == "$(POD_NAME)"  # the kubelet expands it from the env var
 
 
 def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
@@ -245,6 +280,54 @@ def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
     assert ns_peer["namespaceSelector"]["matchExpressions"] == [
         {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "crm"]}
     ]
+
+
+def test_smtp_ingress_is_off_by_default_and_fully_wired_when_enabled(helm_offline: Helm) -> None:
+    """Enabled: container ports, Service ports, the TLS Secret mounted read-only,
+    and the NetworkPolicy admitting the SMTP ports from exactly the send API's peers."""
+    default = helm_offline.render(release="mg")
+    assert not [a for a in _container(_one(default, "Deployment", "-gateway"))["args"] if a.startswith("--smtp")]
+    assert [p["name"] for p in _one(default, "Service", "mg-mailgate")["spec"]["ports"]] == ["http"]
+
+    objs = helm_offline.render(
+        release="mg", values={"gateway": {"smtp": SMTP_FULL}, "networkPolicy": {"send": {"fromNamespaces": ["shop"]}}}
+    )
+    gateway = _one(objs, "Deployment", "-gateway")
+    container = _container(gateway)
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        "http": 8080,
+        "admin": 8081,
+        "smtp": 2525,
+        "smtps": 4650,
+    }
+    service = _one(objs, "Service", "mg-mailgate")
+    assert {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]} == {
+        "http": (8080, "http"),
+        "smtp": (25, "smtp"),
+        "smtps": (465, "smtps"),
+    }
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "smtp-tls")
+    assert mount == {"name": "smtp-tls", "mountPath": "/etc/mailgate/smtp-tls", "readOnly": True}
+    volume = next(v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "smtp-tls")
+    assert volume["secret"]["secretName"] == "smtp-cert"
+    assert {i["key"] for i in volume["secret"]["items"]} == {"tls.crt", "tls.key"}
+
+    policy = _one(objs, "NetworkPolicy", "-gateway")
+    (send_rule,) = [r for r in policy["spec"]["ingress"] if {"port": "http", "protocol": "TCP"} in r["ports"]]
+    assert {p["port"] for p in send_rule["ports"]} == {"http", "smtp", "smtps"}
+    other_ports = [p["port"] for r in policy["spec"]["ingress"] if r is not send_rule for p in r["ports"]]
+    assert "smtp" not in other_ports and "smtps" not in other_ports
+    (ns_peer,) = [p for p in send_rule["from"] if "namespaceSelector" in p]
+    assert ns_peer["namespaceSelector"]["matchExpressions"][0]["values"] == ["shop"]
+
+
+def test_smtp_ingress_without_tls_mounts_nothing(helm_offline: Helm) -> None:
+    objs = helm_offline.render(values={"gateway": {"smtp": {"enabled": True, "trustedNetworks": ["10.0.0.0/8"]}}})
+    gateway = _one(objs, "Deployment", "-gateway")
+    args = _container(gateway)["args"]
+    assert "--smtp-port=2525" in args and "--smtp-trusted-networks=10.0.0.0/8" in args
+    assert not [a for a in args if a.startswith(("--smtp-tls", "--smtp-implicit"))]
+    assert "smtp-tls" not in {v["name"] for v in gateway["spec"]["template"]["spec"]["volumes"]}
 
 
 def test_autoscaling_replaces_fixed_replicas(helm_offline: Helm) -> None:
@@ -280,6 +363,24 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "minReplicas (5) must not exceed gateway.autoscaling.maxReplicas (2)",
     ),
     ("same-ports", {"gateway": {"adminPort": 8080}}, "gateway.port and gateway.adminPort must differ"),
+    ("smtp-port-range", {"gateway": {"smtp": {"port": 0}}}, "/gateway/smtp/port"),
+    ("smtp-default-account-bad", {"gateway": {"smtp": {"defaultAccount": "billing"}}}, "/gateway/smtp/defaultAccount"),
+    ("smtp-network-bad", {"gateway": {"smtp": {"trustedNetworks": ["everyone"]}}}, "/gateway/smtp/trustedNetworks/0"),
+    (
+        "smtp-implicit-without-tls",
+        {"gateway": {"smtp": {"enabled": True, "implicitTlsPort": 4650}}},
+        "gateway.smtp.implicitTlsPort needs gateway.smtp.tls.secretName",
+    ),
+    (
+        "smtp-port-clash",
+        {"gateway": {"smtp": {"enabled": True, "port": 8081}}},
+        "gateway.smtp.port (8081) must differ",
+    ),
+    (
+        "smtp-service-port-clash",
+        {"gateway": {"smtp": {"enabled": True, "service": {"port": 8080}}}},
+        "gateway.smtp.service.port must differ from gateway.service.port",
+    ),
     (
         "replicas-without-leader-election",
         {"operator": {"leaderElection": {"enabled": False}}},

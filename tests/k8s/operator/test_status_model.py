@@ -107,6 +107,7 @@ def test_everything_fine_is_ready() -> None:
     status = build_status(inputs, [], NOW)
     assert {c.type: c.status for c in status.conditions} == {
         "Ready": "True", "CredentialsResolved": "True", "Synced": "True", "UpstreamHealthy": "True",
+        "SendersUnique": "True",
     }  # fmt: skip
     assert status.observed_generation == 4
     assert status.gateways.synced == 3 and status.gateways.total == 3
