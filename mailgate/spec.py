@@ -242,7 +242,9 @@ class SmtpAccountStatus(_Model):
     """Observed state, written by the operator through the status subresource."""
 
     observed_generation: int | None = Field(default=None, description="The generation the status describes.")
-    conditions: list[Condition] = Field(default_factory=list, description="Ready, CredentialsResolved, Synced, UpstreamHealthy, SendersUnique.")
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, CredentialsResolved, Synced, UpstreamHealthy, SendersUnique."
+    )
     gateways: GatewaySync = Field(default_factory=GatewaySync, description="How many gateways serve the spec.")
     effective: EffectiveLimits = Field(default_factory=EffectiveLimits, description="The per-gateway split of the limits.")
 
