@@ -480,6 +480,10 @@ class ControlPlane:
         return ctx
 
     def _write_kubeconfig(self) -> None:
+        self.write_kubeconfig(self.kubeconfig, "admin", self.admin_token)
+
+    def write_kubeconfig(self, path: Path, user: str, token: str) -> Path:
+        """A kubeconfig for this cluster that authenticates with ``token`` (admin, or a ServiceAccount's)."""
         cluster: dict[str, Any] = {"server": self.server}
         if self._ca_file is not None:
             cluster["certificate-authority"] = str(self._ca_file)
@@ -489,11 +493,16 @@ class ControlPlane:
             "apiVersion": "v1",
             "kind": "Config",
             "clusters": [{"name": "test", "cluster": cluster}],
-            "users": [{"name": "admin", "user": {"token": self.admin_token}}],
-            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            "users": [{"name": user, "user": {"token": token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": user}}],
             "current-context": "test",
         }
-        self.kubeconfig.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path, *, duration: str = "1h") -> Path:
+        """What a pod's mounted token gives: a kubeconfig acting as ServiceAccount ``namespace/name``."""
+        return self.write_kubeconfig(path, name, self.token(namespace, name, audience=SA_ISSUER, duration=duration))
 
     def _start_controller_manager(self) -> None:
         self._spawn(

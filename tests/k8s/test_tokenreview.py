@@ -40,25 +40,7 @@ def _gateway_kubeconfig(control_plane: ControlPlane, namespace: str, path: Path)
     """A kubeconfig holding only the gateway ServiceAccount's token: the review runs with its RBAC."""
     control_plane.create_service_account(namespace, "gateway")
     control_plane.apply(GATEWAY_RBAC.replace("NS", namespace))
-    token = control_plane.token(namespace, "gateway", audience="https://kubernetes.default.svc")
-    cluster: dict[str, object] = {"server": control_plane.server}
-    if control_plane.ca_file is not None:
-        cluster["certificate-authority"] = str(control_plane.ca_file)
-    else:
-        cluster["insecure-skip-tls-verify"] = True
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "test", "cluster": cluster}],
-                "users": [{"name": "gateway", "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "gateway"}}],
-                "current-context": "test",
-            }
-        )
-    )
-    return path
+    return control_plane.service_account_kubeconfig(namespace, "gateway", path)
 
 
 @pytest.fixture

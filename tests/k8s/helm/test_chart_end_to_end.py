@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.k8s.cluster import SA_ISSUER, ControlPlane, free_ports, tail
+from tests.k8s.cluster import ControlPlane, free_ports, tail
 from tests.k8s.helm.helm import Helm
 from tests.k8s.operator.harness import OperatorProcess, eventually, http
 
@@ -52,30 +51,6 @@ def _localised(args: list[str], **overrides: str) -> list[str]:
         result.append(f"{flag}={wanted.pop(flag)}" if flag in wanted else arg)
     assert not wanted, f"the chart no longer passes {sorted(wanted)}"
     return result
-
-
-def _service_account_kubeconfig(cluster: ControlPlane, namespace: str, name: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as ServiceAccount ``namespace/name`` (what a pod's mounted token does)."""
-    token = cluster.token(namespace, name, audience=SA_ISSUER, duration="1h")
-    server: dict[str, Any] = {"server": cluster.server}
-    if cluster.ca_file is not None:
-        server["certificate-authority"] = str(cluster.ca_file)
-    else:
-        server["insecure-skip-tls-verify"] = True
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "test", "cluster": server}],
-                "users": [{"name": name, "user": {"token": token}}],
-                "contexts": [{"name": "test", "context": {"cluster": "test", "user": name}}],
-                "current-context": "test",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
 
 
 class _Processes:
@@ -142,8 +117,8 @@ def test_chart_runs_operator_and_gateways_under_its_service_accounts(
     assert secret is not None
     token_file = tmp_path / "admin-token"
     token_file.write_bytes(base64.b64decode(secret["data"]["token"]))
-    gateway_kubeconfig = _service_account_kubeconfig(cluster, ns, GATEWAY_SA, tmp_path / "gateway.kubeconfig")
-    operator_kubeconfig = _service_account_kubeconfig(cluster, ns, OPERATOR_SA, tmp_path / "operator.kubeconfig")
+    gateway_kubeconfig = cluster.service_account_kubeconfig(ns, GATEWAY_SA, tmp_path / "gateway.kubeconfig")
+    operator_kubeconfig = cluster.service_account_kubeconfig(ns, OPERATOR_SA, tmp_path / "operator.kubeconfig")
 
     # Two gateways, as the chart's Deployment describes them, on loopback "pod IPs".
     gateway_container, gateway_labels = _container(cluster, ns, f"{RELEASE}-mailgate-gateway")
