@@ -8,6 +8,7 @@ counters record what the server really saw (sessions, logins, messages).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import socket
 import ssl
@@ -41,6 +42,7 @@ class Counters:
     sessions_peak: int = 0
     sessions_total: int = 0
     noops: int = 0
+    hangups_after_421: int = 0  # sessions the server closed itself after a 421 (``close_after_421``)
     logins: list[tuple[str, str, str]] = field(default_factory=list)  # (mechanism, user, secret)
 
 
@@ -96,13 +98,37 @@ class _UpstreamSMTP(SMTP):
                 self.upstream.counters.sessions_open -= 1
             self.upstream._unregister(self)
 
+    async def push(self, status: Any) -> None:
+        text = status.decode() if isinstance(status, bytes) else status
+        hang_up = self.upstream.close_after_421 and text.startswith("421")
+        if hang_up:  # counted before the client can see the 421, so a test reading it never races the server
+            with self.upstream.counters.lock:
+                self.upstream.counters.hangups_after_421 += 1
+        try:
+            await super().push(status)
+        finally:
+            if hang_up and self.transport is not None:
+                self.transport.close()  # what a real MTA does after saying 421: the session is over
+
     async def smtp_NOOP(self, arg: str) -> None:
         with self.upstream.counters.lock:
             self.upstream.counters.noops += 1
+        gate = self.upstream._noops_gate
+        if gate is not None:
+            await gate.wait()
         await super().smtp_NOOP(arg)
 
     async def smtp_DATA(self, arg: str) -> None:
+        if self.upstream.data_command_reply and self.envelope is not None and self.envelope.rcpt_tos:
+            await self.push(self.upstream.data_command_reply)  # refuses DATA itself; the transaction stays open
+            return
         if self.upstream.drop_at_data:
+            self.transport.close()
+            return
+        if self.upstream.drop_in_content and self.envelope is not None and self.envelope.rcpt_tos:
+            await self.push("354 End data with <CR><LF>.<CR><LF>")
+            first_line = await self._reader.readuntil(b"\r\n")
+            self.upstream.partial.append(first_line)  # proof that the text had started to arrive
             self.transport.close()
             return
         await super().smtp_DATA(arg)
@@ -124,9 +150,7 @@ class _Handler:
     def __init__(self, upstream: Upstream) -> None:
         self.upstream = upstream
 
-    async def handle_RCPT(
-        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
-    ) -> str:
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]) -> str:
         reply = self.upstream.rcpt_replies.get(address)
         if reply:
             return reply
@@ -141,8 +165,8 @@ class _Handler:
             await asyncio.sleep(upstream.data_delay)
         if upstream.data_reply:
             reply = upstream.data_reply
-            if reply.startswith("421"):
-                server.transport.close()
+            if reply.startswith("421") and not upstream.close_after_421:
+                server.transport.close()  # hangs up before the 421 is sent: the client sees a bare drop
             return reply
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
         upstream.messages.append(
@@ -155,6 +179,9 @@ class _Handler:
             )
         )
         upstream.message_event.set()
+        await upstream._hold_reply(upstream.messages[-1])
+        if upstream.drop_after_dot:
+            server.transport.close()  # the message is taken in, but its 250 never leaves
         return "250 2.0.0 OK queued"
 
 
@@ -181,7 +208,17 @@ class Upstream:
         self.rcpt_replies: dict[str, str] = {}
         self.data_reply: str | None = None
         self.data_delay: float = 0.0
-        self.drop_at_data = False
+        # Hang-ups at each point of a transaction, as providers and networks do them:
+        self.drop_at_data = False  # on the DATA command itself, before a 354: nothing can have arrived
+        self.data_command_reply: str | None = None  # a reply to the DATA command (not to the dot), e.g. "554 ..."
+        self.drop_in_content = False  # after the 354 and the first line of the text: the text is cut off
+        self.drop_after_dot = False  # after the whole text and its dot were taken in: the message *was* received
+        self.partial: list[bytes] = []  # the first line of each text drop_in_content cut off
+        self.close_after_421 = False  # hang up after every 421 reply, as real servers do (default: keep the session)
+        self._noops_gate: asyncio.Event | None = None  # None: answer NOOPs at once
+        self.held: list[Received] = []  # messages whose final-dot reply hold_replies() kept back
+        self.held_event = threading.Event()
+        self._replies_gate: asyncio.Event | None = None  # None: reply at once
         self._sessions: set[_UpstreamSMTP] = set()
         self._sessions_lock = threading.Lock()
         self._trigger_port: int | None = None
@@ -219,9 +256,7 @@ class Upstream:
                     sock.connect((self.hostname, self.port))
                 self._factory_invoked.wait(5)
 
-        return _Controller(
-            _Handler(self), hostname="127.0.0.1", port=self.port, ssl_context=server_ssl, **kwargs
-        )
+        return _Controller(_Handler(self), hostname="127.0.0.1", port=self.port, ssl_context=server_ssl, **kwargs)
 
     def _authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any) -> AuthResult:
         user = data.login.decode()
@@ -265,6 +300,65 @@ class Upstream:
 
         self._controller.loop.call_soon_threadsafe(close)
         done.wait(5)
+
+    def hold_replies(self) -> None:
+        """From now on take each message in, but hold the reply to its final dot until ``release_replies``.
+
+        The message counts as received (a real MTA commits it to its queue
+        before it replies) while the sender's request stays in flight: the
+        moment a crash test needs to kill a sender mid-send.
+        """
+        self._in_loop(self._close_gate)
+
+    def release_replies(self) -> None:
+        """Send the held replies (to whoever is still connected) and reply at once again."""
+        self._in_loop(self._open_gate)
+
+    def _close_gate(self) -> None:
+        if self._replies_gate is None:
+            self._replies_gate = asyncio.Event()
+
+    def _open_gate(self) -> None:
+        gate, self._replies_gate = self._replies_gate, None
+        if gate is not None:
+            gate.set()
+
+    async def _hold_reply(self, received: Received) -> None:
+        gate = self._replies_gate
+        if gate is not None:
+            self.held.append(received)
+            self.held_event.set()
+            await gate.wait()
+
+    def hold_noops(self) -> None:
+        """From now on leave every NOOP unanswered until ``release_noops`` (a health check in flight)."""
+
+        def close() -> None:
+            if self._noops_gate is None:
+                self._noops_gate = asyncio.Event()
+
+        self._in_loop(close)
+
+    def release_noops(self) -> None:
+        """Answer the held NOOPs (where the session still exists) and answer at once again."""
+
+        def open_gate() -> None:
+            gate, self._noops_gate = self._noops_gate, None
+            if gate is not None:
+                gate.set()
+
+        self._in_loop(open_gate)
+
+    def _in_loop(self, action: Callable[[], None]) -> None:
+        """Run ``action`` in the server's loop (asyncio objects are not thread-safe) and wait until it ran."""
+        done = threading.Event()
+
+        def run() -> None:
+            action()
+            done.set()
+
+        self._controller.loop.call_soon_threadsafe(run)
+        assert done.wait(5), "the upstream's loop did not answer"
 
     def wait_messages(self, count: int, timeout: float = 10.0) -> list[Received]:
         """Block until ``count`` messages arrived (condition with a deadline, not a sleep)."""

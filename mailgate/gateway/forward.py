@@ -9,7 +9,10 @@ unchanged, so the caller cannot tell.
 
 Peers are tried round-robin. Only a failure to *connect* moves on to the next
 peer: once a peer has the request it may have sent the message, and trying
-another could send it twice. A forwarded request carries
+another could send it twice, so a failure after that is "delivery unknown"
+(``delivery-unknown``), never "retry". The caller's ``Idempotency-Key``
+goes along, so the peer's store guards the send as well as ours. A forwarded
+request carries
 ``X-Mailgate-Forwarded``; a gateway that receives one for an account it would
 forward again refuses it instead (a stale peer list must never make a loop).
 """
@@ -23,9 +26,10 @@ import aiohttp
 from aiohttp import web
 
 from .problems import problem
+from .relay import Reason
 
 FORWARDED_HEADER = "X-Mailgate-Forwarded"
-_PASS_REQUEST = ("Authorization", "Content-Type", "X-Request-Id")
+_PASS_REQUEST = ("Authorization", "Content-Type", "Idempotency-Key")
 _PASS_RESPONSE = ("Content-Type", "Retry-After")
 
 log = logging.getLogger("mailgate.gateway.forward")
@@ -49,8 +53,9 @@ class Forwarder:
 
     async def forward(self, request: web.Request, body: bytes, peers: list[str], request_id: str) -> web.Response:
         if request.headers.get(FORWARDED_HEADER):
-            return problem("peer-unavailable", "this gateway holds no share of the account either", request_id=request_id,
-                           retry_after=1)
+            return problem(
+                "peer-unavailable", "this gateway holds no share of the account either", request_id=request_id, retry_after=1
+            )
         assert self._session is not None, "Forwarder.start() not called"
         headers = {name: request.headers[name] for name in _PASS_REQUEST if name in request.headers}
         headers["X-Request-Id"] = request_id
@@ -67,6 +72,6 @@ class Forwarder:
                 log.warning("peer %s unreachable, trying the next one: %s", peer, exc.os_error)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("forwarding to peer %s failed after it took the request: %s", peer, type(exc).__name__)
-                return problem("peer-unavailable", "the peer gateway failed while handling the request; it may have "
-                               "been sent", request_id=request_id, retryable=True)
+                detail = "the peer gateway failed after it took the request, before its answer; it may have been delivered"
+                return problem(Reason.DELIVERY_UNKNOWN.value, detail, request_id=request_id)
         return problem("peer-unavailable", "no peer gateway could be reached", request_id=request_id, retry_after=5)

@@ -197,9 +197,7 @@ class SendAPI:
             headers["Idempotent-Replayed"] = "true"
         return web.Response(status=stored.status, body=stored.body, content_type=stored.content_type, headers=headers)
 
-    async def _deliver(
-        self, request: web.Request, account: Account, content_type: str, body: bytes, rid: str
-    ) -> web.Response:
+    async def _deliver(self, request: web.Request, account: Account, content_type: str, body: bytes, rid: str) -> web.Response:
         """Forward to a peer, or build and send: the part an Idempotency-Key protects from running twice."""
         key = account.config.key
         if account.forward_peers:
@@ -214,6 +212,11 @@ class SendAPI:
         if isinstance(outcome, Sent):
             log.info("sent %s via %s to %d recipient(s)", outcome.message_id, key, len(outcome.accepted))
             return web.json_response(sent_body(outcome), dumps=json.dumps)
+        if outcome.reason is Reason.NO_LOCAL_SHARE:
+            # The share here went to 0 while the message waited; nothing was sent, so a peer may take it.
+            current = self.relay.registry.get(key)
+            if current is not None and current.forward_peers:
+                return await self.forwarder.forward(request, body, current.forward_peers, rid)
         log.info("not sent via %s: %s (%s)", key, outcome.reason.value, outcome.detail)
         return outcome_problem(outcome, rid)
 

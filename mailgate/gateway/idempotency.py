@@ -8,9 +8,14 @@ most ``max_entries`` entries (least recently used go first).
 Rules:
 - the same key with a different request body is a client bug: 422;
 - a retry while the first request is still running waits for its answer;
-- answers that guarantee nothing was sent (429, 503 and 401/403/404 checks
-  before any send) are not remembered, so a retry can succeed later;
-  everything else, 504 included (the upstream may have delivered), is.
+- answers that say "retry" (problem+json with ``retryable: true``: 429,
+  503, 504, an upstream 4xx such as greylisting) guarantee nothing was sent
+  and are not remembered, so a retry with the key can send; nor are the
+  401/403/404 checks before any send, whose cause can be fixed;
+- everything else is: a success, a final refusal, and "delivery unknown"
+  (the upstream may have the message, so a retry must not send again).
+The decision reads the answer itself, so it holds for a peer's forwarded
+answer exactly as for one of ours.
 
 The guarantee is per gateway replica: replicas do not share the store. The
 operator's routing of an account to its share holders narrows that, and
@@ -21,12 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
-NOT_REMEMBERED = frozenset({401, 403, 404, 429, 503})
+FIXABLE_CHECKS = frozenset({401, 403, 404})
 MAX_KEY_LENGTH = 255
 
 
@@ -39,6 +45,26 @@ class StoredResponse:
     content_type: str
     headers: dict[str, str] = field(default_factory=dict)
     replayed: bool = False
+
+    @property
+    def remembered(self) -> bool:
+        """Whether a retry with the same key must get this answer instead of a new send."""
+        if self.status in FIXABLE_CHECKS:
+            return False
+        if self.status < 400:
+            return True
+        return not _says_retry(self.content_type, self.body)
+
+
+def _says_retry(content_type: str, body: bytes) -> bool:
+    """A problem body with ``retryable: true``; an error without one (a proxy's HTML page) is kept, to be safe."""
+    if content_type != "application/problem+json":
+        return False
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(document, dict) and document.get("retryable") is True
 
 
 class IdempotencyConflict(Exception):
@@ -100,7 +126,7 @@ class IdempotencyStore:
             raise
         entry.pending = None
         pending.set_result(response)
-        if response.status in NOT_REMEMBERED:
+        if not response.remembered:
             self._entries.pop(slot, None)
         else:
             entry.response = response

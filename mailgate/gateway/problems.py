@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .relay import Reason, Refused, RetryLater
+from .relay import DeliveryUnknown, Reason, Refused, RetryLater
 
 TYPE_BASE = "https://mailgate.dev/problems/"
 CONTENT_TYPE = "application/problem+json"
@@ -45,16 +45,19 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "revision-conflict": ProblemType(409, "Revision is not newer than the gateway's", False),
     Reason.TOO_LARGE.value: ProblemType(413, "Message too large", False),
     "idempotency-conflict": ProblemType(422, "Idempotency-Key reused with a different request", False),
+    "invalid-configuration": ProblemType(422, "The configuration cannot be applied", False),
     "unsupported-media-type": ProblemType(415, "Unsupported media type", False),
     Reason.RATE_LIMITED.value: ProblemType(429, "Rate limit exceeded", True),
     "internal-error": ProblemType(500, "Internal error", True),
     Reason.UPSTREAM_REFUSED.value: ProblemType(502, "The upstream server refused the message", False),
     Reason.UPSTREAM_UNSUPPORTED.value: ProblemType(502, "The upstream server cannot take this message", False),
+    Reason.DELIVERY_UNKNOWN.value: ProblemType(502, "The message may have been delivered", False),
     Reason.POOL_SATURATED.value: ProblemType(503, "No upstream connection available", True),
     Reason.UPSTREAM_UNAVAILABLE.value: ProblemType(503, "The upstream server is unavailable", True),
     Reason.UPSTREAM_AUTH_FAILED.value: ProblemType(503, "The upstream server refused the gateway's credentials", True),
     Reason.SUSPENDED.value: ProblemType(503, "The account is suspended", True),
     Reason.SHUTTING_DOWN.value: ProblemType(503, "The gateway is shutting down", True),
+    Reason.NO_LOCAL_SHARE.value: ProblemType(503, "This gateway holds no connection share of the account", True),
     "peer-unavailable": ProblemType(503, "No peer gateway could take the request", True),
     "auth-unavailable": ProblemType(503, "Callers cannot be authenticated right now", True),
     Reason.UPSTREAM_TIMEOUT.value: ProblemType(504, "The upstream server did not answer in time", True),
@@ -101,12 +104,12 @@ def problem(
     out_headers = dict(headers or {})
     if retry_after is not None:
         out_headers["Retry-After"] = str(body["retryAfter"])
-    return web.Response(
-        status=body["status"], body=json.dumps(body).encode(), content_type=CONTENT_TYPE, headers=out_headers
-    )
+    return web.Response(status=body["status"], body=json.dumps(body).encode(), content_type=CONTENT_TYPE, headers=out_headers)
 
 
-def outcome_problem(outcome: Refused | RetryLater, request_id: str | None) -> web.Response:
+def outcome_problem(outcome: Refused | RetryLater | DeliveryUnknown, request_id: str | None) -> web.Response:
+    if isinstance(outcome, DeliveryUnknown):
+        return problem(outcome.reason.value, outcome.detail, request_id=request_id)
     upstream = None if outcome.upstream is None else {"code": outcome.upstream[0], "message": outcome.upstream[1]}
     if isinstance(outcome, RetryLater):
         return problem(

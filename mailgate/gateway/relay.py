@@ -9,7 +9,11 @@ happened as exactly one of:
 - ``Refused``: it will not be sent as it is; ``retryable`` says whether the
   very same request can succeed later (an upstream 4xx, a timeout);
 - ``RetryLater``: a temporary condition on our side or the upstream's, with a
-  ``retry_after`` in seconds (rate limit, saturated pool, upstream down).
+  ``retry_after`` in seconds (rate limit, saturated pool, upstream down);
+  nothing reached the upstream, so a retry cannot send twice;
+- ``DeliveryUnknown``: the message text and its final dot went out and no
+  verdict came back (a drop, a timeout): the upstream may have it. A door
+  must not say "retry, nothing was sent", and an Idempotency-Key remembers it.
 
 Each front door maps ``Reason`` to its protocol (problem+json statuses in
 ``problems.py``; SMTP reply codes for an SMTP front door), so limits, checks
@@ -27,7 +31,7 @@ from typing import Protocol
 
 import aiosmtplib
 
-from ..pool import PoolClosed, PoolTimeout, SMTPPool, UnknownAccount, describe_error
+from ..pool import PoolClosed, PoolTimeout, SMTPPool, TransactionError, UnknownAccount, describe_error
 from .accounts import Account, AccountRegistry
 from .auth import Identity
 from .message import OutgoingMessage
@@ -57,6 +61,8 @@ class Reason(str, Enum):
     UPSTREAM_REFUSED = "upstream-refused"
     UPSTREAM_UNSUPPORTED = "upstream-unsupported"
     SHUTTING_DOWN = "shutting-down"
+    NO_LOCAL_SHARE = "no-local-share"
+    DELIVERY_UNKNOWN = "delivery-unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +90,18 @@ class RetryLater:
     upstream: tuple[int, str] | None = None
 
 
-Outcome = Sent | Refused | RetryLater
+@dataclass(frozen=True, slots=True)
+class DeliveryUnknown:
+    """The upstream may have the message: the connection failed after the final dot, before its verdict."""
+
+    detail: str
+    reason: Reason = Reason.DELIVERY_UNKNOWN
+
+
+Outcome = Sent | Refused | RetryLater | DeliveryUnknown
+# Nothing reached the upstream: the limiter's token goes back, and a door may try elsewhere.
+NOTHING_SENT = frozenset({Reason.POOL_SATURATED, Reason.SHUTTING_DOWN, Reason.UNKNOWN_ACCOUNT, Reason.NO_LOCAL_SHARE})
+ACCOUNT_CHANGES = 3  # sends re-dispatched when the account's share changes while a message waits
 
 
 def outcome_label(outcome: Outcome) -> str:
@@ -106,8 +123,18 @@ class _NoObserver:
         return None
 
 
-def classify_error(exc: BaseException, *, smtputf8: bool = False, eight_bit: bool = False) -> Refused | RetryLater:
+def classify_error(
+    exc: BaseException, *, smtputf8: bool = False, eight_bit: bool = False
+) -> Refused | RetryLater | DeliveryUnknown:
     """Map what the pool or the upstream raised to an outcome. Order matters: subclasses first."""
+    if isinstance(exc, TransactionError):
+        if exc.delivery_unknown:
+            detail = describe_error(exc.cause)
+            return DeliveryUnknown(
+                f"the connection to the upstream failed after the message was sent, before its answer ({detail}); "
+                "it may have been delivered"
+            )
+        exc = exc.cause
     detail = describe_error(exc)
     if isinstance(exc, PoolTimeout):
         return RetryLater(Reason.POOL_SATURATED, "no upstream connection became free in time", RETRY_POOL_SATURATED)
@@ -186,7 +213,24 @@ class Relay:
         return None
 
     async def send(self, account: Account, message: OutgoingMessage) -> Outcome:
-        """Send through the account's pool; every upstream or pool failure becomes an outcome (bugs still raise)."""
+        """Send through the account's pool; every upstream or pool failure becomes an outcome (bugs still raise).
+
+        A configuration push may take the account's pool away while the
+        message waits in it (its share here dropped to 0, or its settings were
+        replaced): nothing was sent then, so the message follows the account
+        as it is now, and is refused as unknown only if the account is gone.
+        """
+        for _ in range(ACCOUNT_CHANGES):
+            outcome = await self._send_once(account, message)
+            if not (isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT):
+                return outcome
+            current = self.registry.get(account.key)
+            if current is None:
+                return outcome
+            account = current
+        return RetryLater(Reason.NO_LOCAL_SHARE, f"account {account.key!r} kept changing; try again", RETRY_POOL_SATURATED)
+
+    async def _send_once(self, account: Account, message: OutgoingMessage) -> Outcome:
         refusal = self._precheck(account, message)
         if refusal is not None:
             self.observer.observe(account.key, refusal.reason.value, None, None)
@@ -201,8 +245,8 @@ class Relay:
             result = await self.pool.send(account.key, message.sender, message.recipients, message.data, mail_options=options)
         except Exception as exc:
             outcome = classify_error(exc, smtputf8=message.smtputf8, eight_bit=eight_bit)
-            if outcome.reason in (Reason.POOL_SATURATED, Reason.SHUTTING_DOWN, Reason.UNKNOWN_ACCOUNT):
-                account.limiter.give_back()  # nothing reached the upstream
+            if outcome.reason in NOTHING_SENT:
+                account.limiter.give_back()
         else:
             wait = result.wait_seconds
             outcome = Sent(message.message_id, result.accepted, dict(result.refused), result.code, result.message)
@@ -212,11 +256,13 @@ class Relay:
     def _precheck(self, account: Account, message: OutgoingMessage) -> Refused | RetryLater | None:
         if account.settings is None:  # the HTTP door forwards such accounts before it gets here
             text = f"this gateway holds no connection share of account {account.key!r}; its peers do"
-            return RetryLater(Reason.UPSTREAM_UNAVAILABLE, text, RETRY_UPSTREAM_DOWN)
+            return RetryLater(Reason.NO_LOCAL_SHARE, text, RETRY_POOL_SATURATED)
         too_large = self.check_size(account, len(message.data))
         if too_large is not None:
             return too_large
-        for address in (message.sender, *message.header_from):
+        # The envelope sender and every originator field (From, Sender, Resent-From, Resent-Sender), as the
+        # upstream will read them: a message may claim to be from no address the account's senders do not allow.
+        for address in (message.sender, *message.originators):
             if not account.senders.allows(address):
                 return Refused(Reason.SENDER_NOT_ALLOWED, f"{address!r} is not in the senders of account {account.key!r}")
         wait = account.limiter.take()

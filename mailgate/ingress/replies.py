@@ -14,6 +14,10 @@ client keeps it and retries), ``5xx`` when it cannot (the client bounces it).
 - Upstream 4xx (421 included), timeouts, pool saturation, rate limit, an
   unreachable upstream, shutting down: ``451`` with a ``4.x.x`` code (the
   upstream's own when it gave a 4.x.x one).
+- Delivery unknown (the connection to the upstream failed after the final
+  dot, before its verdict): ``451 4.4.2`` saying it may have been delivered.
+  The client will retry, so the recipients may get it twice; Postfix makes
+  the same choice (a duplicate is better than a loss nobody hears of).
 
 Upstream text is passed on, cleaned of anything that could break the reply
 framing (control characters; non-ASCII unless the session uses SMTPUTF8).
@@ -24,7 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..gateway.relay import Outcome, Reason, Refused, RetryLater, Sent
+from ..gateway.relay import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
 from .routing import NoRoute, Why
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
@@ -40,6 +44,8 @@ _TEMPORARY = {
     Reason.UPSTREAM_TIMEOUT: "4.4.2",  # bad connection
     Reason.SUSPENDED: "4.3.2",  # system not accepting messages
     Reason.SHUTTING_DOWN: "4.3.2",
+    Reason.NO_LOCAL_SHARE: "4.4.5",  # its connections are on other gateways: congestion here
+    Reason.DELIVERY_UNKNOWN: "4.4.2",  # bad connection
     Reason.UNKNOWN_ACCOUNT: "4.3.0",  # removed while the message was being received: routing may differ next time
     Reason.UPSTREAM_REFUSED: "4.0.0",
 }
@@ -109,6 +115,8 @@ def for_outcome(outcome: Outcome, message_id: str) -> Reply:
             return _upstream_reply(*outcome.upstream, temporary=True, fallback=_TEMPORARY.get(outcome.reason, "4.0.0"))
         retry = f" (retry after {int(outcome.retry_after)}s)" if outcome.retry_after >= 1 else ""
         return reply(451, _TEMPORARY.get(outcome.reason, "4.0.0"), outcome.detail + retry)
+    if isinstance(outcome, DeliveryUnknown):
+        return reply(451, _TEMPORARY[outcome.reason], outcome.detail)
     return _for_refused(outcome)
 
 

@@ -1,16 +1,18 @@
 """Pooled, authenticated upstream SMTP sessions, one pool per account."""
 
-from .connection import CloseReason, PooledConnection, TransactionResult
-from .errors import PoolClosed, PoolError, PoolTimeout, UnknownAccount
+from .connection import CloseReason, Phase, PooledConnection, TransactionError, TransactionResult
+from .errors import AlreadyReleased, PoolClosed, PoolError, PoolTimeout, UnknownAccount
 from .pool import HealthCheck, SendResult, SMTPPool, describe_error
 from .settings import DEFAULT_PORTS, AccountSettings, AuthMethod, PoolLimits, TLSMode
 
 __all__ = [
     "DEFAULT_PORTS",
     "AccountSettings",
+    "AlreadyReleased",
     "AuthMethod",
     "CloseReason",
     "HealthCheck",
+    "Phase",
     "PoolClosed",
     "PoolError",
     "PoolLimits",
@@ -19,6 +21,7 @@ __all__ = [
     "SMTPPool",
     "SendResult",
     "TLSMode",
+    "TransactionError",
     "TransactionResult",
     "UnknownAccount",
     "describe_error",

@@ -16,7 +16,10 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 import aiosmtplib
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.typing import SMTPStatus
 
+from .errors import AlreadyReleased
 from .settings import AccountSettings, AuthMethod, PoolLimits, TLSMode
 
 QUIT_TIMEOUT = 2.0
@@ -34,10 +37,16 @@ class CloseReason(str, Enum):
 
 
 class Phase(str, Enum):
-    """How far a transaction got; decides whether a failed send may be retried."""
+    """How far a transaction got when it failed: decides what the caller may be told.
 
-    ENVELOPE = "envelope"
-    DATA = "data"
+    Before ``CONTENT`` the upstream cannot have the message, so a retry is
+    safe. In ``CONTENT`` the message text and its final dot were handed to the
+    transport: without a reply to the dot, the upstream may have accepted it.
+    """
+
+    ENVELOPE = "envelope"  # MAIL and RCPT
+    DATA = "data"  # the DATA command, until its 354
+    CONTENT = "content"  # the text and the final dot are written; waiting for the verdict
 
 
 @dataclass
@@ -51,12 +60,26 @@ class TransactionResult:
 
 
 class TransactionError(Exception):
-    """Wraps an upstream failure with the phase it happened in."""
+    """An upstream failure during a transaction, with the phase it happened in.
+
+    ``SMTPPool.send`` raises this rather than the bare cause, so that the
+    relay never has to guess from aiosmtplib's exception tree whether the
+    message may already be with the upstream.
+    """
 
     def __init__(self, phase: Phase, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.phase = phase
         self.cause = cause
+
+    @property
+    def delivery_unknown(self) -> bool:
+        """The final dot went out and no verdict came back: the upstream may have the message.
+
+        A reply to the dot, even a 421, is a verdict (the message was not
+        accepted); a drop or a timeout after it is not.
+        """
+        return self.phase is Phase.CONTENT and not isinstance(self.cause, aiosmtplib.SMTPResponseException)
 
     @property
     def session_broken(self) -> bool:
@@ -67,8 +90,12 @@ class TransactionError(Exception):
 
 
 @dataclass(eq=False)
-class PooledConnection:
-    """An authenticated aiosmtplib session plus the bookkeeping the pool needs."""
+class UpstreamSession:
+    """An authenticated aiosmtplib session plus the bookkeeping the pool needs.
+
+    It lives in the pool across many owners; callers only ever hold it
+    through a ``PooledConnection``, one per checkout.
+    """
 
     smtp: aiosmtplib.SMTP
     account: str
@@ -154,12 +181,24 @@ class PooledConnection:
                     [aiosmtplib.SMTPRecipientRefused(code, text, rcpt) for rcpt, (code, text) in refused.items()]
                 )
             phase = Phase.DATA
-            response = await smtp.data(message)
+            start = await smtp.execute_command(b"DATA")
+            if start.code != SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol = smtp.protocol
+            if protocol is None:
+                raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+            protocol.write(_data_payload(message))
+            phase = Phase.CONTENT
+            response = await protocol.read_response(timeout=smtp.timeout)
+            if response.code != SMTPStatus.completed:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
         except aiosmtplib.SMTPResponseException as exc:
-            if phase is Phase.ENVELOPE and exc.code != 421:
-                await self._reset()
+            if phase is not Phase.CONTENT and exc.code != 421:
+                await self._reset()  # a refused MAIL, RCPT or DATA leaves a transaction open: RSET it
             raise TransactionError(phase, exc) from exc
         except (TimeoutError, aiosmtplib.SMTPException, OSError) as exc:
+            if phase is Phase.CONTENT:
+                smtp.close()  # as aiosmtplib's data() does: the session is out of step now
             raise TransactionError(phase, exc) from exc
         return TransactionResult(refused, accepted, response.code, response.message)
 
@@ -188,12 +227,75 @@ class PooledConnection:
         await asyncio.sleep(0)  # the transport closes its socket on the next loop iteration
 
 
+class PooledConnection:
+    """One checkout of an upstream session: what ``acquire`` hands out and ``release`` takes back.
+
+    The session outlives many owners, so it cannot tell one owner's release
+    from the next one's. A handle per checkout can: it has exactly one owner,
+    and once released it refuses to be released again or used, so a confused
+    caller gets ``AlreadyReleased`` instead of sharing a session with whoever
+    owns it now.
+    """
+
+    __slots__ = ("_released", "_session")
+
+    def __init__(self, session: UpstreamSession) -> None:
+        self._session = session
+        self._released = False
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "checked out"
+        return f"<PooledConnection {self._session.account} {state}>"
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    @property
+    def session(self) -> UpstreamSession:
+        """The session, for its owner only."""
+        if self._released:
+            raise AlreadyReleased(f"this connection to {self._session.account} was released; acquire another")
+        return self._session
+
+    def _end(self) -> UpstreamSession:
+        """Hand the session back exactly once (``SMTPPool.release``); the handle is dead afterwards."""
+        session = self.session
+        self._released = True
+        return session
+
+    @property
+    def account(self) -> str:
+        return self._session.account
+
+    @property
+    def smtp(self) -> aiosmtplib.SMTP:
+        return self.session.smtp
+
+    def is_connected(self) -> bool:
+        return self.session.is_connected()
+
+    def is_reused(self) -> bool:
+        return self.session.is_reused()
+
+    async def transaction(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        message: bytes,
+        mail_options: Sequence[str] = (),
+        rcpt_options: Sequence[str] = (),
+    ) -> TransactionResult:
+        """``UpstreamSession.transaction`` on the session this handle owns."""
+        return await self.session.transaction(sender, recipients, message, mail_options, rcpt_options)
+
+
 async def open_connection(
     account: str,
     generation: int,
     settings: AccountSettings,
     tls_context: ssl.SSLContext | None,
-) -> PooledConnection:
+) -> UpstreamSession:
     """Connect, enforce the TLS mode and authenticate; the socket is closed on any failure.
 
     Authentication runs here rather than inside aiosmtplib's ``connect`` so that a
@@ -215,7 +317,7 @@ async def open_connection(
     except BaseException:
         _abort(smtp, smtp.transport)
         raise
-    return PooledConnection(smtp=smtp, account=account, generation=generation)
+    return UpstreamSession(smtp=smtp, account=account, generation=generation)
 
 
 async def _authenticate(smtp: aiosmtplib.SMTP, settings: AccountSettings) -> None:
@@ -229,6 +331,16 @@ async def _authenticate(smtp: aiosmtplib.SMTP, settings: AccountSettings) -> Non
         if "xoauth2" not in smtp.server_auth_methods:
             raise aiosmtplib.SMTPException("the upstream server does not offer AUTH XOAUTH2")
         await smtp.auth_xoauth2(settings.username, settings.token)
+
+
+def _data_payload(message: bytes) -> bytes:
+    """The text as DATA sends it: CRLF line endings, leading dots doubled, the final dot.
+
+    aiosmtplib's ``data()`` does this too, but sends the DATA command and the
+    text in one call, which hides whether the text went out; sending them as
+    two steps is what lets a failure report ``Phase.CONTENT``.
+    """
+    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(message)) + b".\r\n"
 
 
 def _abort(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None) -> None:

@@ -1,4 +1,4 @@
-"""Errors the pool raises itself; upstream answers surface as aiosmtplib exceptions."""
+"""Errors the pool raises itself; upstream failures of a send surface as ``TransactionError`` (with its phase)."""
 
 
 class PoolError(Exception):
@@ -15,3 +15,11 @@ class PoolClosed(PoolError):
 
 class UnknownAccount(PoolError, KeyError):
     """An account name that was never configured (or was removed)."""
+
+
+class AlreadyReleased(PoolError, RuntimeError):
+    """A connection handle was released already: releasing or using it again would share its session.
+
+    Raised before anything changes, so a confused caller cannot corrupt the
+    pool's ownership: the session stays with whoever owns it now.
+    """

@@ -11,7 +11,14 @@ Waiters queue FIFO as futures. A released connection (in ``_put_back``) or a
 freed slot (in ``assign``) is handed straight to the first waiter, so a
 newcomer can never overtake a waiter and no wake-up can be lost. A slot is
 freed only once its session's QUIT is done: until then the upstream still
-counts the session, and the limit must hold in the upstream's view.
+counts the session, and the limit must hold in the upstream's view. A fresh
+waiter (the one retry after a dead reused session) takes only a slot, never
+a session that was used before.
+
+Ownership is per checkout: ``acquire`` wraps the session in a new
+``PooledConnection`` handle, and ``release`` takes it back exactly once. A
+second release of the same handle raises ``AlreadyReleased`` before anything
+changes, so it can never hand a session to a second owner.
 """
 
 from __future__ import annotations
@@ -23,11 +30,19 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import aiosmtplib
 
-from .connection import CloseReason, Phase, PooledConnection, TransactionError, TransactionResult, open_connection
+from .connection import (
+    CloseReason,
+    Phase,
+    PooledConnection,
+    TransactionError,
+    TransactionResult,
+    UpstreamSession,
+    open_connection,
+)
 from .errors import PoolClosed, PoolTimeout, UnknownAccount
 from .settings import AccountSettings, PoolLimits
 
@@ -35,7 +50,7 @@ log = logging.getLogger("mailgate.pool")
 
 _DEFAULT = object()
 # A waiter is granted either a connection or the right to open one (None).
-_Grant = PooledConnection | None
+_Grant = UpstreamSession | None
 
 
 @dataclass
@@ -65,11 +80,13 @@ class _AccountPool:
     limits: PoolLimits
     tls_context: Any
     generation: int = 0
-    idle: deque[PooledConnection] = field(default_factory=deque)
-    active: set[PooledConnection] = field(default_factory=set)
+    idle: deque[UpstreamSession] = field(default_factory=deque)
+    active: set[UpstreamSession] = field(default_factory=set)
     opening: int = 0
     closing: int = 0
     waiters: deque[asyncio.Future[_Grant]] = field(default_factory=deque)
+    # Waiters that only a new session will do (the retry after a dead reused one): never handed an idle one.
+    fresh_waiters: set[asyncio.Future[_Grant]] = field(default_factory=set)
     created: int = 0
     closed: Counter[str] = field(default_factory=Counter)
     messages_sent: int = 0
@@ -84,10 +101,10 @@ class _AccountPool:
         """What counts against the limit: a session still saying QUIT is still open upstream."""
         return self.live() + self.closing
 
-    def is_stale(self, conn: PooledConnection) -> bool:
+    def is_stale(self, conn: UpstreamSession) -> bool:
         return conn.generation != self.generation
 
-    def retire_reason(self, conn: PooledConnection, now: float) -> CloseReason | None:
+    def retire_reason(self, conn: UpstreamSession, now: float) -> CloseReason | None:
         """Why a connection must not go back to idle, if any."""
         if self.is_stale(conn) or self.live() > self.limits.max_connections or self.removed:
             return CloseReason.RECONFIGURE
@@ -95,7 +112,7 @@ class _AccountPool:
             return CloseReason.ERROR
         return conn.expiry_reason(now, self.limits)
 
-    def take_idle(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> PooledConnection | None:
+    def take_idle(self, now: float, retire: list[tuple[UpstreamSession, CloseReason]]) -> UpstreamSession | None:
         """Pop the most recently used usable connection; expired ones go to ``retire``.
 
         LIFO reuse keeps the working set small, so surplus connections idle out.
@@ -117,14 +134,21 @@ class _AccountPool:
                 return waiter
         return None
 
-    def assign(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
-        """Hand idle connections or free slots to waiters in FIFO order."""
+    def assign(self, now: float, retire: list[tuple[UpstreamSession, CloseReason]]) -> None:
+        """Hand idle connections or free slots to waiters in FIFO order.
+
+        A fresh waiter at the head takes only a slot. When none is free and
+        none is about to be (no session closing), the oldest idle session is
+        retired to make one: it is as old as the session just found dead, and
+        waiting for a slot to free itself could take forever on a busy pool.
+        """
         while self.waiters:
             waiter = self.waiters[0]
             if waiter.done():  # cancelled or timed out; it removes itself, but be safe
                 self.waiters.popleft()
                 continue
-            conn = self.take_idle(now, retire)
+            fresh = waiter in self.fresh_waiters
+            conn = None if fresh else self.take_idle(now, retire)
             if conn is not None:
                 self.waiters.popleft().set_result(conn)
                 continue
@@ -132,11 +156,13 @@ class _AccountPool:
                 self.opening += 1
                 self.waiters.popleft().set_result(None)
                 continue
+            if fresh and self.idle and not self.closing and not retire:
+                retire.append((self.idle.popleft(), CloseReason.RECONFIGURE))  # its slot frees once its QUIT is done
             return
 
-    def trim_idle(self, now: float, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
+    def trim_idle(self, now: float, retire: list[tuple[UpstreamSession, CloseReason]]) -> None:
         """Drop idle connections that are expired, idle too long, stale or over the limit."""
-        keep: deque[PooledConnection] = deque()
+        keep: deque[UpstreamSession] = deque()
         for conn in self.idle:
             reason = conn.expiry_reason(now, self.limits)
             if reason is None and (self.is_stale(conn) or self.removed):
@@ -284,8 +310,10 @@ class SMTPPool:
 
         ``timeout`` is a deadline for the whole acquire, connect included:
         ``0`` means do not wait for a busy pool, ``None`` waits forever, the
-        default is the account's ``acquire_timeout``. ``fresh`` skips idle
-        sessions (used for the one retry after a reused session was dead).
+        default is the account's ``acquire_timeout``. ``fresh`` takes only a
+        new session, even after queueing (used for the one retry after a
+        reused session was dead). Each call returns a new handle: it is the
+        caller's until ``release``, and dead after it.
         """
         if self._closed:
             raise PoolClosed("the pool is closed")
@@ -299,7 +327,7 @@ class SMTPPool:
             grant = await self._grant(pool, deadline, fresh)
             if grant is None:
                 # ``0`` forbids waiting for a busy pool, not connecting: the command timeout bounds that.
-                return await self._open(pool, None if limit == 0 else deadline)
+                return PooledConnection(await self._open(pool, None if limit == 0 else deadline))
             conn = grant
             if conn.needs_health_check(time.monotonic(), pool.limits):
                 try:
@@ -311,11 +339,11 @@ class SMTPPool:
                 if not alive:
                     self._discard(pool, conn, CloseReason.ERROR)
                     continue
-            return conn
+            return PooledConnection(conn)
 
     async def _grant(self, pool: _AccountPool, deadline: float | None, fresh: bool) -> _Grant:
         """Take an idle connection or a slot now, or queue FIFO until one is handed over."""
-        retire: list[tuple[PooledConnection, CloseReason]] = []
+        retire: list[tuple[UpstreamSession, CloseReason]] = []
         try:
             if not pool.waiters:
                 if not fresh:
@@ -334,6 +362,8 @@ class SMTPPool:
             raise PoolTimeout(f"no connection available for account {pool.name!r} (pool saturated)")
         waiter: asyncio.Future[_Grant] = loop.create_future()
         pool.waiters.append(waiter)
+        if fresh:
+            pool.fresh_waiters.add(waiter)
         # A bare future plus one timer: asyncio.wait() or wait_for() would cost several objects per message.
         timer = None if deadline is None else loop.call_at(deadline, self._expire, pool, waiter)
         try:
@@ -342,6 +372,7 @@ class SMTPPool:
             self._abandon(pool, waiter)
             raise
         finally:
+            pool.fresh_waiters.discard(waiter)
             if timer is not None:
                 timer.cancel()
 
@@ -352,9 +383,7 @@ class SMTPPool:
             return
         with contextlib.suppress(ValueError):
             pool.waiters.remove(waiter)
-        waiter.set_exception(
-            PoolTimeout(f"timed out after waiting for a connection to account {pool.name!r} (pool saturated)")
-        )
+        waiter.set_exception(PoolTimeout(f"timed out after waiting for a connection to account {pool.name!r} (pool saturated)"))
 
     def _abandon(self, pool: _AccountPool, waiter: asyncio.Future[_Grant]) -> None:
         """A waiter gave up: leave the queue, and give back anything granted meanwhile."""
@@ -372,16 +401,14 @@ class SMTPPool:
         else:
             self._put_back(pool, granted)
 
-    async def _open(self, pool: _AccountPool, deadline: float | None) -> PooledConnection:
+    async def _open(self, pool: _AccountPool, deadline: float | None) -> UpstreamSession:
         """Open a connection on a reserved slot; the slot is returned on any failure."""
         loop = asyncio.get_running_loop()
         settings, generation = pool.settings, pool.generation
         try:
             remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
             # The acquire deadline bounds the connect too; the command timeout bounds it anyway.
-            conn = await asyncio.wait_for(
-                open_connection(pool.name, generation, settings, pool.tls_context), timeout=remaining
-            )
+            conn = await asyncio.wait_for(open_connection(pool.name, generation, settings, pool.tls_context), timeout=remaining)
         except BaseException as exc:
             pool.opening -= 1
             if not isinstance(exc, asyncio.CancelledError):
@@ -398,18 +425,24 @@ class SMTPPool:
         return conn
 
     async def release(self, conn: PooledConnection, *, discard: bool = False) -> None:
-        """Return a connection; ``discard`` closes it (it failed mid-command)."""
-        pool = self._accounts.get(conn.account)
-        if pool is None or conn not in pool.active:
-            # Removed account or foreign connection: never leak its socket.
-            self._spawn_close(conn, None)
+        """Return a connection; ``discard`` closes it (it failed mid-command).
+
+        Each handle is released once: a second release raises
+        ``AlreadyReleased`` before anything changes, because by then the
+        session may belong to someone else (a waiter it was handed to).
+        """
+        session = conn._end()
+        pool = self._accounts.get(session.account)
+        if pool is None or session not in pool.active:
+            # Removed account, or closed by ``close_all`` after its grace: never leak its socket.
+            self._spawn_close(session, None)
             return
         if discard:
-            self._discard(pool, conn, CloseReason.ERROR)
+            self._discard(pool, session, CloseReason.ERROR)
         else:
-            self._put_back(pool, conn)
+            self._put_back(pool, session)
 
-    def _put_back(self, pool: _AccountPool, conn: PooledConnection) -> None:
+    def _put_back(self, pool: _AccountPool, conn: UpstreamSession) -> None:
         """The hot path: a healthy connection goes straight to the first waiter, or to idle."""
         conn.touch()
         now = conn.last_used
@@ -417,25 +450,28 @@ class SMTPPool:
         reason = CloseReason.SHUTDOWN if self._closed else pool.retire_reason(conn, now)
         if reason is None:
             waiter = pool.next_waiter()
-            if waiter is not None:
+            if waiter is not None and waiter not in pool.fresh_waiters:
                 waiter.set_result(conn)  # stays active: it changes hands without touching idle
                 return
             pool.active.discard(conn)
             pool.idle.append(conn)
+            if waiter is not None:  # the head wants a new session, not this one: ``assign`` makes room
+                pool.waiters.appendleft(waiter)
+                self._reassign(pool)
             return
         pool.active.discard(conn)
         self._count_close(pool, reason)
         self._spawn_close(conn, pool)
         self._reassign(pool)
 
-    def _discard(self, pool: _AccountPool, conn: PooledConnection, reason: CloseReason) -> None:
+    def _discard(self, pool: _AccountPool, conn: UpstreamSession, reason: CloseReason) -> None:
         pool.active.discard(conn)
         self._count_close(pool, reason)
         self._spawn_close(conn, pool)
         self._reassign(pool)
 
     def _reassign(self, pool: _AccountPool) -> None:
-        retire: list[tuple[PooledConnection, CloseReason]] = []
+        retire: list[tuple[UpstreamSession, CloseReason]] = []
         pool.trim_idle(time.monotonic(), retire)
         if not pool.removed and not self._closed:
             pool.assign(time.monotonic(), retire)
@@ -443,7 +479,7 @@ class SMTPPool:
         if self._closed and not any(p.active or p.opening for p in self._accounts.values()):
             self._drained.set()
 
-    def _retire(self, pool: _AccountPool, retire: list[tuple[PooledConnection, CloseReason]]) -> None:
+    def _retire(self, pool: _AccountPool, retire: list[tuple[UpstreamSession, CloseReason]]) -> None:
         for conn, reason in retire:
             self._count_close(pool, reason)
             self._spawn_close(conn, pool)
@@ -452,7 +488,7 @@ class SMTPPool:
     def _count_close(pool: _AccountPool, reason: CloseReason) -> None:
         pool.closed[reason.value] += 1
 
-    def _spawn_close(self, conn: PooledConnection, pool: _AccountPool | None) -> None:
+    def _spawn_close(self, conn: UpstreamSession, pool: _AccountPool | None) -> None:
         """QUIT runs in its own task: the caller never waits on a slow upstream's goodbye.
 
         The session keeps its slot until the QUIT is done: the upstream counts it
@@ -478,7 +514,8 @@ class SMTPPool:
         try:
             yield conn
         except BaseException:
-            await self.release(conn, discard=True)
+            if not conn.released:  # never mask the caller's exception with a double-release error
+                await self.release(conn, discard=True)
             raise
         await self.release(conn)
 
@@ -496,10 +533,12 @@ class SMTPPool:
     ) -> SendResult:
         """Relay one message, with the pool's retry and discard rules.
 
-        A reused session found dead before DATA is retried once on a fresh
-        session (idle drops are normal: providers close idle sessions). After
-        DATA started, or on any answer from the server, nothing is retried:
-        the message might have been delivered, and a 5xx is final.
+        A reused session found dead before its text went out is retried once
+        on a fresh session (idle drops are normal: providers close idle
+        sessions). Once the text went out, or on any answer from the server,
+        nothing is retried: the message might have been delivered, and a 5xx
+        is final. A failed transaction raises ``TransactionError`` with the
+        phase it reached; a failure to connect or to log in raises as it came.
         """
         started = time.monotonic()
         fresh = False
@@ -517,11 +556,11 @@ class SMTPPool:
                 await self.release(conn, discard=dead)
                 if pool is not None and dead:
                     pool.last_error = describe_error(failure.cause)
-                if dead and reused and failure.phase is Phase.ENVELOPE and not fresh:
+                if dead and reused and failure.phase is not Phase.CONTENT and not fresh:
                     log.info("reused session to %s was dead; retrying once on a fresh one", conn.account)
                     fresh = True
                     continue
-                raise failure.cause from None
+                raise
             except BaseException:
                 await self.release(conn, discard=True)
                 raise
@@ -556,18 +595,25 @@ class SMTPPool:
 
     async def check_health(self, account: str) -> HealthCheck:
         """Probe an account now (used by the admin status on demand): NOOP an idle session or connect."""
-        conn = await self.acquire(account, timeout=0)
         pool = self._get(account)
-        alive = await conn._is_alive()
-        pool.health = HealthCheck(ok=alive, at=time.monotonic(), error=None if alive else "NOOP failed")
+        conn = await self.acquire(account, timeout=0)
+        try:
+            alive = await conn.session._is_alive()
+        except BaseException:
+            # Cancelled mid-NOOP: its reply may still come and would answer the next command. Never put back.
+            await self.release(conn, discard=True)
+            raise
+        health = HealthCheck(ok=alive, at=time.monotonic(), error=None if alive else "NOOP failed")
+        pool.health = health
         await self.release(conn, discard=not alive)
-        return pool.health
+        return health
 
     async def close_all(self, grace: float | None = None) -> None:
         """Stop handing out connections, close idle ones now and checked-out ones on release.
 
-        Connections still checked out after ``grace`` seconds are closed
-        anyway so that shutdown always ends; then every QUIT task is awaited.
+        Connections still checked out after ``grace`` seconds are aborted
+        (their sends fail with the phase they reached) so that shutdown always
+        ends; then every QUIT task is awaited.
         """
         self._closed = True
         if self._cleanup_task is not None:
@@ -589,6 +635,11 @@ class SMTPPool:
             for conn in list(pool.active):
                 pool.active.discard(conn)
                 self._count_close(pool, CloseReason.SHUTDOWN)
+                # Its owner waits on the upstream, and a QUIT would queue behind that command: abort the
+                # socket, so the owner's send fails now, with the phase it reached, and can be answered.
+                transport = conn.smtp.transport
+                if transport is not None:  # not isinstance(asyncio.WriteTransport): uvloop's transports are not
+                    cast(asyncio.WriteTransport, transport).abort()
                 self._spawn_close(conn, pool)
         if self._closing_tasks:
             await asyncio.gather(*self._closing_tasks, return_exceptions=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ssl
+import weakref
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -113,11 +114,30 @@ class AccountSettings:
         return f"{user}{self.host}:{self.effective_port}"
 
     def build_ssl_context(self) -> ssl.SSLContext | None:
-        """One context per account: building a context per connection costs a CA load each time."""
+        """The context for this account's sessions, shared with every account that trusts the same CAs.
+
+        A context costs a CA load (~0.8 MB and ~20 ms with the system store),
+        so it is built once per (CA bundle, verification) in use, not per
+        connection and not per account. Contexts are never changed after this
+        (aiosmtplib only reads them), which makes sharing safe. The cache holds
+        them weakly: a context no pool uses any more is freed. Raises
+        ``ssl.SSLError`` for a CA bundle the ssl module refuses.
+        """
         if self.tls is TLSMode.NONE:
             return None
-        context = ssl.create_default_context(cadata=self.ca_pem) if self.ca_pem else ssl.create_default_context()
-        if not self.verify_tls:
-            context.check_hostname = False
-            context.verify_mode = ssl.CERT_NONE
+        key = (hashlib.sha256(self.ca_pem.encode()).digest() if self.ca_pem else b"", self.verify_tls)
+        context = _CONTEXTS.get(key)
+        if context is None:
+            context = _CONTEXTS[key] = _new_context(self.ca_pem, self.verify_tls)
         return context
+
+
+_CONTEXTS: weakref.WeakValueDictionary[tuple[bytes, bool], ssl.SSLContext] = weakref.WeakValueDictionary()
+
+
+def _new_context(ca_pem: str | None, verify: bool) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

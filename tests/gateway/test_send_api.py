@@ -240,12 +240,14 @@ async def test_upstream_421_is_503_with_retry_after(gw: GatewayHandle, upstream:
     assert body["upstream"] == {"code": 421, "message": "4.3.2 Service shutting down"}
 
 
-async def test_upstream_closing_at_data_is_503(gw: GatewayHandle, upstream: Upstream) -> None:
-    upstream.data_reply = "421 4.3.2 Service shutting down"  # the test server hangs up without a word
+async def test_upstream_hanging_up_at_the_data_command_is_503(gw: GatewayHandle, upstream: Upstream) -> None:
+    """Before the text went out nothing can have been delivered: "retry" is the truth (after it, see test_verdicts)."""
+    upstream.drop_at_data = True
     await gw.configure(account(upstream))
     status, body, response = await gw.send()
     assert_problem(status, body, response, 503, "upstream-unavailable")
     assert int(response.headers["Retry-After"]) > 0
+    assert upstream.messages == []
 
 
 async def test_upstream_refusing_auth_is_503(gw: GatewayHandle, upstream_factory: Any) -> None:
@@ -272,12 +274,16 @@ async def test_stalled_upstream_is_504(gateway_factory: GatewayFactory, stall_se
     assert body["retryable"] is True
 
 
-async def test_upstream_slow_at_data_is_504(gateway_factory: GatewayFactory, upstream: Upstream) -> None:
+async def test_upstream_silent_after_the_final_dot_is_delivery_unknown(
+    gateway_factory: GatewayFactory, upstream: Upstream
+) -> None:
+    """No verdict within the timeout after the text went out: it may have been delivered, so not a 504 "retry"."""
     gw = await gateway_factory(upstream_timeout=0.5)
     upstream.data_delay = 1.0
     await gw.configure(account(upstream))
     status, body, response = await gw.send()
-    assert_problem(status, body, response, 504, "upstream-timeout")
+    assert_problem(status, body, response, 502, "delivery-unknown")
+    assert body["retryable"] is False
 
 
 async def test_pool_saturated_is_503(gw: GatewayHandle, upstream: Upstream) -> None:

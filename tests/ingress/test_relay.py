@@ -32,9 +32,7 @@ BODY = (
     b"..two dots\r\n"
     b".leading dot\r\n"
     b"caf\xc3\xa9 \xe2\x82\xac and latin-1 \xe9\r\n"
-    b"trailing spaces   \r\n"
-    + b"x" * 990
-    + b"\r\n"
+    b"trailing spaces   \r\n" + b"x" * 990 + b"\r\n"
     b"\r\n"
     b"last line\r\n"
 )
@@ -112,7 +110,8 @@ async def test_non_ascii_address_without_smtputf8_is_refused(gw: IngressGateway,
     ("knob", "value", "expected"),
     [
         ("rcpt_replies", {"ops@example.org": "421 4.3.0 closing, too busy"}, (451, "4.3.0 upstream said 421: closing")),
-        ("data_reply", "421 4.3.0 closing, too busy", (451, "4.4.1 ")),  # this upstream hangs up before its 421 is read
+        # This upstream hangs up before its 421 is read: no verdict after the dot, the client hears "maybe".
+        ("data_reply", "421 4.3.0 closing, too busy", (451, "4.4.2 ")),
         ("data_reply", "450 4.2.1 mailbox busy, try later", (451, "4.2.1 upstream said 450: mailbox busy, try later")),
         ("data_reply", "451 try again", (451, "4.0.0 upstream said 451: try again")),
         ("data_reply", "550 5.7.1 message refused by policy", (550, "5.7.1 message refused by policy")),
@@ -129,6 +128,18 @@ async def test_upstream_answers_map_to_451_or_their_own_5xx_never_a_false_250(
     code, text = replies[-1]
     assert code == expected[0] and text.startswith(expected[1]), replies
     assert upstream.messages == []
+
+
+async def test_a_drop_after_the_final_dot_is_a_451_that_says_it_may_have_been_delivered(
+    gw: IngressGateway, upstream: Upstream
+) -> None:
+    """Duplicates over loss, as Postfix: the client keeps the message and retries, and is told why it may get two."""
+    gw.configure(login_account(upstream))
+    upstream.drop_after_dot = True
+    replies = await in_thread(send, gw)
+    code, text = replies[-1]
+    assert code == 451 and text.startswith("4.4.2 ") and "may have been delivered" in text, replies
+    assert len(upstream.messages) == 1
 
 
 async def test_stalled_upstream_becomes_451(ingress_factory: IngressFactory, upstream: Upstream) -> None:
@@ -210,9 +221,10 @@ async def test_too_many_recipients_get_452(ingress_factory: IngressFactory, upst
 async def test_rate_limit_is_the_accounts_and_shared_with_http(gw: IngressGateway, upstream: Upstream) -> None:
     gw.configure(login_account(upstream, rateLimit={"messagesPerMinute": 1}))  # a bucket of one message
     url = f"{gw.gateway.url}/v1/accounts/apps/alerts/messages"
-    async with aiohttp.ClientSession() as http, http.post(
-        url, json={"from": SENDER, "to": ["ops@example.org"], "subject": "via HTTP", "text": "hi"}
-    ) as response:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(url, json={"from": SENDER, "to": ["ops@example.org"], "subject": "via HTTP", "text": "hi"}) as response,
+    ):
         assert response.status == 200, await response.text()
     replies = await in_thread(send, gw)
     assert replies[-1][0] == 451 and replies[-1][1].startswith("4.7.0 "), replies

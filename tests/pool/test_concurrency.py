@@ -56,11 +56,12 @@ async def test_connections_are_handed_out_exclusively(pool: SMTPPool, upstream) 
     async def borrow() -> None:
         nonlocal most
         async with pool.connection("a") as conn:
-            assert id(conn) not in in_use, "a connection was handed to two tasks at once"
-            in_use.add(id(conn))
+            session = id(conn.smtp)  # the session, not the handle: a handle is new on every checkout
+            assert session not in in_use, "a session was handed to two tasks at once"
+            in_use.add(session)
             most = max(most, len(in_use))
             await conn.transaction(SENDER, [RCPT], MESSAGE)
-            in_use.discard(id(conn))
+            in_use.discard(session)
 
     await asyncio.gather(*(borrow() for _ in range(30)))
 
@@ -127,9 +128,10 @@ async def test_none_waits_beyond_the_default_deadline(pool: SMTPPool, upstream) 
         await pool.acquire("a")  # the account's default deadline, 0.05 s
 
     assert not patient.done()
+    held_session = held.smtp
     await pool.release(held)
     conn = await patient
-    assert conn is held, "the idle connection goes to the waiter"
+    assert conn.smtp is held_session, "the idle connection goes to the waiter"
     await pool.release(conn)
 
 
@@ -144,9 +146,11 @@ async def test_cancelled_waiter_leaves_no_leaked_slot(pool: SMTPPool, upstream) 
         await waiting
 
     assert account_stats(pool, "a")["waiting"] == 0
+    held_session = held.smtp
     await pool.release(held)
-    assert (await pool.acquire("a", timeout=0)) is held
-    await pool.release(held)
+    again = await pool.acquire("a", timeout=0)
+    assert again.smtp is held_session
+    await pool.release(again)
 
 
 async def test_waiter_cancelled_after_its_grant_gives_the_connection_back(pool: SMTPPool, upstream) -> None:
@@ -155,6 +159,7 @@ async def test_waiter_cancelled_after_its_grant_gives_the_connection_back(pool: 
     waiting = asyncio.create_task(pool.acquire("a", timeout=None))
     await eventually(lambda: account_stats(pool, "a")["waiting"] == 1, what="a waiter")
 
+    held_session = held.smtp
     await pool.release(held)  # granted to the waiter, which has not run yet
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -163,7 +168,7 @@ async def test_waiter_cancelled_after_its_grant_gives_the_connection_back(pool: 
     stats = account_stats(pool, "a")
     assert (stats["idle"], stats["active"], stats["waiting"]) == (1, 0, 0)
     again: PooledConnection = await pool.acquire("a", timeout=0)
-    assert again is held
+    assert again.smtp is held_session
     await pool.release(again)
 
 
@@ -181,7 +186,7 @@ async def test_waiter_granted_a_slot_then_cancelled_returns_the_slot(pool: SMTPP
 
     assert pool_size(pool, "a") == 1
     conn = await pool.acquire("a", timeout=0)
-    assert conn is not held and conn.is_connected()
+    assert conn.smtp is not held.smtp and conn.is_connected()
     assert pool_size(pool, "a") == 2
     await pool.release(conn)
     await pool.release(held)

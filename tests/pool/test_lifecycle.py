@@ -62,13 +62,14 @@ async def test_noop_only_after_the_idle_threshold(pool: SMTPPool, upstream) -> N
 async def test_failed_noop_replaces_the_session_before_sending(pool: SMTPPool, upstream) -> None:
     pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, health_check_after_idle=0.2)))
     held = await pool.acquire("a")
+    held_session = held.smtp
     await pool.release(held)
     await asyncio.sleep(0.3)  # idle past the health-check threshold
     upstream.drop_all()  # the client has not noticed yet: the NOOP is what finds out
 
     conn = await pool.acquire("a")
 
-    assert conn is not held and conn.is_connected()
+    assert conn.smtp is not held_session and conn.is_connected()
     stats = account_stats(pool, "a")
     assert stats["closed"] == {"error": 1} and stats["created"] == 2
     await pool.release(conn)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
 from mailgate.gateway.idempotency import IdempotencyConflict, IdempotencyStore, StoredResponse, fingerprint
+from mailgate.gateway.problems import CONTENT_TYPE, problem_body
 
 
 def _ok(n: int) -> StoredResponse:
@@ -64,22 +66,52 @@ async def test_concurrent_retry_waits_for_the_first() -> None:
     assert results[0].body == results[1].body
 
 
-@pytest.mark.parametrize("status", [429, 503])
-async def test_answers_that_sent_nothing_are_not_remembered(status: int) -> None:
-    store = IdempotencyStore()
-    answers = iter([StoredResponse(status, b"{}", "application/problem+json"), _ok(2)])
-    fp = fingerprint("t", b"x")
-    assert (await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))).status == status
-    assert (await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))).status == 200
+def _problem(slug: str, retryable: bool | None = None) -> StoredResponse:
+    body = problem_body(slug, "detail", retryable=retryable)
+    return StoredResponse(body["status"], json.dumps(body).encode(), CONTENT_TYPE)
 
 
-async def test_a_504_is_remembered_because_the_upstream_may_have_delivered() -> None:
+async def _twice(first: StoredResponse) -> StoredResponse:
+    """Run the key twice: the first answer is ``first``, a fresh run would answer 200."""
     store = IdempotencyStore()
-    answers = iter([StoredResponse(504, b"{}", "application/problem+json"), _ok(2)])
+    answers = iter([first, _ok(2)])
     fp = fingerprint("t", b"x")
-    await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))
-    replay = await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))
-    assert replay.status == 504 and replay.replayed
+    assert (await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))).status == first.status
+    return await store.run("a/b", "k", fp, lambda: asyncio.sleep(0, next(answers)))
+
+
+@pytest.mark.parametrize(
+    ("slug", "retryable"),
+    [
+        ("rate-limited", None),
+        ("pool-saturated", None),
+        ("upstream-unavailable", None),
+        ("upstream-timeout", None),
+        ("upstream-refused", True),  # greylisting: a 4xx at RCPT, nothing was sent
+        ("unknown-account", None),
+        ("forbidden", None),
+        ("unauthenticated", None),
+    ],
+)
+async def test_answers_that_say_retry_or_can_be_fixed_are_not_remembered(slug: str, retryable: bool | None) -> None:
+    again = await _twice(_problem(slug, retryable))
+    assert again.status == 200 and not again.replayed
+
+
+@pytest.mark.parametrize(
+    ("slug", "retryable"),
+    [("delivery-unknown", None), ("upstream-refused", False), ("invalid-request", None), ("message-too-large", None)],
+)
+async def test_final_answers_and_delivery_unknown_are_remembered(slug: str, retryable: bool | None) -> None:
+    first = _problem(slug, retryable)
+    again = await _twice(first)
+    assert again.status == first.status and again.replayed
+
+
+async def test_an_error_that_is_not_a_problem_body_is_remembered_to_be_safe() -> None:
+    """A proxy's HTML 502 says nothing about what was sent: replay rather than risk a second send."""
+    again = await _twice(StoredResponse(502, b"<html>Bad Gateway</html>", "text/html"))
+    assert again.status == 502 and again.replayed
 
 
 async def test_memory_is_bounded_and_entries_expire() -> None:
