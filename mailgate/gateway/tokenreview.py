@@ -122,6 +122,8 @@ async def kubernetes_api_client(kubeconfig: str | None = None) -> k8s.ApiClient:
     """An API client from a kubeconfig file, else the pod's in-cluster ServiceAccount."""
     from kubernetes_asyncio import config
 
+    # kubernetes_asyncio logs every response body at DEBUG, and a TokenReview's echoes the caller's token.
+    logging.getLogger("kubernetes_asyncio.client.rest").setLevel(logging.INFO)
     if kubeconfig:
         await config.load_kube_config(config_file=kubeconfig)
     else:

@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -367,17 +367,30 @@ class ControlPlane:
         apiserver drains for far longer than a test should wait (a kubelet too
         ends a slow shutdown with SIGKILL).
         """
-        index, old = next((i, p) for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
         began = time.monotonic()
+        with self.apiserver_stopped(grace):
+            pass
+        return time.monotonic() - began
+
+    @contextlib.contextmanager
+    def apiserver_stopped(self, grace: float = 2.0) -> Iterator[None]:
+        """kube-apiserver is gone inside the block and back (same argv, ready) after it: ``restart_apiserver`` with a pause.
+
+        Why: a test must act while the apiserver is away (send with a token no
+        gateway has reviewed yet) and see what the processes that depend on it do.
+        """
+        index, old = next((i, p) for i, p in enumerate(self._procs) if p.name == "kube-apiserver")
         old.stop(grace)
         restarts = len(list(self.log_dir.glob("kube-apiserver.*.log")))
         old.log_path.rename(self.log_dir / f"kube-apiserver.{restarts + 1}.log")
         self._procs.remove(old)
-        proc = self._spawn("kube-apiserver", [str(arg) for arg in old.popen.args[1:]])  # type: ignore[index]  # a list: see _spawn
-        self._procs.remove(proc)
-        self._procs.insert(index, proc)  # keep the stop order: controller-manager before apiserver before etcd
-        self._wait(proc, self._apiserver_ready, "kube-apiserver /readyz after a restart")
-        return time.monotonic() - began
+        try:
+            yield
+        finally:
+            proc = self._spawn("kube-apiserver", [str(arg) for arg in old.popen.args[1:]])  # type: ignore[index]  # a list: see _spawn
+            self._procs.remove(proc)
+            self._procs.insert(index, proc)  # keep the stop order: controller-manager before apiserver before etcd
+            self._wait(proc, self._apiserver_ready, "kube-apiserver /readyz after a restart")
 
     def _prepare_files(self) -> None:
         self.log_dir.mkdir()
@@ -503,6 +516,35 @@ class ControlPlane:
     def service_account_kubeconfig(self, namespace: str, name: str, path: Path, *, duration: str = "1h") -> Path:
         """What a pod's mounted token gives: a kubeconfig acting as ServiceAccount ``namespace/name``."""
         return self.write_kubeconfig(path, name, self.token(namespace, name, audience=SA_ISSUER, duration=duration))
+
+    def token_reviewer_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """A kubeconfig of ServiceAccount ``namespace/name`` allowed to create TokenReviews, as the chart's gateway is.
+
+        The ClusterRoleBinding is named after the namespace; ``delete_token_reviewer`` removes it.
+        """
+        self.create_service_account(namespace, name)
+        self.apply(
+            [
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRole",
+                    "metadata": {"name": "test-tokenreviewer"},
+                    "rules": [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}],
+                },
+                {
+                    "apiVersion": "rbac.authorization.k8s.io/v1",
+                    "kind": "ClusterRoleBinding",
+                    "metadata": {"name": f"test-tokenreviewer-{namespace}"},
+                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "test-tokenreviewer"},
+                    "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}],
+                },
+            ]
+        )
+        return self.service_account_kubeconfig(namespace, name, path)
+
+    def delete_token_reviewer(self, namespace: str) -> None:
+        """Remove the binding ``token_reviewer_kubeconfig`` made (cluster-scoped: deleting the namespace leaves it)."""
+        self.kubectl("delete", "clusterrolebinding", f"test-tokenreviewer-{namespace}", "--ignore-not-found", "--wait=false")
 
     def _start_controller_manager(self) -> None:
         self._spawn(

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from tests.k8s.cluster import REPO_ROOT, ControlPlane, free_ports, tail, wait_for
 
@@ -29,8 +29,16 @@ SELECTOR = "app.kubernetes.io/component=gateway"
 T = TypeVar("T")
 
 
-def http(method: str, url: str, body: Any = None, *, token: str | None = None, timeout: float = 10) -> tuple[int, Any]:
-    """One HTTP call: (status, parsed JSON or text); HTTP errors are answers, not exceptions."""
+class Answer(NamedTuple):
+    """An HTTP answer with its headers (a secret-hygiene test searches those too)."""
+
+    status: int
+    body: Any  # parsed JSON, or text
+    headers: dict[str, str]
+
+
+def exchange(method: str, url: str, body: Any = None, *, token: str | None = None, timeout: float = 10) -> Answer:
+    """One HTTP call; HTTP errors are answers, not exceptions."""
     data = json.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(url, data=data, method=method)
     if data is not None:
@@ -39,15 +47,21 @@ def http(method: str, url: str, body: Any = None, *, token: str | None = None, t
         request.add_header("Authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
+            status, raw, headers = response.status, response.read(), dict(response.headers.items())
     except urllib.error.HTTPError as error:
         with error:
-            status, raw = error.code, error.read()
+            status, raw, headers = error.code, error.read(), dict(error.headers.items())
     text = raw.decode(errors="replace")
     try:
-        return status, json.loads(text)
+        return Answer(status, json.loads(text), headers)
     except ValueError:
-        return status, text
+        return Answer(status, text, headers)
+
+
+def http(method: str, url: str, body: Any = None, *, token: str | None = None, timeout: float = 10) -> tuple[int, Any]:
+    """One HTTP call: (status, parsed JSON or text); HTTP errors are answers, not exceptions."""
+    answer = exchange(method, url, body, token=token, timeout=timeout)
+    return answer.status, answer.body
 
 
 def eventually(check: Callable[[], T | None], what: str, timeout: float = 20.0) -> T:
@@ -78,6 +92,7 @@ class GatewayProcess:
     token_file: Path
     log_path: Path
     extra_args: tuple[str, ...] = ()
+    auth_args: tuple[str, ...] = ("--insecure-no-auth",)  # how callers authenticate
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -88,7 +103,7 @@ class GatewayProcess:
         argv = [
             sys.executable, "-m", "mailgate", "gateway", "--host", self.ip, "--port", str(self.send_port),
             "--admin-port", str(self.admin_port), "--admin-token-file", str(self.token_file),
-            "--insecure-no-auth", "--upstream-timeout", "5", *self.extra_args,
+            *self.auth_args, "--upstream-timeout", "5", *self.extra_args,
         ]  # fmt: skip
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
@@ -130,9 +145,14 @@ class GatewayProcess:
         except OSError:
             return False
 
-    def send(self, key: str, **message: Any) -> tuple[int, Any]:
+    def post(self, key: str, *, token: str | None = None, **message: Any) -> Answer:
+        """One message through the send API, as the caller holding ``token`` (None: no Authorization)."""
         body = {"from": "app@shop.example", "to": ["rcpt@example.net"], "subject": "hi", "text": "hello", **message}
-        return http("POST", f"{self.send_url}/v1/accounts/{key}/messages", body, timeout=30)
+        return exchange("POST", f"{self.send_url}/v1/accounts/{key}/messages", body, token=token, timeout=30)
+
+    def send(self, key: str, *, token: str | None = None, **message: Any) -> tuple[int, Any]:
+        answer = self.post(key, token=token, **message)
+        return answer.status, answer.body
 
 
 @dataclass
@@ -195,6 +215,8 @@ class Mesh:
     token: str = field(default_factory=lambda: f"admin-{random.getrandbits(64):x}")
     gateways: dict[str, GatewayProcess] = field(default_factory=dict)
     operators: list[OperatorProcess] = field(default_factory=list)
+    _reviewer: Path | None = None  # the gateways' kubeconfig for TokenReviews, made on first use
+    _callers: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
         self.send_port, self.admin_port = free_ports(2)
@@ -209,17 +231,38 @@ class Mesh:
         return f"{self._net}.{index}"
 
     def gateway(
-        self, name: str, *, index: int, ready: bool = True, register: bool = True, extra_args: tuple[str, ...] = ()
-    ) -> GatewayProcess:
-        """Start a gateway on 127.a.b.<index> and (by default) register its Pod, Ready or not."""
+        self, name: str, *, index: int, ready: bool = True, register: bool = True, extra_args: tuple[str, ...] = (),
+        token_review: bool = False,
+    ) -> GatewayProcess:  # fmt: skip
+        """Start a gateway on 127.a.b.<index> and (by default) register its Pod, Ready or not.
+
+        ``token_review``: callers authenticate with ServiceAccount tokens that the
+        gateway checks with TokenReviews, as in a cluster (``caller_token`` makes
+        them); otherwise any caller may use any account.
+        """
+        auth = ("--kubeconfig", str(self.token_reviewer())) if token_review else ("--insecure-no-auth",)
         gateway = GatewayProcess(
             name, self.ip(index), self.send_port, self.admin_port, self.token, self.token_file,
-            self.workdir / f"{name}.log", extra_args,
+            self.workdir / f"{name}.log", extra_args, auth,
         ).start()  # fmt: skip
         self.gateways[name] = gateway
         if register:
             self.cp.register_pod(self.gateway_namespace, name, gateway.ip, GATEWAY_LABELS, ready=ready)
         return gateway
+
+    def token_reviewer(self) -> Path:
+        """The gateways' kubeconfig: ServiceAccount ``gateway`` of the gateway namespace, allowed TokenReviews only."""
+        if self._reviewer is None:
+            path = self.workdir / "gateway-kubeconfig"
+            self._reviewer = self.cp.token_reviewer_kubeconfig(self.gateway_namespace, "gateway", path)
+        return self._reviewer
+
+    def caller_token(self, service_account: str = "sender") -> str:
+        """A new token (audience ``mailgate``) of ServiceAccount ``service_account`` in the accounts' namespace."""
+        if service_account not in self._callers:
+            self.cp.create_service_account(self.namespace, service_account)
+            self._callers.add(service_account)
+        return self.cp.token(self.namespace, service_account)
 
     def set_ready(self, name: str, ready: bool) -> None:
         self.cp.set_pod_ready(self.gateway_namespace, name, ready)
@@ -350,3 +393,6 @@ class Mesh:
             operator.stop()
         for gateway in self.gateways.values():
             gateway.stop()
+        if self._reviewer is not None:
+            self.cp.delete_token_reviewer(self.gateway_namespace)
+            self._reviewer = None
