@@ -1,10 +1,15 @@
 """The live account registry: what the admin API pushes, turned into pool settings, limits and matchers.
 
-A snapshot is validated as a whole before any of it is applied (a bad
-account refuses the whole push, nothing half-applied), then each account is
-applied through ``SMTPPool.configure`` / ``reconfigure`` / ``remove``, so a
-change of limits, TTLs or credentials takes effect live: sends in flight
-finish on their session, new sends use the new settings, stale sessions drain.
+A push is built in full before any of it is applied: pool settings, limits,
+sender matchers and the TLS context of every account whose session identity
+changes (the step that meets the ssl module, which refuses CA bundles the
+model cannot judge). Any failure raises ``InvalidAccount`` naming the account
+and the field, and the live configuration is untouched, whole. Only then is
+it swapped in through ``SMTPPool.configure`` / ``reconfigure`` / ``remove``,
+which find the contexts already built; so a change of limits, TTLs or
+credentials takes effect live: sends in flight finish on their session, new
+sends use the new settings, stale sessions drain. An account whose settings
+did not change is not touched at all.
 
 Revisions follow docs/admin-api.md: a full snapshot with the current revision
 is a no-op, an older one is refused (``RevisionConflict``, 409); per-account
@@ -18,6 +23,8 @@ burst. A request that already holds the old object finishes with it.
 
 from __future__ import annotations
 
+import re
+import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -38,12 +45,18 @@ class RevisionConflict(Exception):
 
 
 class InvalidAccount(ValueError):
-    """An account the pool cannot be configured with; ``key`` names it."""
+    """An account that passes the model but cannot be served: ``key`` names it, ``field`` the part at fault.
 
-    def __init__(self, key: str, detail: str) -> None:
-        super().__init__(f"{key}: {detail}")
+    ``field`` is a path inside the account (``spec.server.caCertificate``), or
+    ``None`` when the account as a whole is at fault. No message holds a value
+    from the account, so it is safe in logs, answers and conditions.
+    """
+
+    def __init__(self, key: str, detail: str, field: str | None = None) -> None:
+        super().__init__(f"account {key}: {field}: {detail}" if field else f"account {key}: {detail}")
         self.key = key
         self.detail = detail
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +108,9 @@ def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname
             max_messages_per_connection=pool.max_messages_per_connection,
             acquire_timeout=float(pool.acquire_timeout_seconds),
         )
+    except ValueError as exc:  # the messages name fields, never values
+        raise InvalidAccount(config.key, str(exc), "spec.pool") from None
+    try:
         return AccountSettings(
             host=spec.server.host,
             port=spec.server.port,
@@ -109,8 +125,38 @@ def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname
             command_timeout=command_timeout,
             local_hostname=local_hostname,
         )
-    except ValueError as exc:  # messages name fields, never values (AccountSettings guarantees it)
-        raise InvalidAccount(config.key, str(exc)) from None
+    except ValueError as exc:  # only missing credentials; messages name fields, never values (AccountSettings says so)
+        raise InvalidAccount(config.key, str(exc), "credentials") from None
+
+
+def prepare_tls(key: str, settings: AccountSettings, serving: AccountSettings | None) -> ssl.SSLContext | None:
+    """The TLS context the pool will use for ``settings``, built now so that a refusal fails the build, not the swap.
+
+    Nothing is built when the pool keeps its context (``serving`` has the
+    same session identity): the pool builds only for new identities, and so
+    does this. The context is cached by ``build_ssl_context``; the caller
+    holds it until the pool has taken it, so the pool's own call finds it.
+    """
+    if serving is not None and serving.session_key() == settings.session_key():
+        return None
+    try:
+        return settings.build_ssl_context()
+    except (ssl.SSLError, ValueError) as exc:
+        field = "spec.server.caCertificate" if settings.ca_pem else "spec.server.tls"
+        raise InvalidAccount(key, f"the ssl module refuses it: {_ssl_reason(exc)}", field) from None
+
+
+def _ssl_reason(exc: Exception) -> str:
+    """OpenSSL's words without the C source location (they never quote the bundle)."""
+    return re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc)) or type(exc).__name__
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """A push built in full; ``contexts`` keeps the new TLS contexts alive until the pool has taken them."""
+
+    accounts: dict[str, Account]
+    contexts: list[ssl.SSLContext]
 
 
 @dataclass
@@ -146,10 +192,10 @@ class AccountRegistry:
             raise RevisionConflict(self.revision, snapshot.revision)
         if self.received and snapshot.revision == self.revision:
             return False
-        built = self._build_all(snapshot.accounts)
-        for key in set(self._accounts) - set(built):
+        plan = self._build_all(snapshot.accounts)  # raises before anything live changes
+        for key in set(self._accounts) - set(plan.accounts):
             self._remove(key)
-        for account in built.values():
+        for account in plan.accounts.values():
             self._install(account)
         self.revision = snapshot.revision
         self.received = True
@@ -158,8 +204,8 @@ class AccountRegistry:
 
     def put_account(self, config: AccountConfig, revision: int) -> None:
         self._check_newer(revision)
-        account = self._build_all([config])[config.key]
-        self._install(account)
+        plan = self._build_all([config])  # raises before anything live changes
+        self._install(plan.accounts[config.key])
         self.revision = revision
         self._reindex()
 
@@ -177,18 +223,24 @@ class AccountRegistry:
         if revision <= self.revision:
             raise RevisionConflict(self.revision, revision)
 
-    def _build_all(self, configs: Iterable[AccountConfig]) -> dict[str, Account]:
-        built: dict[str, Account] = {}
+    def _build_all(self, configs: Iterable[AccountConfig]) -> _Plan:
+        """Everything a push needs, or ``InvalidAccount`` for the first account that cannot be served."""
+        plan = _Plan({}, [])
         for config in configs:
-            if config.key in built:
+            if config.key in plan.accounts:
                 raise InvalidAccount(config.key, "listed twice in the snapshot")
-            built[config.key] = self._build(config)
-        return built
+            account = plan.accounts[config.key] = self._build(config)
+            old = self._accounts.get(config.key)
+            if account.settings is not None:
+                context = prepare_tls(config.key, account.settings, old.settings if old is not None else None)
+                if context is not None:
+                    plan.contexts.append(context)
+        return plan
 
     def _build(self, config: AccountConfig) -> Account:
         settings = settings_of(config, command_timeout=self.command_timeout, local_hostname=self.local_hostname)
         if settings is None and not (config.share and config.share.peers):
-            raise InvalidAccount(config.key, "share.maxConnections is 0 but share.peers is empty")
+            raise InvalidAccount(config.key, "share.maxConnections is 0 but there are no peers", "share.peers")
         old = self._accounts.get(config.key)
         limiter = old.limiter if old is not None else TokenBucket(None)
         return Account(

@@ -71,7 +71,7 @@ class AdminAPI:
         except ValidationError as exc:
             return _invalid(describe_validation_error(exc), rid)
         except InvalidAccount as exc:
-            return _invalid([{"field": f"accounts[{exc.key}]", "message": exc.detail}], rid)
+            return _unservable(exc, f"accounts[{exc.key}]", rid)
         except RevisionConflict as exc:
             return _conflict(exc, rid)
         if applied:
@@ -93,7 +93,7 @@ class AdminAPI:
         try:
             self.registry.put_account(config, revision)
         except InvalidAccount as exc:
-            return _invalid([{"field": "body", "message": exc.detail}], rid)
+            return _unservable(exc, None, rid)
         except RevisionConflict as exc:
             return _conflict(exc, rid)
         log.info("account %s applied at revision %d", key, revision)
@@ -155,6 +155,17 @@ def _revision(request: web.Request) -> int | None:
 def _invalid(errors: list[dict[str, str]], rid: str) -> web.Response:
     first = errors[0]
     return problem("invalid-request", f"{first['field']}: {first['message']}", request_id=rid, errors=errors)
+
+
+def _unservable(exc: InvalidAccount, prefix: str | None, rid: str) -> web.Response:
+    """422: the body is well-formed but an account in it cannot be served; nothing was applied.
+
+    ``errors[].field`` is the path in the request body (``accounts[ns/name].<field>``
+    for a snapshot, ``<field>`` for one account): the operator reads the account
+    from it and puts the detail on that SmtpAccount's condition.
+    """
+    field = ".".join(part for part in (prefix, exc.field) if part) or "body"
+    return problem("invalid-configuration", str(exc), request_id=rid, errors=[{"field": field, "message": exc.detail}])
 
 
 def _conflict(exc: RevisionConflict, rid: str) -> web.Response:

@@ -107,17 +107,20 @@ class GatewayStatus(_Doc):
 _REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
 _RESPONSE_MODELS: list[type[BaseModel]] = [SendResponse, Problem, ConfigApplied, AccountApplied, GatewayStatus]
 _SEND_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
-_ADMIN_ERRORS = {"put": (400, 401, 409), "delete": (400, 401, 404, 409), "get": (401,)}
+_ADMIN_ERRORS = {"put": (400, 401, 409, 422), "delete": (400, 401, 404, 409), "get": (401,)}
+# Problem types only one of the two APIs answers with; every other type may come from either.
+_ONLY_IN = {"revision-conflict": "admin", "invalid-configuration": "admin", "idempotency-conflict": "send"}
 
 
 def _ref(name: str) -> dict[str, str]:
     return {"$ref": f"#/components/schemas/{name}"}
 
 
-def _problem_responses(statuses: tuple[int, ...]) -> dict[str, Any]:
+def _problem_responses(statuses: tuple[int, ...], *, admin: bool = False) -> dict[str, Any]:
+    api = "admin" if admin else "send"
     out: dict[str, Any] = {}
     for status in statuses:
-        slugs = sorted(slug for slug, kind in PROBLEM_TYPES.items() if kind.status == status)
+        slugs = sorted(slug for slug, kind in PROBLEM_TYPES.items() if kind.status == status and _ONLY_IN.get(slug, api) == api)
         response: dict[str, Any] = {
             "description": "Problem types: " + ", ".join(slugs),
             "content": {"application/problem+json": {"schema": _ref("Problem")}},
@@ -210,7 +213,7 @@ def _admin_paths() -> dict[str, Any]:
                         "description": "Applied or no-op",
                         "content": {"application/json": {"schema": _ref("ConfigApplied")}},
                     },
-                    **_problem_responses(_ADMIN_ERRORS["put"]),
+                    **_problem_responses(_ADMIN_ERRORS["put"], admin=True),
                 },
             })
         },
@@ -222,14 +225,14 @@ def _admin_paths() -> dict[str, Any]:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AccountConfig")}}},
                 "responses": {
                     "200": {"description": "Applied", "content": {"application/json": {"schema": _ref("AccountApplied")}}},
-                    **_problem_responses(_ADMIN_ERRORS["put"]),
+                    **_problem_responses(_ADMIN_ERRORS["put"], admin=True),
                 },
             }),
             "delete": _admin({
                 "summary": "Remove one account",
                 "operationId": "deleteAccount",
                 "parameters": account_params,
-                "responses": {"204": {"description": "Removed"}, **_problem_responses(_ADMIN_ERRORS["delete"])},
+                "responses": {"204": {"description": "Removed"}, **_problem_responses(_ADMIN_ERRORS["delete"], admin=True)},
             }),
         },
         "/v1/status": {
@@ -238,7 +241,7 @@ def _admin_paths() -> dict[str, Any]:
                 "operationId": "getStatus",
                 "responses": {
                     "200": {"description": "Status", "content": {"application/json": {"schema": _ref("GatewayStatus")}}},
-                    **_problem_responses(_ADMIN_ERRORS["get"]),
+                    **_problem_responses(_ADMIN_ERRORS["get"], admin=True),
                 },
             })
         },

@@ -17,6 +17,7 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
+from ..gateway.accounts import InvalidAccount
 from ..snapshot import ConfigSnapshot
 from .apikeys import KeyRing, load_keys
 from .loader import ConfigError, load_snapshot
@@ -118,10 +119,13 @@ async def watch(
 ) -> None:
     """Poll forever (until cancelled); push each new snapshot or key ring to the gateway.
 
-    An exception while applying (the gateway refusing an account) is logged
-    and the loop goes on with the previous configuration in force: a watcher
-    that died silently would leave a gateway serving stale configuration
-    forever.
+    A snapshot the gateway refuses (an account it cannot serve) is logged in
+    one line naming the account and the field, and the previous
+    configuration stays in force, whole (the gateway applies all or
+    nothing). It is not remembered as applied: the next change of the files
+    is loaded and applied again, even if it brings back the same content.
+    Any other exception is logged too and the loop goes on: a watcher that
+    died silently would leave a gateway serving stale configuration forever.
     """
     while True:
         await asyncio.sleep(interval)
@@ -129,8 +133,7 @@ async def watch(
             # Reading a few small YAML files is fast, but it is blocking I/O: keep it off the loop.
             snapshot = await asyncio.to_thread(files.reload_accounts)
             if snapshot is not None:
-                await apply_snapshot(snapshot)
-                files.accept(snapshot)
+                await _apply_accounts(files, snapshot, apply_snapshot)
             keys = await asyncio.to_thread(files.reload_keys)
             if keys is not None:
                 apply_keys(keys)
@@ -138,3 +141,15 @@ async def watch(
             raise
         except Exception:
             log.exception("applying reloaded configuration failed")
+
+
+async def _apply_accounts(
+    files: ConfigFiles, snapshot: ConfigSnapshot, apply_snapshot: Callable[[ConfigSnapshot], Awaitable[object]]
+) -> None:
+    try:
+        await apply_snapshot(snapshot)
+    except InvalidAccount as error:  # its text names the account and field, never a value
+        assert files.snapshot is not None
+        log.error("account files not applied, still serving revision %d: %s", files.snapshot.revision, error)
+        return
+    files.accept(snapshot)

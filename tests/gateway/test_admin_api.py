@@ -78,8 +78,8 @@ async def test_invalid_pushes_change_nothing(gw: GatewayHandle, upstream: Upstre
     no_password = account(upstream, name="other")
     no_password["spec"]["auth"] = {"method": "login", "secretRef": {"name": "x"}}
     response = await gw.admin("PUT", "/v1/config", json={"revision": 2, "accounts": [account(upstream), no_password]})
-    assert response.status == 400
-    assert (await response.json())["errors"][0]["field"] == "accounts[shop/other]"
+    assert response.status == 422  # well-formed, but the account cannot be served: invalid-configuration
+    assert (await response.json())["errors"][0]["field"] == "accounts[shop/other].credentials"
     response = await gw.admin("PUT", "/v1/config/accounts/shop/x", params={"revision": "2"}, json=account(upstream))
     assert response.status == 400  # path and body disagree
     response = await gw.admin("PUT", "/v1/config/accounts/shop/billing", json=account(upstream))

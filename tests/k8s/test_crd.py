@@ -10,7 +10,10 @@ from typing import Any
 import pytest
 import yaml
 
+from mailgate.spec import HOST_MESSAGE
 from tests.k8s.cluster import ControlPlane, KubectlError
+from tests.unit.test_server_host import ACCEPTED as HOSTS_ACCEPTED
+from tests.unit.test_server_host import REFUSED as HOSTS_REFUSED
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
@@ -47,6 +50,9 @@ INVALID = [
     ("port-zero", _with("spec.server.port", 0), "spec.server.port"),
     ("tls-unknown", _with("spec.server.tls", "ssl"), "spec.server.tls"),
     ("host-empty", _with("spec.server.host", ""), "spec.server.host"),
+    ("host-with-space", _with("spec.server.host", "smtp example.com"), "spec.server.host"),
+    ("host-with-port", _with("spec.server.host", "smtp.example.com:587"), "spec.server.host"),
+    ("host-bracketed-ipv6", _with("spec.server.host", "[2001:db8::25]"), "spec.server.host"),
     ("server-missing", _with("spec.server", None), "spec.server"),
     ("auth-method-unknown", _with("spec.auth.method", "cram"), "spec.auth.method"),
     ("secret-ref-missing", _with("spec.auth.secretRef", None), "spec.auth.secretRef"),
@@ -111,6 +117,22 @@ def test_invalid_account_is_rejected_naming_the_field(
         _create(control_plane, namespace, obj)
     assert field in rejected.value.stderr, rejected.value.stderr
     assert control_plane.get("smtpaccount", case, namespace) is None
+
+
+def test_the_apiserver_and_the_model_agree_on_hosts(control_plane: ControlPlane, namespace: str) -> None:
+    """The CRD pattern runs in Go's RE2, the model's in Python's ``re``: both accept and refuse the same hosts."""
+    accepted = {"apiVersion": "v1", "kind": "List", "items": []}
+    for index, host in enumerate(HOSTS_ACCEPTED):
+        obj = _with("spec.server.host", host)
+        obj["metadata"] = {"name": f"host-{index}", "namespace": namespace}
+        accepted["items"].append(obj)
+    # Not _create: kubectl prints one JSON object per item of a List, not one document. Any refused item fails the call.
+    control_plane.kubectl("create", "-n", namespace, "-f", "-", "--dry-run=server", input=json.dumps(accepted))
+    for host in HOSTS_REFUSED:
+        with pytest.raises(KubectlError) as rejected:
+            _create(control_plane, namespace, _with("spec.server.host", host), "--dry-run=server")
+        assert "spec.server.host" in rejected.value.stderr, (host, rejected.value.stderr)
+        assert HOST_MESSAGE in rejected.value.stderr and "[0-9A-Fa-f]" not in rejected.value.stderr  # words, not the regex
 
 
 def test_defaults_are_applied_by_the_apiserver(control_plane: ControlPlane, namespace: str) -> None:
