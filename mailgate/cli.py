@@ -149,10 +149,20 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
         "--upstream-timeout", type=float, default=30.0, metavar="SECONDS", help="per SMTP command, connect included"
     )
     parser.add_argument(
-        "--shutdown-delay", type=float, metavar="SECONDS", help="after SIGTERM, stay up unready this long before closing"
+        "--shutdown-delay",
+        type=float,
+        metavar="SECONDS",
+        help="after SIGTERM, stay up unready this long before closing (default 0; 5 with --in-cluster; "
+        "at most a quarter of --shutdown-grace)",
     )
     parser.add_argument(
-        "--shutdown-grace", type=float, default=30.0, metavar="SECONDS", help="time in-flight requests get to finish"
+        "--shutdown-grace",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="the whole shutdown, SIGTERM to exit, fits in this (default 30): set it to the pod's "
+        "terminationGracePeriodSeconds. Work in progress finishes until shortly before its end, then what "
+        "still waits on an upstream is answered and every connection is closed",
     )
     _add_smtp_ingress_arguments(parser)
     parser.set_defaults(func=_gateway)

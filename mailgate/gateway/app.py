@@ -7,15 +7,28 @@ OpenAPI document; admin API on its own port). Callers may add routes to
 feed configuration through the admin API or ``apply_snapshot`` (standalone
 mode), and run it with ``run_until_signalled``.
 
-Shutdown, in order (``stop``), so that every accepted request gets an answer:
+Shutdown (``stop``) fits in one budget, ``shutdown_grace`` (``--shutdown-grace``;
+the Helm chart passes the pod's ``terminationGracePeriodSeconds``, so the
+kubelet never has to SIGKILL a gateway that is still answering). Every part is
+derived from it (``ShutdownPlan``), in order, so that every accepted request
+gets a true answer:
 
 1. turn unready (``/readyz`` 503) and keep serving for ``shutdown_delay``
-   seconds, while Kubernetes takes the pod out of its Service endpoints;
-2. stop accepting connections; requests in flight finish within
-   ``shutdown_grace`` seconds (aiohttp's ``AppRunner`` shutdown);
-3. on the application's cleanup, close the peer client and QUIT every
-   upstream session (``SMTPPool.close_all``);
-4. stop the admin API last, so the operator can see the pod until the end.
+   seconds (at most a quarter of the grace), while Kubernetes takes the pod
+   out of its Service endpoints;
+2. drain: stop accepting connections (HTTP and SMTP); requests and SMTP
+   transactions in progress finish on their own, until the drain's end;
+3. answer: what still waits on an upstream or a peer is answered now. The
+   pool closes: a send still queued for a connection hears "shutting down,
+   retry" (true: nothing was sent), a send in progress has its upstream
+   session aborted and is answered by the phase it reached (nothing sent,
+   or "delivery unknown" once the final dot went out); forwards in flight
+   to a peer end as "delivery unknown";
+4. close: SMTP sessions still open get ``421``, and those whose client does
+   not read it are aborted; HTTP handlers still running are cancelled; idle
+   upstream sessions QUIT;
+5. stop the admin API last, so the operator can see the pod until the end,
+   leaving a margin for the process to exit.
 
 Signals are turned into a call of ``stop`` by ``run_until_signalled`` rather
 than aiohttp's ``run_app``: two runners (two ports) and the unready-first
@@ -25,12 +38,14 @@ ordering above are not something ``run_app`` offers.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -52,6 +67,85 @@ log = logging.getLogger("mailgate.gateway")
 
 ADMIN_MAX_BODY = 64 * 1024 * 1024  # a snapshot of many accounts with CA bundles
 
+# The end of a shutdown, in seconds, for a grace of FULL_SIZE seconds or more (a shorter grace shrinks them
+# in proportion): answers after the upstream sessions are aborted come within milliseconds; closing covers a
+# QUIT (``pool.connection.QUIT_TIMEOUT``) and a client reading its last 421; the process must still exit.
+ANSWER, CLOSE, EXIT = 1.0, 2.0, 2.0
+FULL_SIZE = 20.0
+
+
+@dataclass(frozen=True)
+class ShutdownPlan:
+    """How the shutdown grace is spent, each part in seconds after SIGTERM (see the module docstring)."""
+
+    grace: float
+    unready: float  # serving while unready until then
+    drain_end: float  # work in progress finishes on its own until then
+    answer_end: float  # what still waits on an upstream is answered by then
+    close_end: float  # every connection is closed by then; the rest of the grace is for the process to exit
+
+    @classmethod
+    def of(cls, grace: float, delay: float) -> ShutdownPlan:
+        """The parts of ``grace``; ``delay`` (the unready period) is cut to a quarter of it, so the drain keeps the most."""
+        if grace < 0 or delay < 0:
+            raise ValueError("the shutdown grace and delay cannot be negative")
+        scale = min(1.0, grace / FULL_SIZE)
+        close_end = grace - EXIT * scale
+        answer_end = close_end - CLOSE * scale
+        return cls(grace, min(delay, grace / 4), answer_end - ANSWER * scale, answer_end, close_end)
+
+    def at(self, start: float) -> ShutdownPlan:
+        """The same plan with every part as an event loop time, for a shutdown that began at ``start``."""
+        return ShutdownPlan(
+            self.grace, start + self.unready, start + self.drain_end, start + self.answer_end, start + self.close_end
+        )
+
+    @property
+    def http_timeout(self) -> float:
+        """aiohttp's shutdown timeout: it waits that long for handlers, then as long again for cancelled ones."""
+        return max((self.close_end - self.answer_end) / 2, 0.01)
+
+
+class FrontDoor(Protocol):
+    """Another way in besides the HTTP API (the SMTP ingress), shut down in step with it."""
+
+    def stop_accepting(self) -> None:
+        """Take no new connection or transaction; say goodbye to idle clients."""
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait for work in progress to end, at most until ``deadline`` (loop time); True when none is left."""
+
+    async def close(self, deadline: float) -> None:
+        """Close whatever is still open, aborting by ``deadline`` what does not close by itself."""
+
+
+class InFlight:
+    """Counts the HTTP requests being handled, so a drain ends as soon as the last one is answered."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            self.count -= 1
+            if not self.count:
+                self._idle.set()
+
+    async def wait(self, deadline: float) -> bool:
+        """Until no request is in progress, at most until ``deadline`` (loop time); True when none is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), max(deadline - asyncio.get_running_loop().time(), 0))
+        return not self.count
+
 
 @dataclass
 class GatewayOptions:
@@ -65,8 +159,8 @@ class GatewayOptions:
     hostname: str = field(default_factory=socket.gethostname)  # right-hand side of generated Message-IDs
     ehlo_hostname: str | None = None  # None: aiosmtplib's default (the FQDN)
     upstream_timeout: float = 30.0  # per SMTP command, connect included
-    shutdown_delay: float = 0.0
-    shutdown_grace: float = 30.0
+    shutdown_delay: float = 0.0  # unready but serving after SIGTERM (at most a quarter of the grace)
+    shutdown_grace: float = 30.0  # the whole shutdown, SIGTERM to exit: the pod's terminationGracePeriodSeconds
     admin_tls_cert: str | None = None  # PEM certificate (chain) for the admin API; with admin_tls_key
     admin_tls_key: str | None = None
 
@@ -77,7 +171,13 @@ class Gateway:
         if self.options.admin_port is not None and not self.options.admin_token:
             raise ValueError("the admin API needs an admin token")
         self.draining = False
-        self.pool = SMTPPool(close_grace=self.options.shutdown_grace)
+        self.shutdown_plan = ShutdownPlan.of(self.options.shutdown_grace, self.options.shutdown_delay)
+        self.doors: list[FrontDoor] = []
+        self.in_flight = InFlight()
+        self._deadlines: ShutdownPlan | None = None  # the plan as loop times, once stop() began
+        self._closing_upstreams: asyncio.Task[None] | None = None
+        self._closing_doors: asyncio.Future[list[None]] | None = None  # the doors' close(), while it runs
+        self.pool = SMTPPool(close_grace=self.shutdown_plan.close_end - self.shutdown_plan.drain_end)
         self.registry = AccountRegistry(
             self.pool, command_timeout=self.options.upstream_timeout, local_hostname=self.options.ehlo_hostname
         )
@@ -96,11 +196,12 @@ class Gateway:
     # -- applications -------------------------------------------------------
 
     def _send_app(self) -> web.Application:
-        app = web.Application(middlewares=[request_context])
+        app = web.Application(middlewares=[self.in_flight.middleware, request_context])
         self.send_api.add_routes(app)
         self.probes.add_routes(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi)
+        app.on_shutdown.append(self._drain)
         app.cleanup_ctx.append(self._upstreams)
         return app
 
@@ -112,12 +213,55 @@ class Gateway:
         self.admin.add_routes(app)
         return app
 
+    def add_door(self, door: FrontDoor) -> None:
+        """Shut ``door`` down with the HTTP API, within the same deadlines (the SMTP ingress registers here)."""
+        self.doors.append(door)
+
     async def _upstreams(self, app: web.Application) -> AsyncIterator[None]:
         """The peer client and the pool live exactly as long as the send application."""
         await self.forwarder.start()
         yield
-        await self.forwarder.close()
-        await self.pool.close_all(grace=self.options.shutdown_grace)
+        plan = self._plan()
+        if self._closing_doors is not None:
+            await _finished(self._closing_doors, plan.close_end)
+        closing = self._close_upstreams()
+        if not await _finished(closing, plan.close_end):
+            log.warning("upstream sessions still closing at the end of the shutdown grace; dropping them")
+            closing.cancel()  # each QUIT task's cleanup drops its socket
+            await asyncio.wait([closing])
+
+    def _plan(self) -> ShutdownPlan:
+        if self._deadlines is None:  # the runner stopped without stop(): start the clock now
+            self._deadlines = self.shutdown_plan.at(asyncio.get_running_loop().time())
+        return self._deadlines
+
+    async def _drain(self, app: web.Application) -> None:
+        """Steps 2 to 4 of the module docstring (aiohttp runs this once the listener is closed)."""
+        plan = self._plan()
+        for door in self.doors:
+            door.stop_accepting()
+        if not await self._settled(plan.drain_end):
+            log.warning("work still in progress at the end of the drain; aborting upstream sessions to answer it")
+        self._close_upstreams()
+        await self._settled(plan.answer_end)
+        # SMTP sessions close while aiohttp shuts the HTTP connections down; _upstreams waits for both.
+        self._closing_doors = asyncio.gather(*(door.close(plan.close_end) for door in self.doors))
+
+    async def _settled(self, deadline: float) -> bool:
+        """Until no HTTP request and no SMTP session is left, at most until ``deadline``; True when none is."""
+        done = await asyncio.gather(self.in_flight.wait(deadline), *(door.drain(deadline) for door in self.doors))
+        return all(done)
+
+    def _close_upstreams(self) -> asyncio.Task[None]:
+        """Close the peer client and the pool now (once): queued sends fail, sends in progress are aborted."""
+        if self._closing_upstreams is None:
+
+            async def close() -> None:
+                await self.forwarder.close()
+                await self.pool.close_all(grace=0)
+
+            self._closing_upstreams = asyncio.get_running_loop().create_task(close(), name="close-upstreams")
+        return self._closing_upstreams
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(), headers={"Content-Type": METRICS_CONTENT_TYPE})
@@ -136,13 +280,16 @@ class Gateway:
     async def start(self) -> None:
         """Listen on both ports; ``self.port`` / ``self.admin_port`` hold the bound ports."""
         opts = self.options
-        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=opts.shutdown_grace, handle_signals=False)
+        plan = self.shutdown_plan
+        runner = web.AppRunner(self.app, access_log=None, shutdown_timeout=plan.http_timeout, handle_signals=False)
         await runner.setup()
         self._runners.append(runner)
         await web.TCPSite(runner, opts.host, opts.port, backlog=1024).start()
         self.port = _bound_port(runner)
         if self.admin_app is not None:
-            admin = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=5.0, handle_signals=False)
+            # Stopped last, in the margin left for the process to exit: an operator's push is short.
+            admin_timeout = max((plan.grace - plan.close_end) / 4, 0.01)
+            admin = web.AppRunner(self.admin_app, access_log=None, shutdown_timeout=admin_timeout, handle_signals=False)
             await admin.setup()
             self._runners.append(admin)
             await web.TCPSite(admin, opts.admin_host or opts.host, opts.admin_port, ssl_context=self._admin_tls()).start()
@@ -169,9 +316,15 @@ class Gateway:
         if self.draining and not self._runners:
             return
         self.draining = True
-        log.info("shutting down: unready now, draining for %.1fs", self.options.shutdown_delay)
-        if self.options.shutdown_delay > 0:
-            await asyncio.sleep(self.options.shutdown_delay)
+        loop = asyncio.get_running_loop()
+        plan = self.shutdown_plan
+        self._deadlines = plan.at(loop.time())
+        log.info(
+            "shutting down within %.1fs: unready for %.1fs, work in progress may finish for %.1fs more",
+            plan.grace, plan.unready, plan.drain_end - plan.unready,
+        )  # fmt: skip
+        if plan.unready > 0:
+            await asyncio.sleep(plan.unready)
         for runner in self._runners:  # send API first, admin last
             await runner.cleanup()
         self._runners.clear()
@@ -185,6 +338,14 @@ class Gateway:
     def admin_url(self) -> str:
         scheme = "https" if self.options.admin_tls_cert else "http"
         return f"{scheme}://{_url_host(self.options.admin_host or self.options.host)}:{self.admin_port}"
+
+
+async def _finished(step: asyncio.Future[Any], deadline: float) -> bool:
+    """Wait for a shutdown step until ``deadline`` (loop time); True when it is over (a failure is logged, not raised)."""
+    done, _ = await asyncio.wait([step], timeout=max(deadline - asyncio.get_running_loop().time(), 0))
+    if step in done and not step.cancelled() and step.exception() is not None:
+        log.error("a shutdown step failed", exc_info=step.exception())
+    return bool(done)
 
 
 def _bound_port(runner: web.AppRunner) -> int:

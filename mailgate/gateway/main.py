@@ -5,6 +5,8 @@ them into ``GatewayOptions`` and an ``Authenticator`` and runs the gateway
 until SIGTERM. ``--in-cluster`` picks the defaults a pod wants (listen on all
 interfaces, JSON logs, the pod name in Message-IDs, a short unready delay
 before closing the listener so the Service stops routing here first).
+``--shutdown-grace`` is the whole shutdown's budget; the Helm chart sets it to
+the pod's ``terminationGracePeriodSeconds`` (see ``app.ShutdownPlan``).
 
 Callers authenticate with their Kubernetes ServiceAccount token, checked by
 a TokenReview (the default with ``--in-cluster``, or with ``--kubeconfig``
@@ -76,6 +78,8 @@ def options(args: argparse.Namespace) -> GatewayOptions:
     host = args.host or ("0.0.0.0" if in_cluster else "127.0.0.1")
     hostname = args.hostname or (os.environ.get("POD_NAME") if in_cluster else None) or socket.gethostname()
     delay = args.shutdown_delay if args.shutdown_delay is not None else (IN_CLUSTER_SHUTDOWN_DELAY if in_cluster else 0.0)
+    if delay < 0 or args.shutdown_grace < 0:
+        raise UsageError("--shutdown-delay and --shutdown-grace cannot be negative")
     return GatewayOptions(
         host=host,
         port=args.port,

@@ -1,11 +1,13 @@
 """Run the SMTP ingress inside a ``gateway.app.Gateway``, in step with its lifecycle.
 
-Hooks into the send application's aiohttp signals instead of the gateway's
-own code: ``on_startup`` opens the SMTP listeners when the gateway starts,
-``on_shutdown`` drains them on SIGTERM. aiohttp runs ``on_shutdown`` before
-the cleanup that closes the upstream pool, so a message in flight on an SMTP
-session still reaches its upstream, and its client hears the verdict, before
-any upstream connection is closed.
+The send application's ``on_startup`` signal opens the SMTP listeners when
+the gateway starts. For shutdown the ingress is one of the gateway's front
+doors (``Gateway.add_door``): on SIGTERM the gateway closes its listeners with
+the HTTP one, lets SMTP transactions in progress finish alongside HTTP
+requests, answers what still waits on an upstream before any upstream session
+is closed, and then closes the remaining sessions, all within the one
+shutdown grace (see ``gateway.app``). A client in the middle of a message
+still hears the upstream's verdict.
 """
 
 from __future__ import annotations
@@ -28,9 +30,6 @@ def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     async def start(app: web.Application) -> None:
         await ingress.start()
 
-    async def stop(app: web.Application) -> None:
-        await ingress.stop()
-
     gateway.app.on_startup.append(start)
-    gateway.app.on_shutdown.append(stop)
+    gateway.add_door(ingress)
     return ingress

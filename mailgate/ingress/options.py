@@ -35,7 +35,9 @@ class IngressOptions:
     command_timeout: float = 60.0  # between commands; a client that stalls longer is dropped
     data_timeout: float = 300.0  # for the whole message text after DATA
     smtputf8: bool = True
-    shutdown_grace: float = 20.0  # SIGTERM: how long open transactions may take to finish
+    # IngressServer.stop() on its own: how long open transactions may take to finish. Inside a gateway the
+    # gateway's --shutdown-grace decides instead, so that one number bounds the whole shutdown.
+    shutdown_grace: float = 20.0
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -104,7 +106,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--smtp-data-timeout", type=float, default=IngressOptions.data_timeout, metavar="SECONDS")
     group.add_argument("--smtp-no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
-    group.add_argument("--smtp-shutdown-grace", type=float, default=IngressOptions.shutdown_grace, metavar="SECONDS")
 
 
 def from_args(args: argparse.Namespace) -> IngressOptions:
@@ -123,7 +124,6 @@ def from_args(args: argparse.Namespace) -> IngressOptions:
         "command_timeout": args.smtp_command_timeout,
         "data_timeout": args.smtp_data_timeout,
         "smtputf8": not args.smtp_no_smtputf8,
-        "shutdown_grace": args.smtp_shutdown_grace,
     }
     if args.smtp_hostname:
         values["hostname"] = args.smtp_hostname

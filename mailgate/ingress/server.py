@@ -6,18 +6,23 @@ API, sharing its registry, relay core and pool.
 
 - Connection limit: a client beyond ``max_connections`` gets ``421`` and is
   disconnected at once, never queued behind the others.
-- Shutdown (SIGTERM): the listeners close first; idle sessions get ``421``
-  at once; a session inside a transaction finishes it (the client hears the
-  upstream's verdict) and then gets ``421``; whatever is still open after the
-  grace period gets ``421`` anyway. Only then may the pool close.
+- Shutdown (SIGTERM), in three steps the gateway drives with its deadlines
+  (``Gateway.stop``; ``stop`` runs them alone): ``stop_accepting`` closes the
+  listeners and says ``421`` to idle sessions at once; ``drain`` lets a
+  session inside a transaction finish it (the client hears the upstream's
+  verdict, then ``421``); ``close`` says ``421`` to whatever is still open
+  and aborts, at its deadline, every connection whose client has not taken
+  that reply. No step waits on a client to read: one that pipelines commands
+  and never reads cannot hold up a shutdown, nor keep a session slot past
+  the command timeout (see ``session.IngressSMTP.hang_up``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
-import time
 
 from ..gateway.accounts import AccountRegistry
 from ..gateway.relay import Relay
@@ -28,6 +33,9 @@ from .session import DEFAULT_SIZE, Handler, IngressContext, IngressSMTP
 from .tls import CertificateFiles
 
 log = logging.getLogger("mailgate.ingress")
+
+CLOSING = 2.0  # ``stop``: after the grace, how long a client may take to read its 421 before it is aborted
+ABORTED = 1.0  # an aborted connection is gone on the next loop turn; this only bounds the wait for it
 
 # aiosmtpd logs every command line at INFO, AUTH PLAIN's base64 credentials included, and a deprecation
 # warning on every successful AUTH: the ingress logs what matters itself.
@@ -111,25 +119,55 @@ class IngressServer:
         if self._stopping and not self.sessions:
             self._closed.set()
 
-    async def stop(self, grace: float | None = None) -> None:
-        """Stop accepting, answer every open session definitively, and return when all are closed."""
+    def stop_accepting(self) -> None:
+        """Close the listeners and say ``421`` to idle sessions; sessions inside a transaction go on."""
         self._stopping = True
         for server in self._servers:
             server.close()
-        grace = self.options.shutdown_grace if grace is None else grace
-        deadline = time.monotonic() + grace
         for session in list(self.sessions):
-            session.closing = True
+            session.closing = True  # says 421 itself once its transaction is over
             if session.idle:
-                await session.goodbye()
+                session.goodbye()
+
+    async def drain(self, deadline: float) -> bool:
+        """Wait until every session has ended, or until ``deadline`` (event loop time); True when none is left."""
+        if not self.sessions:
+            return True
+        self._closed.clear()
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(self._closed.wait(), max(deadline - loop.time(), 0))
+        except TimeoutError:
+            pass
+        return not self.sessions
+
+    async def close(self, deadline: float) -> None:
+        """``421`` to every session still open, then abort at ``deadline`` those whose client did not take it."""
+        self.stop_accepting()
         if self.sessions:
-            self._closed.clear()
-            try:
-                await asyncio.wait_for(self._closed.wait(), max(deadline - time.monotonic(), 0))
-            except TimeoutError:
-                log.warning("%d SMTP session(s) still open after %.0fs; closing them", len(self.sessions), grace)
+            log.warning("%d SMTP session(s) still open at the end of the shutdown grace; closing them", len(self.sessions))
         for session in list(self.sessions):
-            await session.goodbye()
+            session.goodbye()
+        if not await self.drain(deadline):
+            log.warning("aborting %d SMTP session(s) whose client does not read", len(self.sessions))
+            for session in list(self.sessions):
+                session.abort()
+            await self.drain(asyncio.get_running_loop().time() + ABORTED)
         for server in self._servers:
-            await server.wait_closed()
+            # Since Python 3.12 this also waits for every connection, a TLS handshake in progress included.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(server.wait_closed(), ABORTED)
         self._servers.clear()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """All three steps on their own (``grace`` for transactions to finish, default the option), then return.
+
+        Returns within ``grace`` plus ``CLOSING`` seconds whatever the clients
+        do, with every session closed.
+        """
+        loop = asyncio.get_running_loop()
+        grace = self.options.shutdown_grace if grace is None else grace
+        drained = loop.time() + grace
+        self.stop_accepting()
+        await self.drain(drained)
+        await self.close(max(loop.time(), drained) + CLOSING)

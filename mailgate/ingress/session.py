@@ -21,7 +21,10 @@ addresses) and the reading of the message text (large reads, not one per line).
 
 A session also knows whether it is idle, in a command, or inside a
 transaction, so that a shutdown can say ``421`` to idle clients at once and
-let a transaction in progress finish with a definitive answer first.
+let a transaction in progress finish with a definitive answer first. Its
+last words (``421`` at a timeout or a shutdown) never wait for the client to
+read them (``hang_up``): a client that pipelines commands and never reads
+blocks its session in a write, and only an abort ends that.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ import ssl
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, syntax
 
 from ..gateway.accounts import Account
 from ..gateway.auth import AccountRef, Identity
 from ..gateway.logs import request_id_var
-from ..gateway.message import OutgoingMessage
+from ..gateway.message import MessageError, OutgoingMessage
 from ..gateway.relay import Reason, Refused, Relay
 from . import replies
 from .clients import ClientAuthenticator
@@ -61,6 +65,11 @@ _PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>")
 DEFAULT_SIZE = 26214400  # advertised when no account is configured yet (the spec's default limit)
 REROUTES = 3  # attempts when the chosen account is removed before the message reaches an upstream
 AUTH_ATTEMPTS = 5  # per session; then 421 and the connection closes
+# How long a connection being closed may take to deliver its last reply before it is aborted: a client
+# that does not read would otherwise keep it (its slot, its buffers, a shutdown) forever.
+LINGER = 5.0
+# C0, DEL and C1 controls, and the surrogate escapes of undecodable bytes: never valid in a MAIL or RCPT path.
+_PATH_UNUSABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
 MAIL_LINE_LIMIT = 512 + 26 + 10  # room for SIZE= (RFC 1870) and SMTPUTF8 (RFC 6531)
 
 
@@ -136,6 +145,7 @@ class IngressSMTP(SMTP):
         self.transaction: Transaction | None = None
         self.closing = False
         self._busy = False
+        self._linger: asyncio.TimerHandle | None = None  # aborts a connection whose close does not finish
         self._on_open = on_open
         self._on_close = on_close
         self._smtp_methods = {name: self._tracked(method) for name, method in self._smtp_methods.items()}
@@ -169,6 +179,8 @@ class IngressSMTP(SMTP):
 
     def connection_lost(self, error: Exception | None) -> None:
         super().connection_lost(error)
+        if self._linger is not None:
+            self._linger.cancel()
         self._on_close(self)
 
     def _set_post_data_state(self) -> None:
@@ -178,10 +190,24 @@ class IngressSMTP(SMTP):
         self.data_size_limit = None
 
     def _timeout_cb(self) -> None:
-        """A stalled client is told why before the connection closes (RFC 5321 4.2.2 allows 421 at any time)."""
-        if self.transport is not None and not self.transport.is_closing():
-            self._writer.write(f"421 4.4.2 {self.hostname} Error: timeout exceeded\r\n".encode("ascii"))
-        super()._timeout_cb()
+        """The client said nothing for the whole command (or DATA) timeout: drop it.
+
+        A client that merely stalled is told why first (RFC 5321 4.2.2 allows
+        ``421`` at any time). One that has not even read the replies already
+        waiting for it (it pipelined commands and never reads) is aborted at
+        once: its session is stuck writing, and a polite close would wait
+        for a flush that never comes, keeping the session's slot, its buffers
+        and any shutdown waiting for it.
+        """
+        transport = cast(asyncio.Transport | None, self.transport)
+        if transport is None:
+            return
+        if transport.is_closing() or transport.get_write_buffer_size() > 0:
+            log.info("SMTP client %s did not read its replies within the timeout; connection aborted", self.peer_ip)
+            self.abort()
+            return
+        log.info("SMTP client %s timed out", self.peer_ip)
+        self.hang_up(f"421 4.4.2 {self.hostname} Error: timeout exceeded")
 
     def _tracked(self, method: Callable[[str | None], Awaitable[None]]) -> Callable[[str | None], Awaitable[None]]:
         @functools.wraps(method)  # keeps aiosmtpd's @syntax attributes, which HELP reads
@@ -192,20 +218,33 @@ class IngressSMTP(SMTP):
             finally:
                 self._busy = False
             if self.closing and self.transaction is None:
-                await self.goodbye()
+                self.goodbye()
 
         return run
 
-    async def goodbye(self) -> None:
+    def goodbye(self) -> None:
         """``421`` and close: the client knows nothing more will be accepted on this connection."""
-        transport = self.transport
+        self.hang_up(f"421 4.3.2 {self.hostname} Service shutting down, try again later")
+
+    def hang_up(self, last_reply: str) -> None:
+        """Write a last reply and close, without waiting for the client to read it.
+
+        Never awaits a flush: a client that does not read must not hold up the
+        caller (a shutdown goes through every session). The close lets a
+        reading client get the reply; one that still has not taken it after
+        ``LINGER`` seconds is aborted.
+        """
+        transport = cast(asyncio.Transport | None, self.transport)
         if transport is None or transport.is_closing():
             return
-        try:
-            await self.push(f"421 4.3.2 {self.hostname} Service shutting down, try again later")
-        except (ConnectionError, RuntimeError):
-            pass
+        transport.write(last_reply.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") + b"\r\n")
         transport.close()
+        self._linger = self.loop.call_later(LINGER, self.abort)
+
+    def abort(self) -> None:
+        """Drop the connection now, unsent replies and all; ``connection_lost`` follows on the next loop turn."""
+        if self.transport is not None:
+            cast(asyncio.Transport, self.transport).abort()
 
     # -- commands with policy -------------------------------------------------------
 
@@ -383,6 +422,9 @@ class Handler:
         """Refuse early what would be refused anyway, before the client sends the message."""
         if server.login() is None and not server.trusted:
             return "530 5.7.0 Authentication required"
+        unusable = _unusable_address(address)
+        if unusable is not None:
+            return f"553 5.1.7 The sender address {unusable}"
         if not envelope.smtp_utf8 and not address.isascii():
             return "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter"
         account = self._account_for(server, address)
@@ -403,6 +445,9 @@ class Handler:
     ) -> str:
         if len(envelope.rcpt_tos) >= self.context.options.max_recipients:
             return f"452 4.5.3 Too many recipients (at most {self.context.options.max_recipients} per message)"
+        unusable = _unusable_address(address)
+        if unusable is not None:
+            return f"553 5.1.3 The recipient address {unusable}"
         if not envelope.smtp_utf8 and not address.isascii():
             return "553 5.6.7 A non-ASCII address needs the SMTPUTF8 parameter"
         envelope.rcpt_tos.append(address)
@@ -425,13 +470,27 @@ class Handler:
             extended=session.extended_smtp, tls=server.tls_active, authenticated=login is not None, smtputf8=smtputf8
         )
         received = received_header(
-            helo=session.host_name or "", peer_ip=server.peer_ip, hostname=server.hostname,
-            protocol=protocol, message_id=transaction.id,
+            helo=session.host_name or "",
+            peer_ip=server.peer_ip,
+            hostname=server.hostname,
+            protocol=protocol,
+            message_id=transaction.id,
         )
-        message = build_message(
-            sender=envelope.mail_from, recipients=envelope.rcpt_tos, data=envelope.original_content or b"",
-            received=received, smtputf8=smtputf8, fallback_id=transaction.id,
-        )
+        try:
+            message = build_message(
+                sender=envelope.mail_from,
+                recipients=envelope.rcpt_tos,
+                data=envelope.original_content or b"",
+                received=received,
+                smtputf8=smtputf8,
+                fallback_id=transaction.id,
+            )
+        except MessageError as exc:  # a header section the gateway cannot check as the upstream would read it
+            where = "" if exc.field == "body" else exc.field.removeprefix("headers.") + ": "
+            answer = replies.reply(550, "5.6.0", f"header section refused: {where}{exc.detail}")
+            self.context.relay.record(login.account if login is not None else "-", "invalid-request")
+            log.info("SMTP message %s from %s refused: %s", transaction.id, envelope.mail_from, answer.lines[0])
+            return str(answer)
         if server._timeout_handle is not None:
             server._timeout_handle.cancel()  # the client waits for us now, not the other way round
         token = request_id_var.set(transaction.id)
@@ -442,7 +501,12 @@ class Handler:
             server._reset_timeout()
         log.info(
             "SMTP message %s from %s via %s to %d recipient(s): %s %s",
-            transaction.id, envelope.mail_from, via, len(envelope.rcpt_tos), answer.code, answer.status,
+            transaction.id,
+            envelope.mail_from,
+            via,
+            len(envelope.rcpt_tos),
+            answer.code,
+            answer.status,
         )
         return str(answer)
 
@@ -475,10 +539,27 @@ def _only(key: str) -> Callable[[AccountRef], bool]:
     return lambda ref: ref.key == key
 
 
+def _unusable_address(address: str) -> str | None:
+    """Why a MAIL or RCPT path cannot be relayed, or ``None``.
+
+    RFC 5321 allows no control character in a path, not even quoted (its
+    quoted strings hold printable characters only), and the upstream
+    client refuses to send one: caught only at DATA, it failed the message
+    with a 451 forever. Undecodable bytes (kept as surrogate escapes) cannot
+    be encoded for the upstream either.
+    """
+    bad = _PATH_UNUSABLE.search(address)
+    if bad is None:
+        return None
+    char = bad.group()
+    if "\ud800" <= char <= "\udfff":
+        return "is not valid UTF-8"
+    return f"holds the control character U+{ord(char):04X}"
+
+
 def _declared_size(options: list[str]) -> int | None:
     for option in options:
         name, _, value = option.partition("=")
         if name.upper() == "SIZE" and value.isdigit():
             return int(value)
     return None
-

@@ -346,5 +346,6 @@ def _data_payload(message: bytes) -> bytes:
 def _abort(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None) -> None:
     """Reset aiosmtplib's state and drop the socket without a TLS shutdown handshake."""
     smtp.close()
-    if isinstance(transport, asyncio.WriteTransport):
-        transport.abort()
+    abort = getattr(transport, "abort", None)  # uvloop's transports have it but are not asyncio.WriteTransport
+    if abort is not None:
+        abort()
