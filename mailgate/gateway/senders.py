@@ -1,4 +1,4 @@
-"""Sender patterns: which From addresses an account may send as, and which account a sender routes to.
+"""Sender patterns: which originator addresses an account may send as, and which account a sender routes to.
 
 Patterns come from ``spec.senders`` (validated by ``spec.SENDER_PATTERN``):
 
@@ -13,18 +13,22 @@ a later SMTP front door asks "which account serves this sender", and both
 answers come from the same ranking here.
 
 Addresses compare case-insensitively (local parts too: providers treat them
-so, and a case trick must not slip past a sender check), and international
-domains compare in their ASCII (punycode) form, whichever form the pattern
-or the address uses.
+so, and a case trick must not slip past a sender check), quoted local parts
+compare unquoted (``"app"@x`` is ``app@x``), and international domains
+compare in their ASCII (punycode) form, whichever form the pattern or the
+address uses.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
 
 import idna
+
+_QUOTED_PAIR = re.compile(r"\\(.)")
 
 
 class Specificity(IntEnum):
@@ -46,9 +50,16 @@ def _ascii_domain(domain: str) -> str:
 
 
 def _canonical(address: str) -> tuple[str, str] | None:
+    """(local part, ASCII domain), case folded; ``"app"@x`` is ``app@x`` (RFC 5321 4.1.2: the same mailbox).
+
+    A quoted local part is unquoted, so that header readers that keep the
+    quotes and readers that drop them get the same answer from a pattern.
+    """
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         return None
+    if len(local) >= 2 and local[0] == local[-1] == '"':
+        local = _QUOTED_PAIR.sub(r"\1", local[1:-1])
     return local.lower(), _ascii_domain(domain)
 
 

@@ -10,8 +10,9 @@ from email.utils import getaddresses
 import pytest
 from aiosmtpd.smtp import SMTP
 
+from mailgate.gateway.message import field_addresses
 from mailgate.gateway.relay import Reason, Refused, RetryLater, Sent
-from mailgate.ingress.envelope import _addresses, build_message, protocol_name, received_header
+from mailgate.ingress.envelope import build_message, protocol_name, received_header
 from mailgate.ingress.options import IngressOptions, add_arguments, from_args
 from mailgate.ingress.replies import for_outcome
 from mailgate.ingress.session import IngressSMTP
@@ -164,7 +165,7 @@ def test_the_fast_path_parse_of_mail_and_rcpt_agrees_with_aiosmtpd(arg: str) -> 
     ],
 )
 def test_the_fast_path_for_from_agrees_with_the_email_package(value: str) -> None:
-    assert _addresses(value) == [address for _, address in getaddresses([value]) if address]
+    assert field_addresses("From", f"From: {value}\r\n".encode()) == [a for _, a in getaddresses([value]) if a]
 
 
 def test_partial_delivery_is_a_5xx_even_when_the_refusal_was_temporary() -> None:
