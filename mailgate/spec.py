@@ -261,8 +261,8 @@ class SmtpAccountSpec(_Model):
     senders: list[SenderPattern] = Field(
         default_factory=list,
         max_length=256,
-        description="Allowed envelope and header From addresses: local@domain, *@domain or *@*.domain. "
-        "Empty: any sender.",
+        description="Allowed envelope senders and originator header addresses (From, Sender, Resent-From, "
+        "Resent-Sender): local@domain, *@domain or *@*.domain. Empty: any sender.",
     )
     access: AccessSpec = Field(default=AccessSpec(), description="Callers allowed to use this account.")
     max_message_bytes: int = Field(
