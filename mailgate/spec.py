@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 from enum import Enum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
@@ -269,6 +269,24 @@ class SmtpAccountSpec(_Model):
         default=26214400, ge=1024, le=157286400, description="Largest message accepted, in bytes (413 above)."
     )
     suspend: bool = Field(default=False, description="Stop sending through this account; requests get 503.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _absent_sections_are_empty(cls, data: Any) -> Any:
+        """An absent section becomes ``{}``, which validates to the same default as the model's.
+
+        Why: pydantic deep-copies a mutable default on every validation, and
+        that copy was most of the cost of validating 10,000 accounts (a
+        snapshot push, ``mailgate serve``); building the default from ``{}`` is
+        several times cheaper. The schema's defaults (and so the CRD's) stay.
+        """
+        if not isinstance(data, dict):
+            return data
+        absent: dict[str, dict[str, Any]] = {alias: {} for name, alias in _SECTIONS if alias not in data and name not in data}
+        return {**data, **absent} if absent else data
+
+
+_SECTIONS = [(name, to_camel(name)) for name in ("auth", "pool", "rate_limit", "access")]
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]

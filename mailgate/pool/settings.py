@@ -75,8 +75,10 @@ class AccountSettings:
     local_hostname: str | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "tls", TLSMode(self.tls))
-        object.__setattr__(self, "auth", AuthMethod(self.auth))
+        if not isinstance(self.tls, TLSMode):  # an Enum call is slow; the registry passes members already
+            object.__setattr__(self, "tls", TLSMode(self.tls))
+        if not isinstance(self.auth, AuthMethod):
+            object.__setattr__(self, "auth", AuthMethod(self.auth))
         if self.auth is AuthMethod.LOGIN and (self.username is None or self.password is None):
             raise ValueError("auth method 'login' needs a username and a password")
         if self.auth is AuthMethod.XOAUTH2 and (self.username is None or self.token is None):

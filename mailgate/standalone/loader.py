@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..gcpause import collection_paused
 from ..passwords import hash_password
 from ..snapshot import AccountConfig, ConfigSnapshot, Credentials, SmtpClientCredential
 from ..spec import AuthMethod, SmtpAccount
@@ -78,15 +79,21 @@ def load_snapshot(paths: Iterable[str | Path], revision: int = 1) -> ConfigSnaps
     problems: list[str] = []
     accounts: dict[str, tuple[_Origin, SmtpAccount]] = {}
     secrets: dict[str, _Secret] = {}
-    for path in paths:
-        for origin, document in _documents(Path(path), problems):
-            _classify(origin, document, accounts, secrets, problems)
-    configs = [_resolve(origin, account, secrets, problems) for origin, account in accounts.values()]
+    with collection_paused():  # thousands of accounts: no cycle collections while they are built
+        for path in paths:
+            for origin, document in _documents(Path(path), problems):
+                _classify(origin, document, accounts, secrets, problems)
+        configs = [_resolve(origin, account, secrets, problems) for origin, account in accounts.values()]
     _check_unique_logins(accounts, configs, problems)
     if problems:
         raise ConfigError(problems)
     configs.sort(key=lambda config: config.key)
     return ConfigSnapshot(revision=revision, accounts=configs)
+
+
+# libyaml's safe loader parses ~10x faster than the pure-Python one (10,000 accounts: seconds, not a
+# minute); the same safe constructors, the same marked errors. PyYAML wheels ship it; fall back if not.
+_SAFE_LOADER: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def _documents(path: Path, problems: list[str]) -> Iterator[tuple[_Origin, Any]]:
@@ -98,7 +105,7 @@ def _documents(path: Path, problems: list[str]) -> Iterator[tuple[_Origin, Any]]
         return
     index = 0
     try:
-        for document in yaml.safe_load_all(text):
+        for document in yaml.load_all(text, Loader=_SAFE_LOADER):
             index += 1
             if document is None:
                 continue
