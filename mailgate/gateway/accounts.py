@@ -29,6 +29,7 @@ import ssl
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..gcpause import collection_paused
 from ..pool import AccountSettings, AuthMethod, PoolLimits, SMTPPool, TLSMode
 from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
 from .auth import AccountRef
@@ -199,11 +200,12 @@ class AccountRegistry:
             raise RevisionConflict(self.revision, snapshot.revision)
         if self.received and snapshot.revision == self.revision:
             return False
-        plan = self._build_all(snapshot.accounts)  # raises before anything live changes
-        for key in set(self._accounts) - set(plan.accounts):
-            self._remove(key)
-        for account in plan.accounts.values():
-            self._install(account)
+        with collection_paused():  # every path to here (admin API, standalone start and reload) builds thousands
+            plan = self._build_all(snapshot.accounts)  # raises before anything live changes
+            for key in set(self._accounts) - set(plan.accounts):
+                self._remove(key)
+            for account in plan.accounts.values():
+                self._install(account)
         self.revision = snapshot.revision
         self.received = True
         self._reindex()
@@ -212,9 +214,10 @@ class AccountRegistry:
     def put_account(self, config: AccountConfig, revision: int) -> None:
         self._check_newer(revision)
         plan = self._build_all([config])  # raises before anything live changes
-        self._install(plan.accounts[config.key])
+        account = plan.accounts[config.key]
+        self._install(account)
         self.revision = revision
-        self._reindex()
+        self._index.update(account.key, account.senders)  # one account: not a rebuild over all of them
 
     def delete_account(self, key: str, revision: int) -> bool:
         """``False`` when the account is unknown (nothing changes, the revision included)."""
@@ -223,7 +226,7 @@ class AccountRegistry:
             return False
         self._remove(key)
         self.revision = revision
-        self._reindex()
+        self._index.update(key, None)
         return True
 
     def _check_newer(self, revision: int) -> None:

@@ -118,6 +118,13 @@ class SenderIndex:
     def __init__(self, matchers: dict[str, SenderMatcher]) -> None:
         self._matchers = {key: m for key, m in matchers.items() if m.patterns}
 
+    def update(self, key: str, matcher: SenderMatcher | None) -> None:
+        """One account's patterns changed (``None``: it is gone): a change costs one entry, not a rebuild."""
+        if matcher is None or not matcher.patterns:
+            self._matchers.pop(key, None)
+        else:
+            self._matchers[key] = matcher
+
     def route(self, address: str) -> list[str]:
         """Account keys whose best match is the most specific one; more than one means a conflict."""
         ranked = [(rank, key) for key, m in self._matchers.items() if (rank := m.best(address)) is not None]

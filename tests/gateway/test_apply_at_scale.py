@@ -10,6 +10,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.gateway.accounts import AccountRegistry
+from mailgate.gateway.senders import SenderIndex
+from mailgate.pool import SMTPPool
+from mailgate.snapshot import AccountConfig
 from tests.gateway.conftest import GatewayHandle, account
 from tests.smtp_servers import TestCA, Upstream
 
@@ -87,3 +94,36 @@ async def test_a_rotated_ca_reaches_new_sessions_only(gw: GatewayHandle, upstrea
     sessions = up.counters.sessions_total
     await send_through(gw, 1, up)
     assert up.counters.sessions_total == sessions + 1, "the new CA bundle must be used by a new session"
+
+
+SENDER_CHOICES = ["*@a.example", "*@*.a.example", "app@a.example", "*@b.example", "ops@b.example", "*@*.example.org"]
+ADDRESSES = ["app@a.example", "x@a.example", "x@mx.a.example", "ops@b.example", "y@b.example", "z@c.example.org", "q@c.test"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 5), st.none() | st.lists(st.sampled_from(SENDER_CHOICES), max_size=3, unique=True)),
+        min_size=1,
+        max_size=25,
+    )
+)
+def test_routing_after_single_account_changes_equals_a_full_rebuild(
+    changes: list[tuple[int, list[str] | None]],
+) -> None:
+    """put/delete update the sender index in place; what it routes must be what a rebuild would route."""
+    registry = AccountRegistry(SMTPPool())
+    revision = 0
+    for index, senders in changes:
+        revision += 1
+        key = f"shop/acct-{index:02d}"
+        if senders is None:
+            registry.delete_account(key, revision)
+        else:
+            config = AccountConfig.model_validate(account(None, name=f"acct-{index:02d}", senders=senders))
+            registry.put_account(config, revision)
+        rebuilt = SenderIndex({k: a.senders for k, a in registry.accounts().items()})
+        for address in ADDRESSES:
+            assert registry.route(address) == rebuilt.route(address), (address, changes)
+        for k in registry.accounts():
+            assert registry.sender_conflicts(k) == rebuilt.conflicts(k)
