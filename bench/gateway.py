@@ -42,7 +42,7 @@ from typing import Any
 
 import aiosmtplib
 
-from bench.common import LOOPBACK, REPO, format_table, free_port, latency_ms, smtp_sink, wait_listening
+from bench.common import LOOPBACK, REPO, format_table, free_port, latency_ms, smtp_sink, stop_process, wait_listening
 from mailgate.gateway.message import SendRequest, build_message
 
 CONNECTIONS = 4
@@ -154,12 +154,7 @@ def gateway_process(sink_port: int) -> Iterator[str]:
             assert answer.status == 200
         yield f"http://{LOOPBACK}:{port}"
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         if process.stderr is not None:
             errors = process.stderr.read().decode().strip()
             process.stderr.close()

@@ -83,7 +83,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOOPBACK, REPO, format_table, free_port, wait_listening
+from bench.common import LOOPBACK, REPO, format_table, free_port, stop_process, wait_listening
 
 NAMESPACE = "bench"
 ADMIN_TOKEN = "bench-scale-admin-token"
@@ -164,12 +164,7 @@ def running(command: list[str], what: str, env: dict[str, str] | None = None) ->
     try:
         yield process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
         reader.join(5)
         text = errors.getvalue().decode(errors="replace").strip()
         if text:
