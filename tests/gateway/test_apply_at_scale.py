@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailgate.gateway.accounts import AccountRegistry
-from mailgate.gateway.senders import SenderIndex
+from mailgate.gateway.senders import SenderIndex, SenderMatcher
 from mailgate.pool import SMTPPool
 from mailgate.snapshot import AccountConfig
 from tests.gateway.conftest import GatewayHandle, account
@@ -127,3 +127,26 @@ def test_routing_after_single_account_changes_equals_a_full_rebuild(
             assert registry.route(address) == rebuilt.route(address), (address, changes)
         for k in registry.accounts():
             assert registry.sender_conflicts(k) == rebuilt.conflicts(k)
+
+
+LABELS = st.sampled_from(["a", "b", "mx", "example", "org", "xn--bcher-kva"])
+DOMAINS = st.lists(LABELS, min_size=1, max_size=4).map(".".join)
+PATTERNS = st.one_of(
+    st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["app", "ops", "APP"]), DOMAINS),
+    DOMAINS.map(lambda domain: f"*@{domain}"),
+    DOMAINS.map(lambda domain: f"*@*.{domain}"),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from([f"ns/a{i}" for i in range(8)]), st.lists(PATTERNS, max_size=3), max_size=8),
+    st.builds(lambda local, domain: f"{local}@{domain}", st.sampled_from(["app", "Ops", "x"]), DOMAINS),
+)
+def test_routing_through_the_domain_index_equals_scanning_every_account(
+    senders: dict[str, list[str]], address: str
+) -> None:
+    matchers = {key: SenderMatcher(patterns) for key, patterns in senders.items()}
+    ranked = [(rank, key) for key, m in matchers.items() if m.patterns and (rank := m.best(address)) is not None]
+    top = max((rank for rank, _ in ranked), default=None)
+    assert SenderIndex(matchers).route(address) == sorted(key for rank, key in ranked if rank == top)
