@@ -24,6 +24,7 @@ import kopf
 from ..spec import GROUP, PLURAL, VERSION
 from .credentials import SecretLookup, SecretValues, secret_values
 from .engine import CredentialChange, Engine, InvalidSpec
+from .login import BoundedLogin
 from .metrics import OperatorMetrics
 
 FINALIZER = "mailgate.dev/operator"
@@ -50,9 +51,10 @@ def operator_settings() -> kopf.OperatorSettings:
     return settings
 
 
-def build_registry() -> kopf.OperatorRegistry:
+def build_registry(login: BoundedLogin) -> kopf.OperatorRegistry:
+    """``login`` makes kopf's apiserver session; its owner closes it once kopf has returned."""
     registry = kopf.OperatorRegistry()
-    kopf.on.login(registry=registry)(kopf.login_via_async_client)
+    kopf.on.login(registry=registry, id="login")(login.login)
     kopf.index("v1", "secrets", id="secret_values", registry=registry)(_handler(index_secret))
     kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(_handler(reconcile))
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(_handler(reconcile))

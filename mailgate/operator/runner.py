@@ -32,6 +32,7 @@ from .admin import AdminClient
 from .engine import Engine
 from .handlers import build_registry, operator_settings
 from .leader import LeaseElector
+from .login import BoundedLogin
 from .metrics import OperatorMetrics, metrics_app, serve, standby_health_app
 from .pods import PodWatcher
 from .status import StatusWriter
@@ -144,9 +145,10 @@ async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: Operat
             await asyncio.gather(*background, return_exceptions=True)
             await engine.close()
 
+        login = BoundedLogin(len(options.namespaces))
         try:
             await kopf.operator(
-                registry=build_registry(),
+                registry=build_registry(login),
                 settings=operator_settings(),
                 standalone=True,
                 clusterwide=not options.namespaces,
@@ -157,6 +159,7 @@ async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: Operat
             )
         finally:
             await shutdown()  # again, in case kopf failed before its cleanup handlers
+            await login.close()
             if elector is not None and not lost:
                 await elector.release()
     return 1 if lost else 0
