@@ -104,13 +104,19 @@ def listening_process(command: list[str], what: str, stop_timeout: float = 5.0) 
         _stop(process, stop_timeout)
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within ``timeout``: a benchmark never leaves a server behind."""
     process.terminate()
     try:
         process.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """Stop a server whose pipes this module owns, and close them."""
+    stop_process(process, timeout)
     for stream in (process.stdout, process.stderr):
         if stream is not None:
             stream.close()
@@ -272,13 +278,3 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
-
-
-def stop_process(process: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
-    """SIGTERM, and SIGKILL if it has not exited within ``timeout``: a benchmark never leaves a server behind."""
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
