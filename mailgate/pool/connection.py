@@ -209,6 +209,10 @@ class UpstreamSession:
         except (TimeoutError, aiosmtplib.SMTPException, OSError):
             pass
 
+    def abort_socket(self) -> None:
+        """Drop the socket now, without QUIT: a command the owner waits on fails at once, with its phase."""
+        _abort_transport(self.smtp.transport)
+
     async def aclose(self) -> None:
         """QUIT politely with a short deadline, then drop the transport whatever happened.
 
@@ -346,6 +350,10 @@ def _data_payload(message: bytes) -> bytes:
 def _abort(smtp: aiosmtplib.SMTP, transport: asyncio.BaseTransport | None) -> None:
     """Reset aiosmtplib's state and drop the socket without a TLS shutdown handshake."""
     smtp.close()
+    _abort_transport(transport)
+
+
+def _abort_transport(transport: asyncio.BaseTransport | None) -> None:
     abort = getattr(transport, "abort", None)  # uvloop's transports have it but are not asyncio.WriteTransport
     if abort is not None:
         abort()

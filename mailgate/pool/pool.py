@@ -30,7 +30,7 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any
 
 import aiosmtplib
 
@@ -637,9 +637,7 @@ class SMTPPool:
                 self._count_close(pool, CloseReason.SHUTDOWN)
                 # Its owner waits on the upstream, and a QUIT would queue behind that command: abort the
                 # socket, so the owner's send fails now, with the phase it reached, and can be answered.
-                transport = conn.smtp.transport
-                if transport is not None:  # not isinstance(asyncio.WriteTransport): uvloop's transports are not
-                    cast(asyncio.WriteTransport, transport).abort()
+                conn.abort_socket()
                 self._spawn_close(conn, pool)
         if self._closing_tasks:
             await asyncio.gather(*self._closing_tasks, return_exceptions=True)
