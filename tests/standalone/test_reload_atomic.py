@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -49,21 +48,6 @@ spec:
   senders: ["*@{sender_domain}"]
 ---
 """
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator:
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        process = start_serve(tmp_path, *args, name=f"serve{len(started)}")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-        assert SENTINEL not in process.output()
 
 
 async def post(session: aiohttp.ClientSession, url: str, account: str, sender: str) -> int:

@@ -10,35 +10,15 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from mailgate.standalone.apikeys import generate_key, hash_key
-from tests.standalone.support import MESSAGE, SENTINEL, ServeProcess, account_yaml, start_serve, write_atomically
+from tests.standalone.support import MESSAGE, SENTINEL, account_yaml, write_atomically
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def serve(tmp_path: Path) -> Iterator:
-    started: list[ServeProcess] = []
-
-    def start(*args: str) -> ServeProcess:
-        process = start_serve(tmp_path, *args, name=f"serve{len(started)}")
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        running = process.process.poll() is None
-        code = process.stop()
-        output = process.output()
-        assert SENTINEL not in output
-        if running:
-            assert code == 0, output  # SIGTERM is a clean shutdown
 
 
 def keys_yaml(*entries: tuple[str, str, list[str]]) -> str:
