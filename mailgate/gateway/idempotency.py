@@ -32,6 +32,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 
+from .problems import CONTENT_TYPE as PROBLEM_CONTENT_TYPE
+
 FIXABLE_CHECKS = frozenset({401, 403, 404})
 MAX_KEY_LENGTH = 255
 
@@ -58,7 +60,7 @@ class StoredResponse:
 
 def _says_retry(content_type: str, body: bytes) -> bool:
     """A problem body with ``retryable: true``; an error without one (a proxy's HTML page) is kept, to be safe."""
-    if content_type != "application/problem+json":
+    if content_type != PROBLEM_CONTENT_TYPE:
         return False
     try:
         document = json.loads(body)
