@@ -30,7 +30,7 @@ class BoundedLogin:
 
     def __init__(self, namespaces: int) -> None:
         self.limit = REQUESTS_IN_FLIGHT + WATCHES_PER_NAMESPACE * max(namespaces, 1)
-        self._sessions: list[aiohttp.ClientSession] = []
+        self._session: aiohttp.ClientSession | None = None
         self._closing: set[asyncio.Task[None]] = set()
 
     async def login(self, **kwargs: Any) -> kopf.AiohttpSession | None:
@@ -44,11 +44,11 @@ class BoundedLogin:
             proxy=info.proxy_url,
             trust_env=info.trust_env,
         )
-        for old in self._sessions:  # kopf logs in again when a token expires: retire the old session
-            task = asyncio.get_running_loop().create_task(_close_later(old, OLD_SESSION_GRACE))
+        if self._session is not None:  # kopf logs in again when a token expires: retire the old session
+            task = asyncio.get_running_loop().create_task(_close_later(self._session, OLD_SESSION_GRACE))
             self._closing.add(task)
             task.add_done_callback(self._closing.discard)
-        self._sessions = [session]
+        self._session = session
         return kopf.AiohttpSession(
             server=info.server,
             default_namespace=info.default_namespace,
@@ -58,11 +58,12 @@ class BoundedLogin:
         )
 
     async def close(self) -> None:
-        for task in list(self._closing):
+        for task in list(self._closing):  # retired sessions close now, not after their grace
             task.cancel()
-        for session in self._sessions:
-            await session.close()
-        self._sessions = []
+        await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
