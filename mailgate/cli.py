@@ -200,6 +200,10 @@ def _add_operator(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--metrics-port", type=int, default=9090, help="Prometheus /metrics (default 9090)")
     parser.add_argument("--bind-address", default="0.0.0.0", help="address of the health and metrics servers")
     parser.add_argument(
+        "--advertise-address",
+        help="address gateways reach this replica at, for OAuth2 token refreshes after a 535 (default: $POD_IP)",
+    )
+    parser.add_argument(
         "--resync-seconds", type=float, default=30.0, help="read every gateway's status this often and repair drift"
     )
     replicas = parser.add_mutually_exclusive_group(required=True)

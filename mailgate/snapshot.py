@@ -17,15 +17,34 @@ from .spec import DNS_LABEL_PATTERN, SmtpAccountSpec, _Model
 
 
 class Credentials(_Model):
-    """Resolved upstream credentials (from the account's Secret)."""
+    """Resolved upstream credentials (from the account's Secret).
+
+    For ``auth.method: oauth2`` one of two forms: ``token`` with
+    ``tokenExpiresAt`` (an access token the operator obtained; the gateway never
+    sees the long-lived credential), or ``oauth2Secret`` (the long-lived
+    credential itself, as standalone mode loads it: the gateway then obtains
+    its tokens itself).
+    """
 
     username: str | None = None
     password: SecretStr | None = None
     token: SecretStr | None = None
+    token_expires_at: float | None = Field(default=None, description="When ``token`` expires, in Unix seconds.")
+    token_refresh_url: str | None = Field(
+        default=None, description="Where the gateway asks for a new token when the upstream refuses this one (535)."
+    )
+    oauth2_secret: dict[str, SecretStr] | None = Field(
+        default=None,
+        description="The long-lived OAuth2 credential's Secret keys (clientSecret, tls.key, tls.crt, serviceAccountKey).",
+    )
 
     @field_serializer("password", "token", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
+
+    @field_serializer("oauth2_secret", when_used="json")
+    def _reveal_all(self, values: dict[str, SecretStr] | None) -> dict[str, str] | None:
+        return {key: value.get_secret_value() for key, value in values.items()} if values is not None else None
 
 
 class SmtpClientCredential(_Model):

@@ -90,7 +90,20 @@ class TLSMode(str, Enum):
 class AuthMethod(str, Enum):
     login = "login"
     xoauth2 = "xoauth2"
+    oauth2 = "oauth2"
     none = "none"
+
+
+class OAuth2Provider(str, Enum):
+    microsoft = "microsoft"
+    google = "google"
+    generic = "generic"
+
+
+class OAuth2ClientAuthentication(str, Enum):
+    client_secret_basic = "clientSecretBasic"
+    client_secret_post = "clientSecretPost"
+    certificate = "certificate"
 
 
 class ServerSpec(_Model):
@@ -139,6 +152,102 @@ class SecretRef(_Model):
     name: str = Field(min_length=1, max_length=253, description="Name of the Secret in the account's namespace.")
 
 
+# https only, except on loopback (a token endpoint run beside the gateway, as in tests).
+TOKEN_URL_PATTERN = r"^(https://[^\s/?#@]+|http://(127\.[0-9.]+|localhost|\[::1\])(:[0-9]+)?)(/[^\s#]*)?$"
+MAILBOX_PATTERN = r"^[^@\s]+@[^@\s.]+(\.[^@\s.]+)+$"
+
+# (rule, message, fieldPath) for the CEL validations of OAuth2Spec; _check_oauth2 applies the same in standalone mode.
+_OAUTH2_RULES = [
+    (
+        "self.provider != 'microsoft' || has(self.tenantId) || has(self.tokenUrl)",
+        "tenantId is required for provider microsoft (or set tokenUrl)",
+        ".tenantId",
+    ),
+    ("self.provider == 'google' || has(self.clientId)", "clientId is required for providers microsoft and generic", ".clientId"),
+    ("self.provider != 'generic' || has(self.tokenUrl)", "tokenUrl is required for provider generic", ".tokenUrl"),
+    (
+        "self.provider != 'google' || !has(self.clientId) && !has(self.clientAuthentication)",
+        "provider google takes its identity from the Secret's serviceAccountKey: clientId and clientAuthentication do not apply",
+        ".clientAuthentication",
+    ),
+]
+
+
+class OAuth2Spec(_Model):
+    """Where the gateway gets its OAuth2 access tokens; the long-lived credential stays in auth.secretRef."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": rule, "message": message, "fieldPath": path} for rule, message, path in _OAUTH2_RULES
+            ]
+        }
+    )
+
+    provider: OAuth2Provider = Field(
+        description="microsoft: client credentials at login.microsoftonline.com with a client secret or a certificate. "
+        "google: a service account with domain-wide delegation (JWT bearer grant, sub = mailbox). "
+        "generic: client credentials at tokenUrl."
+    )
+    mailbox: str = Field(
+        min_length=3,
+        max_length=320,
+        pattern=MAILBOX_PATTERN,
+        description="The mailbox the gateway authenticates as (the XOAUTH2 user; Google: the user impersonated).",
+    )
+    tenant_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][-A-Za-z0-9.]*$",
+        description="microsoft: the Entra ID tenant (directory) ID or a verified domain.",
+    )
+    client_id: str | None = Field(
+        default=None, min_length=1, max_length=256, description="microsoft, generic: the application (client) ID."
+    )
+    client_authentication: OAuth2ClientAuthentication | None = Field(
+        default=None,
+        description="microsoft, generic: clientSecretPost, clientSecretBasic (Secret key clientSecret) or certificate "
+        "(a client assertion signed with the Secret's tls.key, with tls.crt's thumbprint). "
+        "Default: clientSecretPost for microsoft, clientSecretBasic for generic.",
+    )
+    token_url: str | None = Field(
+        default=None,
+        max_length=2048,
+        pattern=TOKEN_URL_PATTERN,
+        description="The token endpoint (https). Defaults: microsoft "
+        "https://login.microsoftonline.com/{tenantId}/oauth2/v2.0/token, google the key's token_uri "
+        "(https://oauth2.googleapis.com/token). Set it for sovereign clouds or another provider.",
+    )
+    scope: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Scope to request. Defaults: microsoft https://outlook.office365.com/.default, "
+        "google https://mail.google.com/; generic: none unless set.",
+    )
+    audience: str | None = Field(
+        default=None, min_length=1, max_length=1024, description="generic: an audience parameter for the token request."
+    )
+    ca_certificate: str | None = Field(
+        default=None, max_length=65536, description="PEM CA bundle to trust for the token endpoint instead of the system store."
+    )
+
+    @model_validator(mode="after")
+    def _check_oauth2(self) -> OAuth2Spec:
+        """The CEL rules above, for standalone mode (no apiserver there)."""
+        provider, has = self.provider, self.model_fields_set
+        if provider is OAuth2Provider.microsoft and self.tenant_id is None and self.token_url is None:
+            raise ValueError(_OAUTH2_RULES[0][1])
+        if provider is not OAuth2Provider.google and self.client_id is None:
+            raise ValueError(_OAUTH2_RULES[1][1])
+        if provider is OAuth2Provider.generic and self.token_url is None:
+            raise ValueError(_OAUTH2_RULES[2][1])
+        if provider is OAuth2Provider.google and ({"client_id", "client_authentication"} & has):
+            raise ValueError(_OAUTH2_RULES[3][1])
+        return self
+
+
 class AuthSpec(_Model):
     """How the gateway authenticates to the upstream."""
 
@@ -150,7 +259,12 @@ class AuthSpec(_Model):
                     "message": "secretRef is required unless method is none",
                     "fieldPath": ".secretRef",
                     "reason": "FieldValueRequired",
-                }
+                },
+                {
+                    "rule": "(self.method == 'oauth2') == has(self.oauth2)",
+                    "message": "oauth2 is required with method oauth2 and allowed only with it",
+                    "fieldPath": ".oauth2",
+                },
             ]
         }
     )
@@ -158,18 +272,24 @@ class AuthSpec(_Model):
     method: AuthMethod = Field(
         default=AuthMethod.none,
         description="login: username and password (PLAIN/LOGIN/CRAM-MD5, as offered). "
-        "xoauth2: username and an OAuth2 access token. none: no AUTH.",
+        "oauth2: XOAUTH2 with access tokens the gateway obtains and renews itself (see oauth2). "
+        "xoauth2: a static access token from the Secret, for tokens refreshed elsewhere. none: no AUTH.",
     )
     secret_ref: SecretRef | None = Field(
         default=None,
-        description="Secret with key username, and password (login) or token (xoauth2). Required unless method is none.",
+        description="Secret with key username, and password (login) or token (xoauth2); for oauth2 the long-lived "
+        "credential: clientSecret, tls.key and tls.crt (certificate), or serviceAccountKey (google, the JSON key). "
+        "Required unless method is none.",
     )
+    oauth2: OAuth2Spec | None = Field(default=None, description="Token endpoint and identity for method oauth2.")
 
     @model_validator(mode="after")
     def _secret_ref_required(self) -> AuthSpec:
-        """The same rule as the CEL validation above, for standalone mode (no apiserver there)."""
+        """The same rules as the CEL validations above, for standalone mode (no apiserver there)."""
         if self.method is not AuthMethod.none and self.secret_ref is None:
             raise ValueError("secretRef is required unless method is none")
+        if (self.method is AuthMethod.oauth2) != (self.oauth2 is not None):
+            raise ValueError("oauth2 is required with method oauth2 and allowed only with it")
         return self
 
 

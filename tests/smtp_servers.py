@@ -195,9 +195,11 @@ class Upstream:
         ca: TestCA | None = None,
         users: dict[str, str] | None = None,
         tokens: dict[str, str] | None = None,
+        token_check: Callable[[str, str], bool] | None = None,
         auth_exclude: list[str] | None = None,
     ) -> None:
         self.tls = tls
+        self.token_check = token_check  # (mailbox, token) -> bool for XOAUTH2, e.g. TokenServer.is_valid; else ``tokens``
         self.auth_exclude = list(auth_exclude or [])  # e.g. ["PLAIN"] to make clients use LOGIN
         self.ca = ca
         self.users = dict(users or {})
@@ -235,7 +237,7 @@ class Upstream:
             kwargs.update(tls_context=self.ca.server_context(), require_starttls=True)  # type: ignore[union-attr]
         if self.tls == "implicit":
             server_ssl = self.ca.server_context()  # type: ignore[union-attr]
-        if self.users or self.tokens:
+        if self.users or self.tokens or self.token_check:
             kwargs.update(authenticator=self._authenticate, auth_required=True, auth_require_tls=self.tls == "starttls")
         if self.auth_exclude:
             kwargs.update(auth_exclude_mechanism=self.auth_exclude)
@@ -263,8 +265,11 @@ class Upstream:
         secret = data.password.decode()
         with self.counters.lock:
             self.counters.logins.append((mechanism, user, secret))
-        table = self.tokens if mechanism == "XOAUTH2" else self.users
-        ok = table.get(user) == secret
+        if mechanism == "XOAUTH2" and self.token_check is not None:
+            ok = self.token_check(user, secret)
+        else:
+            table = self.tokens if mechanism == "XOAUTH2" else self.users
+            ok = table.get(user) == secret
         return AuthResult(success=ok, handled=False, auth_data=data if ok else None)
 
     def _register(self, session: _UpstreamSMTP) -> None:

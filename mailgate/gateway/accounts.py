@@ -30,11 +30,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from ..gcpause import collection_paused
-from ..pool import AccountSettings, AuthMethod, PoolLimits, SMTPPool, TLSMode
+from ..oauth2.grants import GrantError
+from ..pool import AccountSettings, AuthMethod, PoolLimits, SMTPPool, TLSMode, TokenSource
 from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
 from .auth import AccountRef
 from .ratelimit import TokenBucket
 from .senders import SenderIndex, SenderMatcher
+from .tokens import PreparedToken, TokenSources
 
 
 class RevisionConflict(Exception):
@@ -71,6 +73,7 @@ class Account:
     senders: SenderMatcher
     digest: str
     ref: AccountRef
+    token: PreparedToken | None = None  # OAuth2 accounts this gateway sends through
 
     @property
     def key(self) -> str:
@@ -96,15 +99,22 @@ def rate_of(config: AccountConfig) -> int | None:
 # The model's enums mapped to the pool's (which stays independent of the CRD model); a dict, because
 # calling an Enum class is the single largest cost of applying 10,000 accounts.
 _TLS_MODES = {mode.value: mode for mode in TLSMode}
-_AUTH_METHODS = {method.value: method for method in AuthMethod}
+_AUTH_METHODS = {method.value: method for method in AuthMethod} | {"oauth2": AuthMethod.XOAUTH2}
 
 
-def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname: str | None) -> AccountSettings | None:
+def sends_here(config: AccountConfig) -> bool:
+    """False when this gateway's connection share is 0 (it forwards to a peer)."""
+    return (config.share.max_connections if config.share is not None else config.spec.pool.max_connections) > 0
+
+
+def settings_of(
+    config: AccountConfig, *, command_timeout: float, local_hostname: str | None, token_source: TokenSource | None = None
+) -> AccountSettings | None:
     """Pool settings for an account, or ``None`` when this gateway's connection share is 0."""
     spec = config.spec
-    max_connections = config.share.max_connections if config.share is not None else spec.pool.max_connections
-    if max_connections == 0:
+    if not sends_here(config):
         return None
+    max_connections = config.share.max_connections if config.share is not None else spec.pool.max_connections
     pool = spec.pool
     creds = config.credentials
     try:
@@ -124,9 +134,10 @@ def settings_of(config: AccountConfig, *, command_timeout: float, local_hostname
             port=spec.server.port,
             tls=_TLS_MODES[spec.server.tls.value],
             auth=_AUTH_METHODS[spec.auth.method.value],
-            username=creds.username,
+            username=spec.auth.oauth2.mailbox if spec.auth.oauth2 is not None else creds.username,
             password=creds.password.get_secret_value() if creds.password is not None else None,
-            token=creds.token.get_secret_value() if creds.token is not None else None,
+            token=creds.token.get_secret_value() if creds.token is not None and token_source is None else None,
+            token_source=token_source,
             limits=limits,
             verify_tls=spec.server.verify_certificate,
             ca_pem=spec.server.ca_certificate,
@@ -174,6 +185,7 @@ class AccountRegistry:
     pool: SMTPPool
     command_timeout: float = 30.0
     local_hostname: str | None = None
+    tokens: TokenSources = field(default_factory=TokenSources)
     revision: int = 0
     received: bool = False  # a snapshot arrived since start: the gateway may turn ready
     _accounts: dict[str, Account] = field(default_factory=dict)
@@ -252,7 +264,18 @@ class AccountRegistry:
         return plan
 
     def _build(self, config: AccountConfig, digest: str) -> Account:
-        settings = settings_of(config, command_timeout=self.command_timeout, local_hostname=self.local_hostname)
+        token = None
+        if config.spec.auth.oauth2 is not None and sends_here(config):
+            try:
+                token = self.tokens.prepare(config)
+            except GrantError as exc:  # the message names the Secret key, never its value
+                raise InvalidAccount(config.key, str(exc), "credentials") from None
+        settings = settings_of(
+            config,
+            command_timeout=self.command_timeout,
+            local_hostname=self.local_hostname,
+            token_source=token.source if token is not None else None,
+        )
         if settings is None and not (config.share and config.share.peers):
             raise InvalidAccount(config.key, "share.maxConnections is 0 but there are no peers", "share.peers")
         old = self._accounts.get(config.key)
@@ -264,6 +287,7 @@ class AccountRegistry:
             senders=SenderMatcher(config.spec.senders),
             digest=digest,
             ref=AccountRef(config.namespace, config.name, config.spec.access),
+            token=token,
         )
 
     def _install(self, account: Account) -> None:
@@ -271,6 +295,10 @@ class AccountRegistry:
         if old is account:
             return
         account.limiter.configure(account.rate_per_minute)
+        if account.token is not None:
+            self.tokens.commit(account.key, account.token)
+        else:
+            self.tokens.discard(account.key)
         if account.settings is None:
             if old is not None and old.settings is not None:
                 self.pool.remove(account.key)
@@ -280,6 +308,7 @@ class AccountRegistry:
 
     def _remove(self, key: str) -> None:
         account = self._accounts.pop(key)
+        self.tokens.discard(key)
         if account.settings is not None:
             self.pool.remove(key)
 

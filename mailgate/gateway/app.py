@@ -62,6 +62,7 @@ from .middleware import request_context
 from .openapi import openapi_json
 from .probes import Probes
 from .relay import Relay
+from .tokens import TokenSources
 
 log = logging.getLogger("mailgate.gateway")
 
@@ -179,7 +180,10 @@ class Gateway:
         self._closing_doors: asyncio.Future[list[None]] | None = None  # the doors' close(), while it runs
         self.pool = SMTPPool(close_grace=self.shutdown_plan.close_end - self.shutdown_plan.drain_end)
         self.registry = AccountRegistry(
-            self.pool, command_timeout=self.options.upstream_timeout, local_hostname=self.options.ehlo_hostname
+            self.pool,
+            command_timeout=self.options.upstream_timeout,
+            local_hostname=self.options.ehlo_hostname,
+            tokens=TokenSources(operator_token=self.options.admin_token),
         )
         self.metrics = GatewayMetrics(self.pool, self.registry)
         self.relay = Relay(self.registry, self.pool, self.metrics)
@@ -259,6 +263,7 @@ class Gateway:
             async def close() -> None:
                 await self.forwarder.close()
                 await self.pool.close_all(grace=0)
+                await self.registry.tokens.close()
 
             self._closing_upstreams = asyncio.get_running_loop().create_task(close(), name="close-upstreams")
         return self._closing_upstreams

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..oauth2.metrics import TokenMetrics
 from ..pool import SMTPPool
 from .accounts import AccountRegistry
 
@@ -88,6 +89,7 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_LiveState(pool, accounts))
+        accounts.tokens.observer = TokenMetrics(self.registry, "mailgate", accounts.tokens.expiries)
 
     def observe(self, account: str, outcome: str, duration: float | None, pool_wait: float | None) -> None:
         self.messages.labels(account, outcome).inc()

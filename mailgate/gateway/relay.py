@@ -31,6 +31,7 @@ from typing import Protocol
 
 import aiosmtplib
 
+from ..oauth2.keeper import TokenUnavailable
 from ..pool import PoolClosed, PoolTimeout, SMTPPool, TransactionError, UnknownAccount, describe_error
 from .accounts import Account, AccountRegistry
 from .auth import Identity
@@ -151,6 +152,8 @@ def classify_error(
     if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
         text = "the upstream refused the gateway's credentials"
         return RetryLater(Reason.UPSTREAM_AUTH_FAILED, text, RETRY_AUTH_FAILED, (exc.code, exc.message))
+    if isinstance(exc, TokenUnavailable):  # str() names the token endpoint's refusal, never a token or secret
+        return RetryLater(Reason.UPSTREAM_AUTH_FAILED, f"no OAuth2 access token for the upstream: {exc}", RETRY_AUTH_FAILED)
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         upstream = (exc.code, exc.message)
         if exc.code == 421 or isinstance(exc, aiosmtplib.SMTPConnectResponseError):

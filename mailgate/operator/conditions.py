@@ -21,6 +21,11 @@ UPSTREAM_HEALTHY = "UpstreamHealthy"
 SENDERS_UNIQUE = "SendersUnique"
 SENDER_CONFLICT = "SenderConflict"
 
+# CredentialsResolved reasons that come from the OAuth2 token endpoint rather than from the Secret.
+TOKEN_REFUSED = "TokenRequestRefused"
+TOKEN_UNAVAILABLE = "TokenEndpointUnavailable"
+TOKEN_REASONS = (TOKEN_REFUSED, TOKEN_UNAVAILABLE)
+
 _MAX_MESSAGE = 512
 
 
@@ -90,6 +95,8 @@ _Verdict = tuple[ConditionStatus, str, str]
 
 
 def _credentials(inputs: StatusInputs) -> _Verdict:
+    if inputs.problem is not None and inputs.problem.reason in TOKEN_REASONS:
+        return "False", inputs.problem.reason, inputs.problem.message + "; gateways keep the current token until it expires"
     if inputs.problem is not None:
         return "False", inputs.problem.reason, inputs.problem.message + "; gateways keep the last good configuration"
     return "True", "Resolved", "credentials resolved"
@@ -148,6 +155,23 @@ def sender_conflict_event(previous: Sequence[Condition], current: Sequence[Condi
         return "Warning", SENDER_CONFLICT, after.message
     if after.status == "True" and before is not None and before.status == "False":
         return "Normal", "SenderConflictResolved", "no other account lists these senders any more"
+    return None
+
+
+def token_event(previous: Sequence[Condition], current: Sequence[Condition]) -> tuple[str, str, str] | None:
+    """The Event to post when the token endpoint starts refusing (or says something new), and when it issues again.
+
+    Token requests run in the background, outside any handler, so their
+    Events come from the status, like ``sender_conflict_event``.
+    """
+    before = next((c for c in previous if c.type == CREDENTIALS_RESOLVED), None)
+    after = next((c for c in current if c.type == CREDENTIALS_RESOLVED), None)
+    if after is None:
+        return None
+    if after.reason in TOKEN_REASONS and (before is None or (before.reason, before.message) != (after.reason, after.message)):
+        return "Warning", after.reason, after.message
+    if after.status == "True" and before is not None and before.reason in TOKEN_REASONS:
+        return "Normal", "TokenIssued", "the token endpoint issues access tokens again"
     return None
 
 

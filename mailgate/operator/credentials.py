@@ -17,19 +17,10 @@ from dataclasses import dataclass
 
 from pydantic import SecretStr
 
+from ..oauth2.config import SECRET_KEYS, secret_keys
 from ..passwords import hash_password
 from ..snapshot import Credentials, SmtpClientCredential
 from ..spec import AuthMethod, SmtpAccountSpec
-
-# The only keys read from a Secret; the index keeps nothing else (a Helm release
-# or a TLS key in the same namespace costs the operator no memory).
-SECRET_KEYS = ("username", "password", "token")
-
-_NEEDED = {
-    AuthMethod.login: ("username", "password"),
-    AuthMethod.xoauth2: ("username", "token"),
-    AuthMethod.none: (),
-}
 
 SecretValues = Mapping[str, str | None]
 """A Secret's relevant keys, decoded; ``None`` for a value that is not base64-encoded UTF-8."""
@@ -79,16 +70,20 @@ def secret_names(spec: SmtpAccountSpec) -> set[str]:
 def resolve(namespace: str, spec: SmtpAccountSpec, lookup: SecretLookup) -> Resolved | CredentialProblem:
     """Read the upstream credentials and SMTP client logins of an account from its Secrets."""
     credentials = Credentials()
-    needed = _NEEDED[spec.auth.method]
+    needed = secret_keys(spec.auth)
     if needed and spec.auth.secret_ref is not None:
         found = _read(namespace, spec.auth.secret_ref.name, needed, lookup, f"auth method {spec.auth.method.value}")
         if isinstance(found, CredentialProblem):
             return found
-        credentials = Credentials(
-            username=found["username"],
-            password=SecretStr(found["password"]) if "password" in found else None,
-            token=SecretStr(found["token"]) if "token" in found else None,
-        )
+        if spec.auth.oauth2 is not None:
+            oauth2_secret = {key: SecretStr(value) for key, value in found.items()}
+            credentials = Credentials(username=spec.auth.oauth2.mailbox, oauth2_secret=oauth2_secret)
+        else:
+            credentials = Credentials(
+                username=found["username"],
+                password=SecretStr(found["password"]) if "password" in found else None,
+                token=SecretStr(found["token"]) if "token" in found else None,
+            )
     logins: list[tuple[str, str]] = []
     for client in spec.access.smtp_clients:
         found = _read(namespace, client.secret_ref.name, ("username", "password"), lookup, "an SMTP client login")

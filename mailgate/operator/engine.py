@@ -18,17 +18,20 @@ from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
 
-from ..snapshot import config_digest
+from ..oauth2.endpoint import AccessToken, TokenError
+from ..oauth2.grants import GrantError
+from ..snapshot import Credentials, config_digest
 from ..spec import API_VERSION, KIND, EffectiveLimits, SmtpAccountSpec, SmtpAccountStatus
 from .admin import AdminClient
-from .conditions import GatewayHealth, SenderConflict, StatusInputs
+from .conditions import TOKEN_REASONS, TOKEN_REFUSED, TOKEN_UNAVAILABLE, GatewayHealth, SenderConflict, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
 from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
 from .revisions import Revisions
 from .syncer import Desired, GatewaySyncer
+from .tokens import OperatorTokens
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,8 @@ class AccountEntry:
     spec: SmtpAccountSpec | None = None
     good: ResolvedAccount | None = None
     """The last configuration resolved completely: what gateways serve, even while the Secret is broken."""
+    oauth2_base: ResolvedAccount | None = None
+    """OAuth2 accounts: the resolved configuration without its access token, which ``good`` adds as tokens arrive."""
     problem: CredentialProblem | None = None
     deleting: bool = False
     uid: str | None = None
@@ -96,6 +101,8 @@ class Engine:
         hasher: LoginHasher | None = None,
         revisions: Revisions | None = None,
         on_status_change: Callable[[Iterable[str]], None] = lambda keys: None,
+        tokens: OperatorTokens | None = None,
+        token_refresh_url: str | None = None,
     ) -> None:
         self.revisions = revisions or Revisions()
         self._client = client
@@ -112,6 +119,9 @@ class Engine:
         self._unseen: set[str] | None = None
         self._primed = False
         self._changed = asyncio.Event()
+        self.tokens = tokens or OperatorTokens()
+        self.tokens.observers.append(self)
+        self._token_refresh_url = token_refresh_url
 
     # ------------------------------------------------------------------ accounts
 
@@ -170,11 +180,70 @@ class Engine:
                 clients = await self._hasher.hash_all(result.client_logins)
                 if entry.deleting:
                     return CredentialChange(before, None)
-                entry.problem = None
-                entry.good = ResolvedAccount(entry.namespace, entry.name, generation, spec, result.credentials, clients)
-                self._replan(entry.key)
+                resolved = ResolvedAccount(entry.namespace, entry.name, generation, spec, result.credentials, clients)
+                if result.credentials.oauth2_secret is not None:
+                    self._resolve_oauth2(entry, resolved)
+                else:
+                    self.tokens.discard_soon(entry.key)
+                    entry.problem, entry.oauth2_base, entry.good = None, None, resolved
+                    self._replan(entry.key)
             self._on_status_change([entry.key])
             return CredentialChange(before, entry.problem)
+
+    def _resolve_oauth2(self, entry: AccountEntry, resolved: ResolvedAccount) -> None:
+        """Hand the credential to the account's token keeper; gateways get the configuration once a token is there."""
+        oauth2, secret = resolved.spec.auth.oauth2, resolved.credentials.oauth2_secret
+        assert oauth2 is not None and secret is not None
+        try:
+            self.tokens.configure(entry.key, oauth2, {key: value.get_secret_value() for key, value in secret.items()})
+        except GrantError as error:  # names the Secret key, never its value
+            ref = resolved.spec.auth.secret_ref
+            where = f"Secret {entry.namespace}/{ref.name}" if ref is not None else "the Secret"
+            entry.problem = CredentialProblem("CredentialInvalid", f"{where}: {error}")
+            return
+        entry.oauth2_base = resolved
+        failure = self.tokens.last_error(entry.key)
+        entry.problem = _token_problem(failure) if failure is not None else None
+        token = self.tokens.current(entry.key)
+        if token is not None:
+            entry.good = self._with_token(resolved, token)
+            self._replan(entry.key)
+
+    def _with_token(self, resolved: ResolvedAccount, token: AccessToken) -> ResolvedAccount:
+        credentials = Credentials(
+            username=resolved.credentials.username,
+            token=SecretStr(token.value),
+            token_expires_at=token.expires_at,
+            token_refresh_url=self._token_refresh_url,
+        )
+        return ResolvedAccount(resolved.namespace, resolved.name, resolved.generation, resolved.spec, credentials,
+                               resolved.smtp_clients)  # fmt: skip
+
+    # TokenObserver: the keepers run outside any handler, so these change state and mark the status themselves.
+    def token_issued(self, key: str, token: AccessToken) -> None:
+        entry = self._accounts.get(key)
+        if entry is None or entry.deleting or entry.oauth2_base is None:
+            return
+        entry.good = self._with_token(entry.oauth2_base, token)
+        if entry.problem is not None and entry.problem.reason in TOKEN_REASONS:
+            entry.problem = None
+        self._replan(key)
+        self._on_status_change([key])
+
+    def token_failed(self, key: str, error: TokenError, retry_in: float) -> None:
+        entry = self._accounts.get(key)
+        if entry is None or entry.deleting:
+            return
+        if entry.problem is None or entry.problem.reason in TOKEN_REASONS:
+            entry.problem = _token_problem(error)
+            self._on_status_change([key])
+
+    async def refresh_token(self, key: str, rejected_fingerprint: str) -> bool:
+        """A gateway's upstream refused the current token (535): one new token, pushed like any change."""
+        entry = self._accounts.get(key)
+        if entry is None or entry.deleting:
+            return False
+        return await self.tokens.refresh(key, rejected_fingerprint)
 
     def start_deleting(self, key: str) -> None:
         """Take an account off every gateway (the caller then waits with ``wait_removed``)."""
@@ -185,6 +254,7 @@ class Engine:
         self._seen(key)
         if not entry.deleting:
             entry.deleting = True
+            self.tokens.discard_soon(key)
             self._plans.pop(key, None)
             self._wake_all()
 
@@ -205,6 +275,7 @@ class Engine:
 
     def forget(self, key: str) -> None:
         """The object is gone (its finalizer released)."""
+        self.tokens.discard_soon(key)
         entry = self._accounts.pop(key, None)
         if entry is not None:
             self._index_secrets(entry, None)
@@ -422,6 +493,7 @@ class Engine:
             syncer.wake()
 
     async def close(self) -> None:
+        await self.tokens.close()
         syncers = [*self._syncers.values(), *self._retired.values()]
         self._syncers.clear()
         self._retired.clear()
@@ -442,6 +514,11 @@ def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[Sender
                 if account == key:
                     own.setdefault(pattern.casefold(), pattern)
     return [SenderConflict(text, tuple(sorted(accounts[folded] - {key}))) for folded, text in sorted(own.items())]
+
+
+def _token_problem(error: TokenError) -> CredentialProblem:
+    """The token endpoint's refusal as a condition: its error code and description, which hold no secret."""
+    return CredentialProblem(TOKEN_UNAVAILABLE if error.retryable else TOKEN_REFUSED, str(error))
 
 
 def _raises(connections: int, rate: int | None, own: Hold) -> bool:

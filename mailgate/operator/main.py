@@ -11,6 +11,7 @@ from pathlib import Path
 
 import kubernetes_asyncio.config
 
+from .refresh_api import PATH as REFRESH_PATH
 from .runner import OperatorOptions, default_identity, run
 
 
@@ -18,6 +19,14 @@ def read_admin_token(path: str | None) -> str | None:
     """The admin API bearer token from ``path``, else ``$MAILGATE_ADMIN_TOKEN``; surrounding whitespace dropped."""
     token = Path(path).read_text(encoding="utf-8") if path else os.environ.get("MAILGATE_ADMIN_TOKEN", "")
     return token.strip() or None
+
+
+def token_refresh_url(address: str | None, port: int) -> str | None:
+    """Where gateways reach this replica's token refresh (its metrics server); None without an address."""
+    if not address:
+        return None
+    host = f"[{address}]" if ":" in address else address
+    return f"http://{host}:{port}{REFRESH_PATH}"
 
 
 def main(args: argparse.Namespace) -> int:
@@ -48,6 +57,7 @@ def main(args: argparse.Namespace) -> int:
         resync_seconds=args.resync_seconds,
         lease_name=None if args.standalone else args.peering,
         identity=args.identity or default_identity(),
+        token_refresh_url=token_refresh_url(args.advertise_address or os.environ.get("POD_IP"), args.metrics_port),
     )
     try:
         return asyncio.run(run(options))

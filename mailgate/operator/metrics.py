@@ -9,6 +9,8 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from .refresh_api import TokenRefreshAPI
+
 _PUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,7 +52,9 @@ class OperatorMetrics:
         return generate_latest(self.registry)
 
 
-def metrics_app(metrics: OperatorMetrics) -> web.Application:
+def metrics_app(metrics: OperatorMetrics, token_refresh: TokenRefreshAPI | None = None) -> web.Application:
+    """``/metrics``, and the gateways' ``POST /v1/token-refresh`` when given."""
+
     async def handle(_: web.Request) -> web.Response:
         response = web.Response(body=metrics.render())
         response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
@@ -58,6 +62,8 @@ def metrics_app(metrics: OperatorMetrics) -> web.Application:
 
     app = web.Application()
     app.router.add_get("/metrics", handle)
+    if token_refresh is not None:
+        token_refresh.add_routes(app)
     return app
 
 

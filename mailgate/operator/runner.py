@@ -27,6 +27,7 @@ import kubernetes_asyncio.config
 from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from ..oauth2.metrics import TokenMetrics
 from ..spec import GROUP, PLURAL, VERSION
 from .admin import AdminClient
 from .engine import Engine
@@ -35,7 +36,9 @@ from .leader import LeaseElector
 from .login import BoundedLogin
 from .metrics import OperatorMetrics, metrics_app, serve, standby_health_app
 from .pods import PodWatcher
+from .refresh_api import TokenRefreshAPI
 from .status import StatusWriter
+from .tokens import OperatorTokens
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class OperatorOptions:
     lease_name: str | None = None
     """Lease (in the gateway namespace) the replicas elect a leader with; None: standalone, no election."""
     identity: str = ""
+    token_refresh_url: str | None = None
+    """This replica's ``POST /v1/token-refresh`` as gateways reach it; None: gateways wait for the next renewal."""
 
 
 def default_identity() -> str:
@@ -80,7 +85,10 @@ async def run(options: OperatorOptions) -> int:
     """Run until SIGTERM/SIGINT (0) or a lost Lease (1)."""
     await load_client_config()
     metrics = OperatorMetrics()
-    metrics_runner = await serve(metrics_app(metrics), options.bind_address, options.metrics_port)
+    tokens = OperatorTokens()
+    tokens.observers.append(TokenMetrics(metrics.registry, "mailgate_operator", tokens.expiries))
+    refresh_api = TokenRefreshAPI(options.admin_token)
+    metrics_runner = await serve(metrics_app(metrics, refresh_api), options.bind_address, options.metrics_port)
     api_client = ApiClient()
     try:
         elector = None
@@ -89,7 +97,7 @@ async def run(options: OperatorOptions) -> int:
             if not await _stand_by(elector, options):
                 return 0
         metrics.leader.set(1)
-        return await _lead(options, api_client, metrics, elector)
+        return await _lead(options, api_client, metrics, elector, tokens, refresh_api)
     finally:
         await api_client.close()
         await metrics_runner.cleanup()
@@ -110,7 +118,14 @@ async def _stand_by(elector: LeaseElector, options: OperatorOptions) -> bool:
         await health.cleanup()
 
 
-async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: OperatorMetrics, elector: LeaseElector | None) -> int:
+async def _lead(
+    options: OperatorOptions,
+    api_client: ApiClient,
+    metrics: OperatorMetrics,
+    elector: LeaseElector | None,
+    tokens: OperatorTokens,
+    refresh_api: TokenRefreshAPI,
+) -> int:
     stop_flag = asyncio.Event()
     lost = False
     async with AdminClient(options.admin_token, options.admin_port, ca_file=options.admin_ca_file) as client:
@@ -121,8 +136,11 @@ async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: Operat
             resync_seconds=options.resync_seconds,
             metrics=metrics,
             on_status_change=writer.mark,
+            tokens=tokens,
+            token_refresh_url=options.token_refresh_url,
         )
         writer.source = engine
+        refresh_api.refresher = engine
         pods = PodWatcher(api_client, options.gateway_namespace, options.gateway_selector, engine.set_pods)
         background = [
             asyncio.create_task(_critical("status writer", writer.run(), stop_flag)),
@@ -139,6 +157,7 @@ async def _lead(options: OperatorOptions, api_client: ApiClient, metrics: Operat
 
             background.append(asyncio.create_task(_critical("lease", keep_lease(), stop_flag)))
         async def shutdown() -> None:
+            refresh_api.refresher = None
             stop_flag.set()  # also ends kopf's own waiter on this flag, else kopf waits 5 s for it at exit
             for task in background:
                 task.cancel()

@@ -21,7 +21,7 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..spec import GROUP, PLURAL, VERSION, SmtpAccountStatus
-from .conditions import StatusInputs, build_status, sender_conflict_event, status_body
+from .conditions import StatusInputs, build_status, sender_conflict_event, status_body, token_event
 from .events import post_event
 from .metrics import OperatorMetrics
 
@@ -111,8 +111,9 @@ class StatusWriter:
                 return False
         self._metrics.status_patches.labels(result="ok").inc()
         source.record_status(key, status)
-        event = sender_conflict_event(previous.conditions if previous is not None else [], status.conditions)
+        before = previous.conditions if previous is not None else []
         ref = source.object_ref(key)
-        if event is not None and ref is not None:
-            await post_event(self._api_client, ref, *event, now)
+        for event in (sender_conflict_event(before, status.conditions), token_event(before, status.conditions)):
+            if event is not None and ref is not None:
+                await post_event(self._api_client, ref, *event, now)
         return True

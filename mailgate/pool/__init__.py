@@ -3,7 +3,7 @@
 from .connection import CloseReason, Phase, PooledConnection, TransactionError, TransactionResult
 from .errors import AlreadyReleased, PoolClosed, PoolError, PoolTimeout, UnknownAccount
 from .pool import HealthCheck, SendResult, SMTPPool, describe_error
-from .settings import DEFAULT_PORTS, AccountSettings, AuthMethod, PoolLimits, TLSMode
+from .settings import DEFAULT_PORTS, AccountSettings, AuthMethod, PoolLimits, TLSMode, TokenSource
 
 __all__ = [
     "DEFAULT_PORTS",
@@ -21,6 +21,7 @@ __all__ = [
     "SMTPPool",
     "SendResult",
     "TLSMode",
+    "TokenSource",
     "TransactionError",
     "TransactionResult",
     "UnknownAccount",

@@ -330,11 +330,29 @@ async def _authenticate(smtp: aiosmtplib.SMTP, settings: AccountSettings) -> Non
         assert settings.username is not None and settings.password is not None
         await smtp.login(settings.username, settings.password)
     elif settings.auth is AuthMethod.XOAUTH2:
-        assert settings.username is not None and settings.token is not None
+        assert settings.username is not None
         await smtp._ehlo_or_helo_if_needed()
         if "xoauth2" not in smtp.server_auth_methods:
             raise aiosmtplib.SMTPException("the upstream server does not offer AUTH XOAUTH2")
-        await smtp.auth_xoauth2(settings.username, settings.token)
+        source = settings.token_source
+        if source is None:
+            assert settings.token is not None
+            await smtp.auth_xoauth2(settings.username, settings.token)
+            return
+        token = await source.token(settings.command_timeout)
+        try:
+            await smtp.auth_xoauth2(settings.username, token)
+        except aiosmtplib.SMTPAuthenticationError as error:
+            if error.code != 535:
+                raise
+            # Refused although unexpired (revoked, or permissions changed since it was issued): one new
+            # token and one more try, on this session, before any message data; a second 535 stands, and
+            # so does this one when no new token can be had (the upstream's answer says more than ours).
+            try:
+                fresh = await source.renewed(token, settings.command_timeout)
+            except Exception as renewal:
+                raise error from renewal
+            await smtp.auth_xoauth2(settings.username, fresh)
 
 
 def _data_payload(message: bytes) -> bytes:

@@ -12,6 +12,7 @@ import ssl
 import weakref
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Protocol
 
 
 class TLSMode(str, Enum):
@@ -28,6 +29,22 @@ class AuthMethod(str, Enum):
     LOGIN = "login"
     XOAUTH2 = "xoauth2"
     NONE = "none"
+
+
+class TokenSource(Protocol):
+    """Where an account's OAuth2 access tokens come from, when they are renewed rather than fixed.
+
+    A session authenticates with the token current when it opens and keeps
+    working after a newer one arrives, so a new token never drains sessions.
+    """
+
+    async def token(self, timeout: float) -> str:
+        """A token valid now; waits at most ``timeout`` for one."""
+        ...
+
+    async def renewed(self, rejected: str, timeout: float) -> str:
+        """A token other than ``rejected``, which the upstream refused: at most one new token request per call."""
+        ...
 
 
 DEFAULT_PORTS = {TLSMode.IMPLICIT: 465, TLSMode.STARTTLS: 587, TLSMode.NONE: 25}
@@ -68,6 +85,8 @@ class AccountSettings:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
+    token_source: TokenSource | None = field(default=None, repr=False)
+    """XOAUTH2 with renewed tokens: the source replaces ``token`` and is part of the session identity, its tokens are not."""
     limits: PoolLimits | None = None
     verify_tls: bool = True
     ca_pem: str | None = field(default=None, repr=False)
@@ -81,8 +100,8 @@ class AccountSettings:
             object.__setattr__(self, "auth", AuthMethod(self.auth))
         if self.auth is AuthMethod.LOGIN and (self.username is None or self.password is None):
             raise ValueError("auth method 'login' needs a username and a password")
-        if self.auth is AuthMethod.XOAUTH2 and (self.username is None or self.token is None):
-            raise ValueError("auth method 'xoauth2' needs a username and a token")
+        if self.auth is AuthMethod.XOAUTH2 and (self.username is None or (self.token is None) == (self.token_source is None)):
+            raise ValueError("auth method 'xoauth2' needs a username and either a token or a token source")
 
     @property
     def effective_port(self) -> int:
@@ -91,7 +110,8 @@ class AccountSettings:
     def credential_fingerprint(self) -> str:
         """A short, non-reversible digest: distinguishes rotated secrets without storing them."""
         digest = hashlib.sha256()
-        for part in (self.auth.value, self.username or "", self.password or "", self.token or ""):
+        source = f"source:{id(self.token_source)}" if self.token_source is not None else ""
+        for part in (self.auth.value, self.username or "", self.password or "", self.token or "", source):
             digest.update(part.encode("utf-8"))
             digest.update(b"\0")
         return digest.hexdigest()[:16]
@@ -127,11 +147,19 @@ class AccountSettings:
         """
         if self.tls is TLSMode.NONE:
             return None
-        key = (hashlib.sha256(self.ca_pem.encode()).digest() if self.ca_pem else b"", self.verify_tls)
-        context = _CONTEXTS.get(key)
-        if context is None:
-            context = _CONTEXTS[key] = _new_context(self.ca_pem, self.verify_tls)
-        return context
+        return shared_tls_context(self.ca_pem, self.verify_tls)
+
+
+def shared_tls_context(ca_pem: str | None, verify: bool = True) -> ssl.SSLContext:
+    """A client context trusting ``ca_pem`` (else the system store), shared by every caller with the same trust.
+
+    Also used for HTTPS to OAuth2 token endpoints, which are trusted like the SMTP server.
+    """
+    key = (hashlib.sha256(ca_pem.encode()).digest() if ca_pem else b"", verify)
+    context = _CONTEXTS.get(key)
+    if context is None:
+        context = _CONTEXTS[key] = _new_context(ca_pem, verify)
+    return context
 
 
 _CONTEXTS: weakref.WeakValueDictionary[tuple[bytes, bool], ssl.SSLContext] = weakref.WeakValueDictionary()

@@ -32,17 +32,13 @@ import yaml
 from pydantic import ValidationError
 
 from ..gcpause import collection_paused
+from ..oauth2.config import grant_for, secret_keys
+from ..oauth2.grants import GrantError
 from ..passwords import hash_password
 from ..snapshot import AccountConfig, ConfigSnapshot, Credentials, SmtpClientCredential
-from ..spec import AuthMethod, SmtpAccount
+from ..spec import SmtpAccount
 
 log = logging.getLogger(__name__)
-
-_NEEDED_KEYS = {
-    AuthMethod.login: ("username", "password"),
-    AuthMethod.xoauth2: ("username", "token"),
-    AuthMethod.none: (),
-}
 
 
 class ConfigError(Exception):
@@ -228,12 +224,19 @@ def _resolve(origin: _Origin, account: SmtpAccount, secrets: dict[str, _Secret],
     """Attach upstream credentials and SMTP client logins from the referenced Secrets, as the operator does."""
     auth = account.spec.auth
     credentials = Credentials()
-    needed = _NEEDED_KEYS[auth.method]
+    needed = secret_keys(auth)
     # A missing secretRef never gets here: the model refuses it, as the CRD's CEL rule does.
     if needed and auth.secret_ref is not None:
         why = f"auth method {auth.method.value} needs {' and '.join(needed)}"
         values = _secret_values(origin, "spec.auth.secretRef", account, auth.secret_ref.name, needed, why, secrets, problems)
-        if values is not None:
+        if values is not None and auth.oauth2 is not None:
+            try:
+                grant_for(auth.oauth2, values)  # refuse a broken key now, with the file and field, not at the first send
+            except GrantError as error:
+                secret_key = f"{account.metadata.namespace}/{auth.secret_ref.name}"
+                problems.append(f"{origin}: spec.auth.secretRef: Secret {secret_key}: {error}")
+            credentials = Credentials.model_validate({"username": auth.oauth2.mailbox, "oauth2Secret": values})
+        elif values is not None:
             credentials = Credentials.model_validate(values)
     clients: list[SmtpClientCredential] = []
     for index, client in enumerate(account.spec.access.smtp_clients):
