@@ -111,10 +111,7 @@ class TokenSources:
         """When each account's current token expires, for the remaining-lifetime metric."""
         result: dict[str, float | None] = {}
         for key, source in self._sources.items():
-            if isinstance(source, TokenKeeper):
-                result[key] = source.current.expires_at if source.current is not None else None
-            else:
-                result[key] = source.expires_at
+            result[key] = source.expires_at
         return result
 
     def prepare(self, config: AccountConfig) -> PreparedToken:

@@ -99,4 +99,3 @@ def grant_for(oauth2: OAuth2Spec, secret: Mapping[str, str]) -> Grant:
     except GrantError as error:  # the grant's own words for the parts, as the Secret's keys are named
         raise GrantError(str(error).replace("privateKey", PRIVATE_KEY).replace("certificate", CERTIFICATE)) from None
     return grant
-

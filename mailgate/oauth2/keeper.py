@@ -96,6 +96,11 @@ class TokenKeeper:
         return None
 
     @property
+    def expires_at(self) -> float | None:
+        """When the newest token expires (Unix seconds), even once past: the remaining-lifetime metric reads 0 then."""
+        return self._current.expires_at if self._current is not None else None
+
+    @property
     def last_error(self) -> TokenError | None:
         """The last failed request; None once a token was issued after it."""
         return self._last_error

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections.abc import Callable, Iterable, Set
 from dataclasses import dataclass, field
@@ -517,8 +518,18 @@ def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[Sender
 
 
 def _token_problem(error: TokenError) -> CredentialProblem:
-    """The token endpoint's refusal as a condition: its error code and description, which hold no secret."""
-    return CredentialProblem(TOKEN_UNAVAILABLE if error.retryable else TOKEN_REFUSED, str(error))
+    """The token endpoint's refusal as a condition: its error code and description, which hold no secret.
+
+    Without the per-request identifiers Entra ID appends (Trace ID, Correlation
+    ID, Timestamp): they change on every retry, and would make every retry a
+    new status write and a new Event. The log keeps them for support tickets.
+    """
+    message = _PER_REQUEST.sub("", str(error)).rstrip()
+    return CredentialProblem(TOKEN_UNAVAILABLE if error.retryable else TOKEN_REFUSED, message)
+
+
+_LABELS = "(Trace ID|Correlation ID|Timestamp)"
+_PER_REQUEST = re.compile(rf"\s*{_LABELS}:\s*\S+(\s+\S+)?(?=\s*{_LABELS}:|\s*$)")
 
 
 def _raises(connections: int, rate: int | None, own: Hold) -> bool:

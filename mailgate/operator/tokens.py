@@ -55,7 +55,7 @@ class OperatorTokens:
         return keeper.last_error if keeper is not None else None
 
     def expiries(self) -> dict[str, float | None]:
-        return {key: (keeper.current.expires_at if keeper.current else None) for key, keeper in self._keepers.items()}
+        return {key: keeper.expires_at for key, keeper in self._keepers.items()}
 
     async def refresh(self, key: str, rejected_fingerprint: str) -> bool:
         """A gateway's upstream refused the token with this fingerprint: renew it (once) if it is still current."""
@@ -100,4 +100,3 @@ class OperatorTokens:
     def token_failed(self, key: str, error: TokenError, retry_in: float) -> None:
         for observer in self.observers:
             observer.token_failed(key, error, retry_in)
-

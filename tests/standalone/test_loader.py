@@ -249,5 +249,7 @@ def test_the_shipped_examples_load() -> None:
     assert [config.key for config in snapshot.accounts] == ["dev/mailpit", "shop/billing"]
     assert snapshot.accounts[1].credentials.username == "billing@shop.example"
     assert [entry.name for entry in load_keys(examples / "standalone" / "api-keys.yaml").entries] == ["example"]
-    # The cluster examples are the same format: standalone mode reads them unchanged.
-    assert len(load_snapshot(sorted(examples.glob("*.yaml"))).accounts) >= 3
+    # The cluster examples are the same format: standalone mode reads them unchanged (those holding key
+    # material once real keys replace their placeholders: tests/unit/test_examples.py).
+    keyed = {"google-workspace.yaml", "office365-certificate.yaml"}
+    assert len(load_snapshot(sorted(p for p in examples.glob("*.yaml") if p.name not in keyed)).accounts) >= 3

@@ -236,3 +236,41 @@ async def test_the_smtp_ingress_sends_through_an_oauth2_account(
     [received] = await asyncio.to_thread(upstream.wait_messages, 1)
     assert received.login == MAILBOX and b"via smtp" in received.data
     assert xoauth2_tokens(upstream) == token_server.issued()
+
+
+async def test_google_service_accounts_and_certificate_credentials_send_too(
+    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+) -> None:
+    """The two other credentials, as users put them in Secrets: a Google JSON key and a kubernetes.io/tls pair."""
+    import json
+
+    from tests.oauth2_server import certificate_credential, service_account_key
+
+    google_key = service_account_key()
+    token_server.add_service_account(google_key.client_email, google_key.public_key_pem, google_key.key_id)
+    certificate = certificate_credential("ec")
+    token_server.add_client("cert-app", certificate_pem=certificate.certificate_pem, mailboxes=["orders@shop.example"])
+    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
+    base = oauth2_yaml(upstream, test_ca, token_server, name="support", mailbox="support@shop.example")
+    key_file = json.dumps(google_key.json(token_server.token_url("google")))
+    google = base.replace(f'stringData: {{clientSecret: "{SENTINEL}"}}', f"stringData: {{serviceAccountKey: {key_file}}}")
+    google = google.replace("provider: microsoft", "provider: google").replace("      tenantId: contoso\n", "")
+    google = google.replace("      clientId: app\n", "")
+    cert = oauth2_yaml(upstream, test_ca, token_server, name="orders", client_id="cert-app", mailbox="orders@shop.example")
+    pair = json.dumps({"tls.key": certificate.private_key_pem, "tls.crt": certificate.certificate_pem})
+    cert = cert.replace(f'stringData: {{clientSecret: "{SENTINEL}"}}', f"type: kubernetes.io/tls\nstringData: {pair}")
+    cert = cert.replace("      clientId: cert-app\n", "      clientId: cert-app\n      clientAuthentication: certificate\n")
+    accounts = tmp_path / "accounts.yaml"
+    accounts.write_text(google + "---\n" + cert)
+    gateway = serve("-f", str(accounts), "--insecure-no-auth")
+    await gateway.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        assert (await post(session, gateway.url, "shop/support", "support@shop.example"))[0] == 200
+        assert (await post(session, gateway.url, "shop/orders", "orders@shop.example"))[0] == 200
+    assert {(record.grant_type, record.outcome) for record in token_server.requests} == {
+        ("urn:ietf:params:oauth:grant-type:jwt-bearer", "issued"),
+        ("client_credentials", "issued"),
+    }
+    assert {login[1] for login in upstream.counters.logins} == {"support@shop.example", "orders@shop.example"}
+    assert google_key.private_key_pem.splitlines()[1] not in gateway.output()
+    assert certificate.private_key_pem.splitlines()[1] not in gateway.output()

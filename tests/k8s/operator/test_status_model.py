@@ -32,7 +32,7 @@ def b64(text: str) -> str:
 
 
 def test_only_the_relevant_keys_are_decoded() -> None:
-    data = {"username": b64("ann"), "password": b64("pässword"), "tls.key": b64("PRIVATE"), "token": "***not base64"}
+    data = {"username": b64("ann"), "password": b64("pässword"), ".dockerconfigjson": b64("{}"), "token": "***not base64"}
     assert secret_values(data) == {"username": "ann", "password": "pässword", "token": None}
     assert secret_values(None) == {}
 
@@ -174,3 +174,34 @@ def test_a_configuration_refused_by_a_gateway_is_not_synced() -> None:
     synced = next(c for c in status.conditions if c.type == "Synced")
     assert (synced.status, synced.reason) == ("False", "Rejected")
     assert synced.message == "1 of 2 gateways serve generation 3; gateway gw-1 refused it: ca: not a PEM bundle"
+
+
+def test_a_token_refusal_is_a_condition_with_the_endpoints_words_and_an_event_once() -> None:
+    from mailgate.oauth2.endpoint import TokenError
+    from mailgate.operator.conditions import token_event
+    from mailgate.operator.engine import _token_problem
+
+    def refusal(trace: str) -> TokenError:
+        ids = f"Trace ID: {trace} Correlation ID: c-{trace} Timestamp: 2026-12-02 10:00:0{trace[-1]}Z"
+        description = f"AADSTS7000215: Invalid client secret provided. {ids}"
+        return TokenError("invalid_client", description, url="https://login.example/t/token", status=401, retryable=False)
+
+    first, second = _token_problem(refusal("a1")), _token_problem(refusal("b2"))
+    assert first == second, "per-request identifiers must not make every retry a new condition and Event"
+    assert first.reason == "TokenRequestRefused" and "invalid_client" in first.message and "AADSTS7000215" in first.message
+    assert "Trace ID" not in first.message
+    ok = build_status(StatusInputs(generation=1, synced=1, total=1), [], NOW)
+    failing = build_status(StatusInputs(generation=1, problem=first, synced=1, total=1), ok.conditions, NOW)
+    credentials = next(c for c in failing.conditions if c.type == "CredentialsResolved")
+    assert (credentials.status, credentials.reason) == ("False", "TokenRequestRefused")
+    assert "keep the current token until it expires" in credentials.message
+    assert token_event(ok.conditions, failing.conditions) == ("Warning", "TokenRequestRefused", credentials.message)
+    again = build_status(StatusInputs(generation=1, problem=second, synced=1, total=1), failing.conditions, NOW)
+    assert token_event(failing.conditions, again.conditions) is None
+    recovered = build_status(StatusInputs(generation=1, synced=1, total=1), again.conditions, NOW)
+    assert token_event(again.conditions, recovered.conditions) == (
+        "Normal",
+        "TokenIssued",
+        "the token endpoint issues access tokens again",
+    )
+    assert token_event(recovered.conditions, recovered.conditions) is None
