@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -19,7 +20,7 @@ import pytest
 
 from tests.oauth2_server import TokenServer
 from tests.smtp_servers import TestCA, Upstream
-from tests.standalone.support import SENTINEL, _free_port, write_atomically
+from tests.standalone.support import SENTINEL, ServeProcess, _free_port, write_atomically
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -28,9 +29,25 @@ MESSAGE = {"from": MAILBOX, "to": ["ana@example.com"], "subject": "hi", "text": 
 
 
 @pytest.fixture
-def token_server():
+def token_server() -> Iterator[TokenServer]:
+    """The token endpoint, with app registration ``app`` (client secret: the sentinel) allowed to send as MAILBOX."""
     with TokenServer(lifetime=3600) as server:
+        server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
         yield server
+
+
+@pytest.fixture
+def upstream(upstream_factory, token_server: TokenServer) -> Upstream:
+    """STARTTLS, and AUTH XOAUTH2 only with unexpired tokens the token server issued for the mailbox."""
+    return upstream_factory(tls="starttls", token_check=token_server.is_valid)
+
+
+async def start(serve, accounts: Path, text: str, *extra: str) -> ServeProcess:
+    """`mailgate serve -f accounts` (after writing ``text`` there), ready."""
+    await asyncio.to_thread(accounts.write_text, text)
+    gateway = serve("-f", str(accounts), "--insecure-no-auth", *extra)
+    await gateway.wait_ready()
+    return gateway
 
 
 def oauth2_yaml(upstream: Upstream, ca: TestCA, server: TokenServer, *, name: str = "alerts", secret: str = SENTINEL,
@@ -78,15 +95,11 @@ def xoauth2_tokens(upstream: Upstream) -> list[str]:
 
 
 async def test_serve_sends_through_oauth2_across_token_lifetimes_without_a_failed_send(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
     token_server.lifetime = 3
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(oauth2_yaml(upstream, test_ca, token_server))
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, accounts, oauth2_yaml(upstream, test_ca, token_server))
 
     statuses = []
     async with aiohttp.ClientSession() as session:
@@ -110,14 +123,10 @@ async def test_serve_sends_through_oauth2_across_token_lifetimes_without_a_faile
 
 
 async def test_a_token_the_upstream_refuses_is_renewed_once_and_the_message_still_sent(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(oauth2_yaml(upstream, test_ca, token_server))
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, accounts, oauth2_yaml(upstream, test_ca, token_server))
     async with aiohttp.ClientSession() as session:
         assert (await post(session, gateway.url))[0] == 200
         [first] = token_server.issued()
@@ -136,17 +145,13 @@ async def test_a_token_the_upstream_refuses_is_renewed_once_and_the_message_stil
 
 
 async def test_a_refused_client_secret_is_reported_and_leaves_other_accounts_alone(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
     token_server.add_client("other", secret="the-real-secret", mailboxes=["news@shop.example"])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     accounts = tmp_path / "accounts.yaml"
     good = oauth2_yaml(upstream, test_ca, token_server)
     wrong = oauth2_yaml(upstream, test_ca, token_server, name="news", client_id="other", mailbox="news@shop.example")
-    accounts.write_text(good + "---\n" + wrong)  # "news" sends the sentinel, which is not its secret
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, accounts, good + "---\n" + wrong)  # "news" sends the sentinel, not its secret
     await gateway.wait_output("AADSTS7000215")
     async with aiohttp.ClientSession() as session:
         status, body = await post(session, gateway.url, "shop/news", "news@shop.example")
@@ -161,14 +166,10 @@ async def test_a_refused_client_secret_is_reported_and_leaves_other_accounts_alo
 
 
 async def test_rotating_the_client_secret_mid_traffic_fails_no_send(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(oauth2_yaml(upstream, test_ca, token_server))
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, accounts, oauth2_yaml(upstream, test_ca, token_server))
     rotated = SENTINEL + "-rotated"
     statuses = []
     async with aiohttp.ClientSession() as session:
@@ -190,15 +191,11 @@ async def test_rotating_the_client_secret_mid_traffic_fails_no_send(
 
 
 async def test_token_endpoint_down_backs_off_then_recovers(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
     token_server.down = True
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(oauth2_yaml(upstream, test_ca, token_server))
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, accounts, oauth2_yaml(upstream, test_ca, token_server))
     async with aiohttp.ClientSession() as session:
         status, body = await post(session, gateway.url)
         assert status == 503 and "OAuth2" in body["detail"], body
@@ -214,19 +211,12 @@ async def test_token_endpoint_down_backs_off_then_recovers(
 
 
 async def test_the_smtp_ingress_sends_through_an_oauth2_account(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
     """An app with a plain SMTP login to the gateway; the gateway does OAuth2 upstream for it."""
-    token_server.add_client("app", secret=SENTINEL, mailboxes=[MAILBOX])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
-    accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(oauth2_yaml(upstream, test_ca, token_server))
     smtp_port = _free_port()
-    gateway = serve(
-        "-f", str(accounts), "--insecure-no-auth",
-        "--smtp-port", str(smtp_port), "--smtp-host", "127.0.0.1", "--smtp-trusted-networks", "127.0.0.0/8",
-    )  # fmt: skip
-    await gateway.wait_ready()
+    ingress = ("--smtp-port", str(smtp_port), "--smtp-host", "127.0.0.1", "--smtp-trusted-networks", "127.0.0.0/8")
+    await start(serve, tmp_path / "accounts.yaml", oauth2_yaml(upstream, test_ca, token_server), *ingress)
 
     def send() -> dict[str, tuple[int, bytes]]:
         with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
@@ -239,7 +229,7 @@ async def test_the_smtp_ingress_sends_through_an_oauth2_account(
 
 
 async def test_google_service_accounts_and_certificate_credentials_send_too(
-    tmp_path: Path, upstream_factory, test_ca: TestCA, token_server: TokenServer, serve
+    tmp_path: Path, upstream: Upstream, test_ca: TestCA, token_server: TokenServer, serve
 ) -> None:
     """The two other credentials, as users put them in Secrets: a Google JSON key and a kubernetes.io/tls pair."""
     import json
@@ -250,7 +240,6 @@ async def test_google_service_accounts_and_certificate_credentials_send_too(
     token_server.add_service_account(google_key.client_email, google_key.public_key_pem, google_key.key_id)
     certificate = certificate_credential("ec")
     token_server.add_client("cert-app", certificate_pem=certificate.certificate_pem, mailboxes=["orders@shop.example"])
-    upstream = upstream_factory(tls="starttls", token_check=token_server.is_valid)
     base = oauth2_yaml(upstream, test_ca, token_server, name="support", mailbox="support@shop.example")
     key_file = json.dumps(google_key.json(token_server.token_url("google")))
     google = base.replace(f'stringData: {{clientSecret: "{SENTINEL}"}}', f"stringData: {{serviceAccountKey: {key_file}}}")
@@ -260,10 +249,7 @@ async def test_google_service_accounts_and_certificate_credentials_send_too(
     pair = json.dumps({"tls.key": certificate.private_key_pem, "tls.crt": certificate.certificate_pem})
     cert = cert.replace(f'stringData: {{clientSecret: "{SENTINEL}"}}', f"type: kubernetes.io/tls\nstringData: {pair}")
     cert = cert.replace("      clientId: cert-app\n", "      clientId: cert-app\n      clientAuthentication: certificate\n")
-    accounts = tmp_path / "accounts.yaml"
-    accounts.write_text(google + "---\n" + cert)
-    gateway = serve("-f", str(accounts), "--insecure-no-auth")
-    await gateway.wait_ready()
+    gateway = await start(serve, tmp_path / "accounts.yaml", google + "---\n" + cert)
     async with aiohttp.ClientSession() as session:
         assert (await post(session, gateway.url, "shop/support", "support@shop.example"))[0] == 200
         assert (await post(session, gateway.url, "shop/orders", "orders@shop.example"))[0] == 200

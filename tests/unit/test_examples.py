@@ -10,7 +10,6 @@ else in the file is tested exactly as written.
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from collections.abc import Iterator
@@ -20,14 +19,11 @@ from typing import Any
 
 import pytest
 import yaml
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.x509.oid import NameOID
 
 from mailgate.oauth2.config import CERTIFICATE, PRIVATE_KEY, SERVICE_ACCOUNT_KEY, client_authentication, secret_keys
 from mailgate.spec import AuthMethod, SmtpAccount
 from mailgate.standalone.loader import load_snapshot
+from tests.oauth2_server import CertificateCredential, certificate_credential
 
 ROOT = Path(__file__).resolve().parents[2]
 # Kubernetes objects only: examples/standalone/api-keys.yaml is a mailgate keys file, not for the apiserver.
@@ -53,31 +49,17 @@ def doc_objects(path: Path = OAUTH2_DOC) -> list[dict[str, Any]]:
 
 
 @cache
-def _key_and_certificate() -> tuple[str, str]:
+def _key_and_certificate() -> CertificateCredential:
     """An RSA key and a self-signed certificate for it, as `openssl req -x509 -newkey rsa:2048 -nodes` makes them."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailgate test")])
-    now = datetime.datetime.now(datetime.UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    return key_pem.decode(), certificate.public_bytes(serialization.Encoding.PEM).decode()
+    return certificate_credential("rsa")
 
 
 def private_key_pem() -> str:
-    return _key_and_certificate()[0]
+    return _key_and_certificate().private_key_pem
 
 
 def certificate_pem() -> str:
-    return _key_and_certificate()[1]
+    return _key_and_certificate().certificate_pem
 
 
 def _real_value(key: str, value: str) -> str:
