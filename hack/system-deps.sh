@@ -10,6 +10,10 @@ perl -MNet::SSLeay -e1 >/dev/null 2>&1 || need+=(libnet-ssleay-perl)  # swaks --
 command -v msmtp >/dev/null 2>&1 || need+=(msmtp)
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v curl >/dev/null 2>&1 || need+=(curl)  # the `mailgate dev` banner's curl line is run by a test
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)  # prometheus + promtool: tests/prometheus, the alert rules
+command -v podman >/dev/null 2>&1 || need+=(podman)  # tests/image builds and runs the Dockerfile (hack/image-base.sh)
+command -v runc >/dev/null 2>&1 || need+=(runc)  # podman's default crun fails on these hosts' hybrid cgroups
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)  # the image's Python base
 [ ${#need[@]} -eq 0 ] && exit 0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -17,3 +21,13 @@ echo "installing Debian packages: ${need[*]}"
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 $SUDO apt-get update -qq
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+if [[ " ${need[*]} " == *" prometheus "* ]]; then
+  # The package enables a system Prometheus on :9090 (started where an init system runs services);
+  # the tests start their own on free ports, so the system one is stopped and disabled.
+  if [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+  else
+    $SUDO update-rc.d prometheus disable >/dev/null 2>&1 || true
+    $SUDO /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+fi
