@@ -14,7 +14,12 @@ WORKDIR /src
 # Only what `pip install .` needs (see .dockerignore): metadata first, then the package.
 COPY pyproject.toml README.md ./
 COPY mailgate ./mailgate
-RUN /opt/mailgate/bin/pip install . \
+# Behind a TLS-inspecting proxy pip must trust its CA: `--secret id=pip_cert,src=<CA bundle>`
+# mounts the bundle for this one step, so it reaches neither a layer nor the image config
+# (an ENV or --env would). Without the secret pip trusts the base image's own bundle.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -f /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && /opt/mailgate/bin/pip install . \
     && /opt/mailgate/bin/mailgate --help >/dev/null
 
 FROM ${PYTHON_IMAGE}

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench system-deps k8s-binaries crd clean
+.PHONY: demo test test-fast lint bench system-deps k8s-binaries image-base crd clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +18,16 @@ system-deps:
 k8s-binaries:
 	bash hack/k8s-binaries.sh
 
+## The Python base tests/image builds the Dockerfile on (debootstrap, once per machine).
+image-base: system-deps
+	bash hack/image-base.sh
+
 ## Runs a standalone gateway against a local capture SMTP server and sends one real message.
 demo: $(STAMP)
 	$(BIN)/python -m mailgate.demo
 
-## Installs everything the suite needs (venv, Debian packages, Go-built control plane) and runs it all.
-test: $(STAMP) system-deps k8s-binaries lint
+## Installs everything the suite needs (venv, Debian packages, Go-built control plane, image base) and runs it all.
+test: $(STAMP) system-deps k8s-binaries image-base lint
 	$(BIN)/python -m pytest -q -ra
 
 ## The suite without the Kubernetes tests, for a quick loop while coding.
