@@ -12,8 +12,10 @@ Message-ID for the logs.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
+import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -51,10 +53,16 @@ def received_header(
     no reverse DNS lookup is made (it would cost a round trip per session).
     """
     helo = _HELO_UNSAFE.sub("?", helo)[:200] or "unknown"
-    date = format_datetime(now or datetime.now(UTC))
+    date = format_datetime(now) if now is not None else _date_of(int(time.time()))
     return (
         f"Received: from {helo} ([{peer_ip}])\r\n\tby {hostname} (mailgate) with {protocol} id {message_id};\r\n\t{date}\r\n"
     ).encode("ascii", "replace")
+
+
+@functools.lru_cache(maxsize=1)
+def _date_of(second: int) -> str:
+    """The RFC 5322 date of a whole second: formatted once per second, not once per message."""
+    return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
 def build_message(

@@ -26,7 +26,7 @@ import logging
 
 from ..gateway.accounts import AccountRegistry
 from ..gateway.relay import Relay
-from .clients import ClientAuthenticator, ClientDirectory
+from .clients import AccountSource, ClientAuthenticator, ClientDirectory
 from .options import IngressOptions
 from .routing import Router
 from .session import DEFAULT_SIZE, Handler, IngressContext, IngressSMTP
@@ -54,6 +54,28 @@ class _TooBusy(asyncio.Protocol):
         transport.close()
 
 
+class _LargestLimit:
+    """The largest ``maxMessageBytes`` of all accounts, which EHLO advertises before a login.
+
+    Worked out again only when the registry's revision moves, not on every
+    EHLO: that went through every account, twice per connection for an app
+    that says EHLO again after STARTTLS.
+    """
+
+    def __init__(self, registry: AccountSource) -> None:
+        self.registry = registry
+        self._seen: tuple[int, bool] | None = None
+        self._largest = DEFAULT_SIZE
+
+    def __call__(self) -> int:
+        seen = (self.registry.revision, self.registry.received)
+        if seen != self._seen:
+            accounts = self.registry.accounts().values()
+            self._largest = max((account.config.spec.max_message_bytes for account in accounts), default=DEFAULT_SIZE)
+            self._seen = seen
+        return self._largest
+
+
 class IngressServer:
     """The SMTP listener(s) of one gateway process."""
 
@@ -69,7 +91,7 @@ class IngressServer:
             router=self.router,
             authenticator=ClientAuthenticator(self.directory),
             relay=relay,
-            max_size=lambda: max((a.config.spec.max_message_bytes for a in registry.accounts().values()), default=DEFAULT_SIZE),
+            max_size=_LargestLimit(registry),
         )
         self.handler = Handler(self.context)
         self.sessions: set[IngressSMTP] = set()
