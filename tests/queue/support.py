@@ -1,0 +1,20 @@
+"""Messages for the queue tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from mailgate.queue import NewMessage
+
+T0 = 1_700_000_000.0  # the tests' clock: every store call gets an explicit `now`
+
+
+def message(
+    account: str = "mail/alerts",
+    recipients: Sequence[str] = ("ops@example.com",),
+    body: str = "hello",
+    **fields: Any,
+) -> NewMessage:
+    data = f"From: app@example.com\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n{body}\r\n".encode()
+    return NewMessage(account=account, sender="app@example.com", recipients=recipients, data=data, **fields)

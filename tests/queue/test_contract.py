@@ -1,0 +1,423 @@
+"""The queue contract: every test runs on a SQLite file and on a real PostgreSQL database."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from typing import Any
+
+import pytest
+
+from mailgate.queue import (
+    AttemptResult,
+    ClaimedMessage,
+    LeaseLost,
+    MessageState,
+    Outcome,
+    QueueStore,
+    RecipientStatus,
+    Reply,
+)
+from tests.queue.conftest import StoreFactory
+from tests.queue.support import T0, message
+
+LEASE = 60.0
+
+
+async def enqueue_claimed(store: QueueStore, **fields: Any) -> ClaimedMessage:
+    """Enqueue one message at T0 and claim it as worker-a (nothing else may be due)."""
+    message_id = await store.enqueue(message(**fields), now=T0)
+    (claimed,) = await store.claim("worker-a", limit=10, lease_seconds=LEASE, now=T0)
+    assert claimed.message.id == message_id
+    return claimed
+
+
+async def test_enqueue_then_get(store: QueueStore) -> None:
+    new = message(recipients=["a@example.com", "b@example.com", "a@example.com"], idempotency_key=None, smtputf8=True)
+    message_id = await store.enqueue(new, now=T0)
+
+    stored = await store.get(message_id)
+    assert stored is not None
+    assert (stored.account, stored.sender, stored.state, stored.attempts) == ("mail/alerts", "app@example.com", "queued", 0)
+    assert (stored.created_at, stored.next_attempt_at, stored.expires_at) == (T0, T0, T0 + 5 * 86400)
+    assert stored.smtputf8 and not stored.retry_unknown and stored.size == len(new.data)
+    assert stored.pending_recipients == ["a@example.com", "b@example.com"]  # the duplicate is dropped
+    assert all(r.state is RecipientStatus.PENDING and r.attempts == 0 for r in stored.recipients)
+    assert await store.data(message_id) == new.data
+    assert await store.get("0" * 32) is None
+    with pytest.raises(KeyError):
+        await store.data("0" * 32)
+
+
+async def test_ids_sort_by_creation(store: QueueStore) -> None:
+    ids = [await store.enqueue(message(), now=T0) for _ in range(20)]
+    assert ids == sorted(ids) and len(set(ids)) == 20
+
+
+async def test_acknowledged_enqueues_survive_a_killed_process(queue_url: str, stores: StoreFactory) -> None:
+    """SIGKILL a process that is enqueueing: every id it was handed back is stored, with its body."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.queue.enqueuer", queue_url, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )  # fmt: skip
+    assert child.stdout is not None and child.stderr is not None
+    acknowledged: list[str] = []
+    try:
+        while len(acknowledged) < 300:
+            line = await child.stdout.readline()
+            assert line, f"the enqueuer exited early: {(await child.stderr.read()).decode()}"
+            acknowledged.append(line.decode().strip())
+    finally:
+        child.send_signal(signal.SIGKILL)
+        rest, errors = await child.communicate()
+    acknowledged += rest.decode().split()  # printed before the kill
+    assert child.returncode == -signal.SIGKILL, errors
+
+    reopened = await stores()
+    for message_id in acknowledged:
+        stored = await reopened.get(message_id)
+        assert stored is not None and stored.state is MessageState.QUEUED, message_id
+        assert b"Subject: test" in await reopened.data(message_id)
+
+
+async def test_idempotency_key_returns_the_first_message(store: QueueStore) -> None:
+    first = await store.enqueue(message(idempotency_key="k1"), now=T0)
+    assert await store.enqueue(message(idempotency_key="k1", body="again"), now=T0) == first
+    concurrent = await asyncio.gather(*(store.enqueue(message(idempotency_key="k2"), now=T0) for _ in range(10)))
+    assert len(set(concurrent)) == 1 and concurrent[0] != first
+    other_account = await store.enqueue(message(account="mail/other", idempotency_key="k1"), now=T0)
+    assert other_account != first
+    page = await store.list_messages("mail/alerts")
+    assert sorted(m.id for m in page.items) == sorted([first, concurrent[0]])
+    assert b"hello" in await store.data(first)
+
+
+async def test_group_commit_batches_concurrent_enqueues(store: QueueStore) -> None:
+    before = store.counters.enqueue_commits
+    ids = await asyncio.gather(*(store.enqueue(message(body=f"n{i}"), now=T0) for i in range(500)))
+
+    assert len(set(ids)) == 500
+    commits = store.counters.enqueue_commits - before
+    assert 1 <= commits < 500
+    listed: list[str] = []
+    after = None
+    while True:
+        page = await store.list_messages("mail/alerts", limit=200, after_id=after)
+        listed += [m.id for m in page.items]
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert sorted(listed) == sorted(ids)
+
+
+async def test_claim_takes_due_messages_in_due_order_and_leases_them(store: QueueStore) -> None:
+    late = await store.enqueue(message(body="late"), now=T0 + 20)
+    early = await store.enqueue(message(body="early"), now=T0)
+    future = await store.enqueue(message(body="future"), now=T0 + 1000)
+
+    claimed = await store.claim("worker-a", limit=10, lease_seconds=LEASE, now=T0 + 30)
+
+    assert [c.message.id for c in claimed] == [early, late]
+    for c in claimed:
+        assert (c.message.state, c.message.lease_owner, c.message.attempts) == ("sending", "worker-a", 1)
+        assert c.lease.expires_at == c.message.next_attempt_at == T0 + 30 + LEASE
+        assert (c.lease.owner, c.lease.attempt) == ("worker-a", 1)
+    assert await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + 31) == []
+    assert (await store.get(future)).state is MessageState.QUEUED  # type: ignore[union-attr]
+    assert await store.claim("worker-b", limit=1, lease_seconds=LEASE, now=T0 + 1000) != []
+
+
+async def test_claim_can_be_limited_to_accounts(store: QueueStore) -> None:
+    await store.enqueue(message(account="mail/a"), now=T0)
+    b = await store.enqueue(message(account="mail/b"), now=T0)
+    claimed = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0, accounts=["mail/b", "mail/c"])
+    assert [c.message.id for c in claimed] == [b]
+    assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0, accounts=[]) == []
+
+
+async def test_concurrent_claims_never_share_a_message(stores: StoreFactory) -> None:
+    """Two stores (two connections: two replicas) and many concurrent claims each: disjoint, and all claimed."""
+    first, second = await stores(), await stores()
+    ids = await asyncio.gather(*(first.enqueue(message(body=str(i)), now=T0) for i in range(300)))
+
+    async def drain(store: QueueStore, owner: str) -> list[str]:
+        got: list[str] = []
+        while batch := await store.claim(owner, limit=7, lease_seconds=LEASE, now=T0 + 1):
+            got += [c.message.id for c in batch]
+        return got
+
+    results = await asyncio.gather(*(drain(s, f"{name}-{n}") for n in range(8) for name, s in (("a", first), ("b", second))))
+    claimed = [message_id for got in results for message_id in got]
+    assert len(claimed) == len(set(claimed)) == 300
+    assert set(claimed) == set(ids)
+
+
+async def test_an_expired_lease_is_reclaimed_and_the_old_holder_fenced_off(store: QueueStore) -> None:
+    first = await enqueue_claimed(store)
+    assert await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + LEASE - 1) == []
+
+    (second,) = await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + LEASE)
+    assert (second.message.id, second.lease.owner, second.lease.attempt) == (first.message.id, "worker-b", 2)
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(first.lease, [], next_attempt_at=T0 + 500, now=T0 + LEASE)
+
+    # the same owner name reclaiming after its own lease expired is a new lease too
+    (third,) = await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + 3 * LEASE)
+    with pytest.raises(LeaseLost):
+        await store.extend_lease(second.lease, lease_seconds=LEASE, now=T0 + 3 * LEASE)
+    done = await store.finish_attempt(
+        third.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None, now=T0 + 200
+    )
+    assert (done.state, done.attempts, done.finished_at) == ("sent", 3, T0 + 200)
+
+
+async def test_a_lease_that_expired_but_was_not_taken_over_still_finishes(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store)
+    done = await store.finish_attempt(
+        claimed.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None, now=T0 + 10 * LEASE
+    )
+    assert done.state is MessageState.SENT
+
+
+async def test_extend_lease_keeps_others_away(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store)
+    extended = await store.extend_lease(claimed.lease, lease_seconds=LEASE, now=T0 + LEASE - 1)
+    assert extended.expires_at == T0 + 2 * LEASE - 1
+    assert await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + LEASE) == []
+    assert len(await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0 + 2 * LEASE)) == 1
+
+
+async def test_finish_attempt_records_each_recipient(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store, recipients=["sent@x.org", "later@x.org", "refused@x.org", "untried@x.org"])
+    results = [
+        AttemptResult("sent@x.org", Outcome.SENT, 250, "2.0.0 queued as 1"),
+        AttemptResult("later@x.org", Outcome.DEFERRED, 451, "4.7.1 greylisted"),
+        AttemptResult("refused@x.org", Outcome.FAILED, 550, "5.1.1 no such user"),
+    ]
+    deferred = await store.finish_attempt(claimed.lease, results, next_attempt_at=T0 + 300, now=T0 + 5)
+
+    assert (deferred.state, deferred.next_attempt_at, deferred.lease_owner) == ("deferred", T0 + 300, None)
+    assert deferred.last_reply == Reply(451, "4.7.1 greylisted")
+    by_address = {r.address: r for r in deferred.recipients}
+    assert (by_address["sent@x.org"].state, by_address["sent@x.org"].code, by_address["sent@x.org"].attempts) == ("sent", 250, 1)
+    assert (by_address["later@x.org"].state, by_address["later@x.org"].code) == ("pending", 451)
+    assert (by_address["refused@x.org"].state, by_address["refused@x.org"].message) == ("failed", "5.1.1 no such user")
+    assert (by_address["untried@x.org"].state, by_address["untried@x.org"].attempts) == ("pending", 0)
+    assert deferred.pending_recipients == ["later@x.org", "untried@x.org"]
+    assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 299) == []
+
+    (again,) = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 300)
+    assert again.message.pending_recipients == ["later@x.org", "untried@x.org"]
+    results = [AttemptResult(a, Outcome.SENT, 250, "ok") for a in again.message.pending_recipients]
+    final = await store.finish_attempt(again.lease, results, next_attempt_at=T0 + 900, now=T0 + 301)
+    assert (final.state, final.finished_at, final.attempts) == ("failed", T0 + 301, 2)  # one recipient was refused
+    assert [r.state for r in final.recipients] == ["sent", "sent", "failed", "sent"]
+    assert [r.attempts for r in final.recipients] == [1, 2, 1, 1]
+    assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10_000) == []
+
+
+async def test_all_recipients_accepted_is_sent(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store, recipients=["a@x.org", "b@x.org"])
+    results = [AttemptResult(a, Outcome.SENT, 250, "ok") for a in ("a@x.org", "b@x.org")]
+    done = await store.finish_attempt(claimed.lease, results, next_attempt_at=None, now=T0 + 1)
+    assert (done.state, done.last_reply) == ("sent", Reply(250, "ok"))
+
+
+async def test_no_next_attempt_fails_what_is_pending(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store, recipients=["a@x.org", "b@x.org"])
+    results = [AttemptResult("a@x.org", Outcome.DEFERRED, None, "connection lost after the final dot")]
+    done = await store.finish_attempt(claimed.lease, results, next_attempt_at=None, reply=Reply(421, "4.4.2 gone"), now=T0)
+    assert done.state is MessageState.FAILED
+    assert [(r.state, r.code, r.message) for r in done.recipients] == [
+        ("failed", None, "connection lost after the final dot"),
+        ("failed", 421, "4.4.2 gone"),
+    ]
+
+
+async def test_finishing_without_results_defers_everyone(store: QueueStore) -> None:
+    """A connection that failed before any RCPT: no recipient was tried, all wait for the next attempt."""
+    claimed = await enqueue_claimed(store, recipients=["a@x.org", "b@x.org"])
+    deferred = await store.finish_attempt(claimed.lease, [], next_attempt_at=T0 + 30, reply=Reply(421, "4.3.2 busy"), now=T0)
+    assert (deferred.state, deferred.next_attempt_at, deferred.attempts, deferred.last_reply) == (
+        "deferred",
+        T0 + 30,
+        1,
+        (421, "4.3.2 busy"),
+    )
+    assert [(r.state, r.attempts, r.code) for r in deferred.recipients] == [("pending", 0, None), ("pending", 0, None)]
+    assert await store.cancel(deferred.id, now=T0 + 1)
+    cancelled = await store.get(deferred.id)
+    assert cancelled is not None
+    assert [(r.state, r.code, r.message) for r in cancelled.recipients] == [("failed", None, "cancelled")] * 2
+
+
+async def test_only_the_lease_holder_finishes(store: QueueStore) -> None:
+    claimed = await enqueue_claimed(store)
+    forged = type(claimed.lease)(claimed.lease.message_id, "worker-b", claimed.lease.attempt, claimed.lease.expires_at)
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(forged, [], next_attempt_at=T0 + 1)
+    with pytest.raises(ValueError):
+        await store.finish_attempt(claimed.lease, [AttemptResult("nobody@x.org", Outcome.SENT, 250, "")], next_attempt_at=None)
+    still = await store.get(claimed.message.id)
+    assert still is not None and (still.state, still.lease_owner) == ("sending", "worker-a")  # nothing was written
+
+
+async def test_defer_account_moves_the_accounts_unleased_messages(store: QueueStore) -> None:
+    leased = await enqueue_claimed(store, account="mail/a")
+    due = await store.enqueue(message(account="mail/a"), now=T0)
+    soon = await store.enqueue(message(account="mail/a"), now=T0 + 50)
+    later = await store.enqueue(message(account="mail/a"), now=T0 + 5000)
+    other = await store.enqueue(message(account="mail/b"), now=T0)
+
+    moved = await store.defer_account("mail/a", T0 + 600, reply=Reply(421, "4.7.0 throttled"), now=T0 + 1)
+
+    assert moved == 2
+    for message_id in (due, soon):
+        deferred = await store.get(message_id)
+        assert deferred is not None
+        assert (deferred.state, deferred.next_attempt_at, deferred.last_reply) == ("deferred", T0 + 600, (421, "4.7.0 throttled"))
+    untouched = {i: await store.get(i) for i in (later, leased.message.id, other)}
+    assert [(m.state, m.next_attempt_at) for m in untouched.values() if m] == [
+        ("queued", T0 + 5000),
+        ("sending", T0 + LEASE),
+        ("queued", T0),
+    ]
+    assert [c.message.id for c in await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 2)] == [other]
+    done = await store.finish_attempt(
+        leased.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None, now=T0 + 3
+    )
+    assert done.state is MessageState.SENT
+    assert await store.defer_account("mail/a", T0 + 300, now=T0 + 4) == 0  # nothing due before that any more
+
+
+async def test_cancel_rules(store: QueueStore) -> None:
+    queued = await store.enqueue(message(), now=T0)
+    assert await store.cancel(queued, now=T0)
+    cancelled = await store.get(queued)
+    assert cancelled is not None and (cancelled.state, cancelled.finished_at) == ("cancelled", T0)
+    assert [(r.state, r.message) for r in cancelled.recipients] == [("failed", "cancelled")]
+    assert not await store.cancel(queued, now=T0)
+    assert not await store.cancel("0" * 32, now=T0)
+
+    leased = await enqueue_claimed(store)
+    assert not await store.cancel(leased.message.id, now=T0 + 1)
+    deferred = await store.finish_attempt(
+        leased.lease, [AttemptResult("ops@example.com", Outcome.DEFERRED, 451, "later")], next_attempt_at=T0 + 100, now=T0 + 2
+    )
+    assert deferred.state is MessageState.DEFERRED
+    assert await store.cancel(deferred.id, now=T0 + 3)
+    assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10_000) == []
+
+    sent = await enqueue_claimed(store)
+    await store.finish_attempt(sent.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None)
+    assert not await store.cancel(sent.message.id)
+
+    abandoned = await enqueue_claimed(store)  # its worker died: the lease ran out
+    assert await store.cancel(abandoned.message.id, now=T0 + LEASE)
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(abandoned.lease, [], next_attempt_at=T0 + 100)
+
+
+async def test_list_pages_through_an_account(store: QueueStore) -> None:
+    ids = [await store.enqueue(message(account="mail/a"), now=T0) for _ in range(25)]
+    await store.enqueue(message(account="mail/b"), now=T0)
+    for claimed in await store.claim("w", limit=5, lease_seconds=LEASE, now=T0):
+        result = AttemptResult("ops@example.com", Outcome.DEFERRED, 451, "later")
+        await store.finish_attempt(claimed.lease, [result], next_attempt_at=T0 + 100, now=T0)
+
+    pages, after = [], None
+    while True:
+        page = await store.list_messages("mail/a", limit=10, after_id=after)
+        pages.append([m.id for m in page.items])
+        if page.next_after is None:
+            break
+        after = page.next_after
+    assert [len(p) for p in pages] == [10, 10, 5]
+    assert [i for p in pages for i in p] == ids
+
+    deferred = await store.list_messages("mail/a", state=MessageState.DEFERRED, limit=3)
+    assert [m.id for m in deferred.items] == ids[:3] and deferred.next_after == ids[2]
+    rest = await store.list_messages("mail/a", state=MessageState.DEFERRED, limit=3, after_id=deferred.next_after)
+    assert [m.id for m in rest.items] == ids[3:5] and rest.next_after is None
+    assert all(m.recipients and m.state is MessageState.DEFERRED for m in rest.items)
+    exact = await store.list_messages("mail/a", limit=25)
+    assert len(exact.items) == 25 and exact.next_after is None
+    assert (await store.list_messages("mail/none")).items == []
+
+
+async def test_expire_fails_unleased_messages_past_their_max_age(store: QueueStore) -> None:
+    sent = await enqueue_claimed(store, max_age_seconds=100)
+    await store.finish_attempt(sent.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None)
+    await store.enqueue(message(max_age_seconds=100), now=T0)
+    (leased,) = await store.claim("worker-a", limit=10, lease_seconds=1000, now=T0)
+    old = await store.enqueue(message(max_age_seconds=100), now=T0)
+    young = await store.enqueue(message(max_age_seconds=100), now=T0 + 50)
+
+    assert await store.expire(now=T0 + 99) == []
+    assert await store.expire(now=T0 + 100) == [old]
+    failed = await store.get(old)
+    assert failed is not None and (failed.state, failed.finished_at) == ("failed", T0 + 100)
+    assert failed.recipients[0].state is RecipientStatus.FAILED and "expired" in failed.recipients[0].message
+    assert (await store.get(young)).state is MessageState.QUEUED  # type: ignore[union-attr]
+    assert (await store.get(leased.message.id)).state is MessageState.SENDING  # type: ignore[union-attr]
+
+    assert sorted(await store.expire(now=T0 + 1000)) == sorted([young, leased.message.id])  # the lease ran out
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(leased.lease, [], next_attempt_at=T0 + 2000)
+    assert (await store.get(sent.message.id)).state is MessageState.SENT  # type: ignore[union-attr]
+
+
+async def test_stats_and_next_due(store: QueueStore) -> None:
+    assert await store.stats() == {}
+    assert await store.next_due() is None
+    await store.enqueue(message(account="mail/a"), now=T0)
+    await store.enqueue(message(account="mail/a"), now=T0 + 10)
+    await store.enqueue(message(account="mail/b"), now=T0 + 20)
+    (claimed,) = await store.claim("w", limit=1, lease_seconds=LEASE, now=T0 + 30)
+    await store.finish_attempt(
+        claimed.lease, [AttemptResult("ops@example.com", Outcome.DEFERRED, 451, "x")], next_attempt_at=T0 + 900, now=T0 + 30
+    )
+    (claimed,) = await store.claim("w", limit=1, lease_seconds=LEASE, now=T0 + 30)
+    done = await store.enqueue(message(account="mail/c"), now=T0)
+    (c,) = await store.claim("w", limit=1, lease_seconds=LEASE, now=T0 + 30, accounts=["mail/c"])
+    await store.finish_attempt(c.lease, [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")], next_attempt_at=None)
+    assert c.message.id == done
+
+    stats = await store.stats()
+    assert set(stats) == {"mail/a", "mail/b"}
+    a, b = stats["mail/a"], stats["mail/b"]
+    assert (a.queued, a.deferred, a.sending, a.depth, a.oldest_created_at) == (0, 1, 1, 2, T0)
+    assert (b.queued, b.deferred, b.sending, b.depth) == (1, 0, 0, 1)
+    assert a.oldest_age_seconds(T0 + 100) == 100
+    assert await store.next_due() == T0 + 20
+
+
+async def test_purge_deletes_finished_messages(store: QueueStore) -> None:
+    pending = await store.enqueue(message(), now=T0)
+    finished = []
+    for _ in range(3):
+        m = await store.enqueue(message(), now=T0)
+        assert await store.cancel(m, now=T0 + 10)
+        finished.append(m)
+    late = await store.enqueue(message(), now=T0)
+    assert await store.cancel(late, now=T0 + 100)
+
+    assert await store.purge(finished_before=T0 + 50, limit=2) == 2
+    assert await store.purge(finished_before=T0 + 50) == 1
+    for m in finished:
+        assert await store.get(m) is None
+        with pytest.raises(KeyError):
+            await store.data(m)
+    assert await store.get(pending) is not None and await store.get(late) is not None
+    assert await store.enqueue(message(idempotency_key="k"), now=T0)
+
+
+async def test_wait_for_work_wakes_on_enqueue(store: QueueStore) -> None:
+    assert await store.wait_for_work(0.05) is False
+    waiter = asyncio.create_task(store.wait_for_work(30))
+    await asyncio.sleep(0.05)
+    assert not waiter.done()
+    await store.enqueue(message())
+    assert await waiter is True
+    await store.enqueue(message())  # a wake-up while nobody waits is kept for the next wait
+    assert await store.wait_for_work(30) is True
