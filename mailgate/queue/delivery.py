@@ -1,0 +1,386 @@
+"""The delivery loop: claim due messages from the queue, send them, record each recipient's outcome.
+
+One ``DeliveryWorker`` runs per replica (``owner`` names it in leases). It knows nothing about
+SMTP: the gateway injects ``send`` (``mailgate/queue/pool_send.py`` wraps ``SMTPPool.send``),
+which answers with a ``SendOutcome``: the upstream's verdict per recipient, or why there is
+none. The worker turns that into per-recipient results and a next attempt:
+
+===============================================  =========================================================
+what ``send`` reports                            what happens
+===============================================  =========================================================
+DATA accepted                                    accepted recipients ``sent``
+a recipient refused with 5xx / 4xx               that recipient ``failed`` / stays pending (backoff)
+a reply to MAIL, DATA or the dot: 5xx            every pending recipient ``failed`` with that reply
+... 4xx                                          every pending recipient deferred (backoff)
+... ``421`` or a throttling 4xx (``retry.py``)   deferred, and the whole account paused (``defer_account``)
+unreachable, timeout, authentication refused     every pending recipient deferred (backoff)
+busy (no pooled connection free)                 deferred after ``policy.busy()``, backoff not grown
+delivery unknown (drop after the final dot)      deferred if the message has ``retry_unknown``,
+                                                 else its pending recipients ``failed`` ("delivery unknown")
+===============================================  =========================================================
+
+A recipient the upstream neither accepted nor refused stays pending. A deferral that would come
+after the message's ``expires_at`` is scheduled at ``expires_at`` instead, where ``expire``
+fails it; the worker calls ``store.expire`` every ``expire_interval`` and whenever it wakes.
+
+Concurrency: at most ``concurrency`` sends at once, and at most ``capacity(account)`` per
+account (the gateway passes the account's connection share on this replica). With
+``accounts`` (the accounts this replica may deliver) the worker claims per account, never more
+than the account's free capacity, and never for an account it paused; without it, one claim
+across all accounts and ``capacity`` is not consulted. A message of a paused account claimed
+anyway (enqueued during the pause) is put back to the end of the pause without being sent.
+
+Leases: each send's lease is extended every third of ``lease_seconds``, so a slow upstream
+does not lose it; a worker that dies (or whose ``run`` task is cancelled) leaves its leases to
+expire, and another worker claims the messages then. A result whose lease was taken over
+(``LeaseLost``) is dropped: the other worker's attempt counts.
+
+Waiting: when nothing is claimable the worker sleeps in ``store.wait_for_work`` until an
+enqueue or deferral wakes it, the next message falls due (``store.next_due``), or a send slot
+frees; never less than ``min_wait``, so due messages it cannot take (paused or full accounts)
+cause no hot loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from mailgate.queue.errors import LeaseLost, QueueError
+from mailgate.queue.model import AttemptResult, ClaimedMessage, Lease, MessageState, Outcome, QueuedMessage, Reply
+from mailgate.queue.retry import RetryPolicy, is_throttling
+from mailgate.queue.store import QueueStore
+
+log = logging.getLogger(__name__)
+
+DELIVERY_UNKNOWN = "delivery unknown"
+
+
+class SendError(StrEnum):
+    """Why a send has no per-recipient verdict; the value is the attempt's metric label."""
+
+    BUSY = "busy"  # nothing was attempted: no free connection, pool closing, account not configured here
+    UNREACHABLE = "unreachable"  # connect failed, or the session dropped before the final dot
+    TIMEOUT = "timeout"
+    AUTH = "auth"  # the upstream refused the credentials, or no OAuth2 token
+    REPLY = "reply"  # the upstream answered the greeting, MAIL, DATA or the dot with ``reply``
+    UNKNOWN = "delivery-unknown"  # the dot went out and no verdict came back: it may have been delivered
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What one send did. Without ``error``: ``accepted`` and ``refused`` per recipient and
+    ``reply`` is the reply to the final dot (absent when every recipient was refused). With it:
+    ``reply`` is the upstream's reply when there was one, and ``detail`` a log-safe description."""
+
+    accepted: Sequence[str] = ()
+    refused: Mapping[str, Reply] = field(default_factory=dict)
+    reply: Reply | None = None
+    error: SendError | None = None
+    detail: str = ""
+
+
+class Send(Protocol):
+    async def __call__(
+        self, account: str, sender: str, recipients: Sequence[str], data: bytes, smtputf8: bool
+    ) -> SendOutcome: ...
+
+
+class DeliveryObserver(Protocol):
+    """Where the worker's events are counted (a Prometheus adapter lives with the gateway's metrics)."""
+
+    def attempt(self, account: str, outcome: str, duration: float) -> None:
+        """One send finished: ``outcome`` is ``delivered``, ``refused`` (every recipient) or a ``SendError`` value."""
+
+    def finished(self, account: str, state: MessageState) -> None:
+        """A message reached a final state (``sent`` or ``failed``) through this worker."""
+
+
+class _NoObserver:
+    def attempt(self, account: str, outcome: str, duration: float) -> None:
+        return None
+
+    def finished(self, account: str, state: MessageState) -> None:
+        return None
+
+
+# Gateway-made replies for failures without an upstream reply, kept for the status API.
+_GATEWAY_REPLIES = {
+    SendError.BUSY: Reply(451, "4.4.5 no upstream connection free"),
+    SendError.UNREACHABLE: Reply(451, "4.4.1 upstream unreachable"),
+    SendError.TIMEOUT: Reply(451, "4.4.2 upstream timed out"),
+    SendError.AUTH: Reply(454, "4.7.0 upstream refused the gateway's credentials"),
+}
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What one attempt means for a message: per-recipient results, and whether to pause its account."""
+
+    results: list[AttemptResult]
+    reply: Reply | None
+    throttled: Reply | None = None  # the reply that pauses the account
+    busy: bool = False
+
+
+def judge(message: QueuedMessage, outcome: SendOutcome) -> Verdict:
+    """Turn a send's outcome into per-recipient results (see the table in the module docstring)."""
+    pending = message.pending_recipients
+    if outcome.error is None:
+        results = [AttemptResult(a, Outcome.SENT, *(outcome.reply or (250, ""))) for a in outcome.accepted if a in pending]
+        throttled = None
+        for address, reply in outcome.refused.items():
+            if address not in pending:
+                continue
+            results.append(AttemptResult(address, Outcome.FAILED if reply.code >= 500 else Outcome.DEFERRED, *reply))
+            if is_throttling(reply):
+                throttled = reply
+        return Verdict(results, None, throttled)
+    if outcome.error is SendError.UNKNOWN:
+        text = f"{DELIVERY_UNKNOWN}: the connection failed after the message was sent; it may have been delivered"
+        if outcome.detail:
+            text += f" ({outcome.detail})"
+        kind = Outcome.DEFERRED if message.retry_unknown else Outcome.FAILED
+        return Verdict([AttemptResult(a, kind, None, text) for a in pending], None)
+    reply = outcome.reply or _GATEWAY_REPLIES[outcome.error]
+    if outcome.reply is None and outcome.detail:
+        reply = Reply(reply.code, f"{reply.message}: {outcome.detail}")
+    kind = Outcome.FAILED if reply.code >= 500 else Outcome.DEFERRED
+    return Verdict(
+        [AttemptResult(a, kind, *reply) for a in pending],
+        reply,
+        throttled=reply if kind is Outcome.DEFERRED and is_throttling(reply) else None,
+        busy=outcome.error is SendError.BUSY,
+    )
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        store: QueueStore,
+        send: Send,
+        *,
+        owner: str,
+        concurrency: int = 32,
+        lease_seconds: float = 300.0,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        capacity: Callable[[str], int] | None = None,
+        accounts: Callable[[], Collection[str]] | None = None,
+        observer: DeliveryObserver | None = None,
+        expire_interval: float = 60.0,
+        max_wait: float = 30.0,
+        min_wait: float = 1.0,
+    ) -> None:
+        if concurrency < 1 or lease_seconds <= 0:
+            raise ValueError("concurrency must be at least 1 and lease_seconds positive")
+        self.store = store
+        self.send = send
+        self.owner = owner
+        self.concurrency = concurrency
+        self.lease_seconds = lease_seconds
+        self.policy = policy or RetryPolicy()
+        self.clock = clock
+        self.capacity = capacity
+        self.accounts = accounts
+        self.observer: DeliveryObserver = observer or _NoObserver()
+        self.expire_interval = expire_interval
+        self.max_wait = max_wait
+        self.min_wait = min_wait
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight: dict[str, int] = {}
+        self._paused: dict[str, float] = {}  # account -> until
+        self._throttles: dict[str, int] = {}  # account -> consecutive throttles
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._next_expire = 0.0
+
+    def stop(self) -> None:
+        """Ask ``run`` to return: it claims nothing more and waits for the sends in flight."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Deliver until ``stop``. Cancelling this task instead abandons the sends in flight
+        without recording them (as a crash would): their leases expire and another worker retries."""
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._cycle()
+                except QueueError as exc:  # storage down: keep the loop alive, try again later
+                    log.warning("delivery loop: queue unavailable (%s); retrying", type(exc).__name__)
+                    await self._wait(self.policy.busy())
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+        finally:
+            for task in self._tasks:
+                task.cancel()
+
+    async def _cycle(self) -> None:
+        now = self.clock()
+        if now >= self._next_expire:
+            expired = await self.store.expire(now=now)
+            self._next_expire = now + self.expire_interval
+            if expired:
+                log.info("delivery loop: %d messages expired", len(expired))
+        free = self.concurrency - len(self._tasks)
+        claimed = await self._claim(free, now) if free > 0 else []
+        for item in claimed:
+            self._start(item)
+        if free > 0 and len(claimed) >= free:
+            return  # more may be due: claim again as soon as a slot frees (the next cycle)
+        await self._wait(await self._timeout(now))
+
+    async def _timeout(self, now: float) -> float:
+        due = await self.store.next_due()
+        timeout = self.max_wait if due is None else due - now
+        timeout = min(timeout, self.max_wait, max(0.0, self._next_expire - now))
+        return max(timeout, self.min_wait)
+
+    async def _claim(self, free: int, now: float) -> list[ClaimedMessage]:
+        for account, until in list(self._paused.items()):
+            if until <= now:
+                del self._paused[account]
+        if self.accounts is None:
+            return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now)
+        claimed: list[ClaimedMessage] = []
+        for account in self.accounts():
+            if free <= 0:
+                break
+            if account in self._paused:
+                continue
+            limit = min(free, self._free_capacity(account))
+            if limit <= 0:
+                continue
+            got = await self.store.claim(self.owner, limit=limit, lease_seconds=self.lease_seconds, now=now, accounts=[account])
+            claimed += got
+            free -= len(got)
+        return claimed
+
+    def _free_capacity(self, account: str) -> int:
+        if self.capacity is None:
+            return self.concurrency
+        return self.capacity(account) - self._in_flight.get(account, 0)
+
+    async def _wait(self, timeout: float) -> None:
+        """Until work may be due, a send slot frees, ``stop``, or ``timeout``."""
+        self._slot_freed.clear()
+        waits = [
+            asyncio.ensure_future(self.store.wait_for_work(timeout)),
+            asyncio.ensure_future(self._slot_freed.wait()),
+            asyncio.ensure_future(self._stopping.wait()),
+        ]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    def _start(self, claimed: ClaimedMessage) -> None:
+        account = claimed.message.account
+        self._in_flight[account] = self._in_flight.get(account, 0) + 1
+        task = asyncio.create_task(self._deliver(claimed), name=f"deliver-{claimed.message.id}")
+        self._tasks.add(task)
+        task.add_done_callback(lambda done: self._done(done, account))
+
+    def _done(self, task: asyncio.Task[None], account: str) -> None:
+        self._tasks.discard(task)
+        self._in_flight[account] -= 1
+        if not self._in_flight[account]:
+            del self._in_flight[account]
+        self._slot_freed.set()
+        error = None if task.cancelled() else task.exception()
+        if isinstance(error, QueueError):  # the lease expires and the message is retried (docs: a possible duplicate)
+            log.warning("delivery loop: could not record an attempt (%s); the message will be retried", type(error).__name__)
+        elif error is not None:
+            log.error("delivery of a message failed unexpectedly", exc_info=error)
+
+    async def _deliver(self, claimed: ClaimedMessage) -> None:
+        message = claimed.message
+        lease = claimed.lease
+        now = self.clock()
+        paused = self._paused.get(message.account)
+        if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
+            await self._finish(message, lease, [], message.expires_at, message.last_reply)
+            await self.store.expire(now=now)
+            return
+        if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
+            await self._finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
+            return
+        keeper = asyncio.create_task(self._keep_lease(lease))
+        try:
+            outcome = await self._send(message)
+        finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                lease = await keeper
+        verdict = judge(message, outcome)
+        now = self.clock()
+        next_attempt = self._schedule(message, verdict, now)
+        if verdict.throttled is not None:
+            until = self._pause(message.account, now)
+            next_attempt = until
+            moved = await self.store.defer_account(message.account, until, reply=verdict.throttled, now=now)
+            log.info("account %s throttled upstream; paused %.0f s (%d messages moved)", message.account, until - now, moved)
+        elif any(r.outcome is Outcome.SENT for r in verdict.results):
+            self._throttles.pop(message.account, None)
+        await self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
+
+    async def _send(self, message: QueuedMessage) -> SendOutcome:
+        started = time.monotonic()
+        try:
+            data = await self.store.data(message.id)
+            outcome = await self.send(message.account, message.sender, message.pending_recipients, data, message.smtputf8)
+        except QueueError:
+            raise
+        except Exception as exc:  # a bug in send must not lose the message nor spin: treat as unreachable
+            log.exception("send raised instead of returning an outcome")
+            outcome = SendOutcome(error=SendError.UNREACHABLE, detail=type(exc).__name__)
+        label = outcome.error.value if outcome.error else ("delivered" if outcome.reply else "refused")
+        self.observer.attempt(message.account, label, time.monotonic() - started)
+        return outcome
+
+    def _schedule(self, message: QueuedMessage, verdict: Verdict, now: float) -> float:
+        """The next attempt for whatever stays pending: only expiry ends retries."""
+        if verdict.busy:
+            return now + self.policy.busy()
+        return now + self.policy.backoff(message.attempts)
+
+    def _pause(self, account: str, now: float) -> float:
+        count = self._throttles.get(account, 0) + 1
+        self._throttles[account] = count
+        until = max(self._paused.get(account, now), now + self.policy.throttle(count))
+        self._paused[account] = until
+        return until
+
+    async def _keep_lease(self, lease: Lease) -> Lease:
+        """Extend the lease every third of its length until cancelled; returns the latest lease."""
+        try:
+            while True:
+                await asyncio.sleep(self.lease_seconds / 3)
+                lease = await self.store.extend_lease(lease, lease_seconds=self.lease_seconds, now=self.clock())
+        except asyncio.CancelledError:
+            return lease
+        except LeaseLost:
+            log.warning("lease of message %s lost during its delivery", lease.message_id)
+            return lease
+        except QueueError as exc:
+            log.warning("could not extend the lease of message %s (%s)", lease.message_id, type(exc).__name__)
+            return lease
+
+    async def _finish(
+        self, message: QueuedMessage, lease: Lease, results: Sequence[AttemptResult], next_attempt: float, reply: Reply | None
+    ) -> None:
+        try:
+            stored = await self.store.finish_attempt(lease, results, next_attempt_at=next_attempt, reply=reply, now=self.clock())
+        except LeaseLost:
+            log.warning("message %s was taken over or changed during its delivery; result dropped", message.id)
+            return
+        if stored.state in (MessageState.SENT, MessageState.FAILED):
+            self.observer.finished(message.account, stored.state)
