@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import ssl
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -67,6 +67,8 @@ class GatewayReport:
     revision: int
     ready: bool
     accounts: dict[str, AccountReport]
+    conflicting: dict[str, AccountReport] = field(default_factory=dict)
+    """The accounts reported with sender conflicts (usually none): what the status of every account scans."""
 
 
 class AdminClient:
@@ -186,7 +188,9 @@ def parse_report(payload: Any) -> GatewayReport:
                 hold=_hold(item),
                 sender_conflicts=_strings(item.get("senderConflicts")),
             )
-    return GatewayReport(revision=int(payload.get("revision") or 0), ready=bool(payload.get("ready")), accounts=accounts)
+    conflicting = {key: report for key, report in accounts.items() if report.sender_conflicts}
+    revision = int(payload.get("revision") or 0)
+    return GatewayReport(revision=revision, ready=bool(payload.get("ready")), accounts=accounts, conflicting=conflicting)
 
 
 def _strings(value: Any) -> tuple[str, ...]:

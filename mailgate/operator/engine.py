@@ -509,7 +509,7 @@ def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[Sender
     accounts: dict[str, set[str]] = {}  # casefolded pattern -> accounts reported with it
     own: dict[str, str] = {}  # casefolded pattern -> as ``key`` spells it
     for syncer in targets:
-        for account, report in (syncer.report.accounts if syncer.report is not None else {}).items():
+        for account, report in (syncer.report.conflicting if syncer.report is not None else {}).items():
             for pattern in report.sender_conflicts:
                 accounts.setdefault(pattern.casefold(), set()).add(account)
                 if account == key:

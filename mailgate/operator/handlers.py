@@ -1,11 +1,15 @@
 """The kopf layer: handlers only feed the engine and report; the decisions live elsewhere.
 
-- SmtpAccount create/update(spec)/resume: resolve and push; delete: remove
-  from every gateway, then let kopf release the finalizer. Status-only and
-  metadata-only changes call nothing (``field="spec"``).
-- Secrets: ``secret_values`` indexes the keys the operator reads of every
-  Secret it may see; an event on one re-resolves exactly the accounts that
-  reference it (the engine keeps that reverse map).
+- SmtpAccount create/update(spec): resolve and push; delete: remove from
+  every gateway, then let kopf release the finalizer. Status-only and
+  metadata-only changes call nothing (``field="spec"``). kopf's diff base is
+  in memory (``bookkeeping``), so every account is new to a starting
+  operator: create, not resume, handles it then.
+- Secrets: the ``SecretCache`` (``memo.secrets``) holds the keys the
+  operator reads of every Secret it may see, filled by a listing at start-up
+  that account handlers wait for; an event updates it and, if the values
+  changed, re-resolves exactly the accounts that reference the Secret (the
+  engine keeps that reverse map).
 - Events on the SmtpAccount when its credentials break or recover; messages
   name Secrets and keys, never values.
 
@@ -22,25 +26,29 @@ from typing import Any
 import kopf
 
 from ..spec import GROUP, PLURAL, VERSION
-from .credentials import SecretLookup, SecretValues, secret_values
+from .bookkeeping import RetryProgress, SpecDiffBase
 from .engine import CredentialChange, Engine, InvalidSpec
 from .login import BoundedLogin
 from .metrics import OperatorMetrics
+from .secrets import SecretCache
 
 FINALIZER = "mailgate.dev/operator"
 ANNOTATION_PREFIX = "operator.mailgate.dev"
 DELETE_WAIT_SECONDS = 20.0
 DELETE_RETRY_SECONDS = 5.0
+SECRETS_WAIT_SECONDS = 60.0  # for the start-up listing of Secrets, before an account handler retries
+SECRETS_RETRY_SECONDS = 5.0
 
 
-def operator_settings() -> kopf.OperatorSettings:
-    """kopf settings: our finalizer, bookkeeping in annotations (the status schema is ours), quiet Events."""
+def operator_settings(diffbase: SpecDiffBase) -> kopf.OperatorSettings:
+    """kopf settings: our finalizer, no write per account for bookkeeping (``bookkeeping``), quiet Events.
+
+    ``diffbase`` also goes to the memo: the delete handler drops the account from it.
+    """
     settings = kopf.OperatorSettings()
     settings.persistence.finalizer = FINALIZER
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration"
-    )
+    settings.persistence.progress_storage = RetryProgress(prefix=ANNOTATION_PREFIX)  # the status schema is ours
+    settings.persistence.diffbase_storage = diffbase
     settings.posting.level = logging.WARNING  # no Event per successful handler run
     # Resources and namespaces are resolved once at start-up (the CRD is installed first, namespaces are
     # listed by name): no cluster-wide watch of Namespaces and CRDs, which the chart's RBAC does not grant.
@@ -55,8 +63,6 @@ def build_registry(login: BoundedLogin) -> kopf.OperatorRegistry:
     """``login`` makes kopf's apiserver session; its owner closes it once kopf has returned."""
     registry = kopf.OperatorRegistry()
     kopf.on.login(registry=registry, id="login")(login.login)
-    kopf.index("v1", "secrets", id="secret_values", registry=registry)(_handler(index_secret))
-    kopf.on.resume(GROUP, VERSION, PLURAL, registry=registry)(_handler(reconcile))
     kopf.on.create(GROUP, VERSION, PLURAL, registry=registry)(_handler(reconcile))
     kopf.on.update(GROUP, VERSION, PLURAL, field="spec", registry=registry)(_handler(reconcile))
     kopf.on.delete(GROUP, VERSION, PLURAL, registry=registry)(_handler(remove))
@@ -66,27 +72,20 @@ def build_registry(login: BoundedLogin) -> kopf.OperatorRegistry:
 
 
 def _handler(fn: Callable[..., Any]) -> Any:
-    """kopf's handler protocols spell out every keyword; ours take what they use plus the Secret index."""
+    """kopf's handler protocols spell out every keyword; ours take what they use."""
     return fn
 
 
-def index_secret(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], SecretValues]:
-    return {(namespace, name): secret_values(body.get("data"))}
-
-
-def lookup_in(index: kopf.Index) -> SecretLookup:
-    def lookup(namespace: str, name: str) -> SecretValues | None:
-        store = index.get((namespace, name))
-        return next(iter(store), None) if store else None
-
-    return lookup
-
-
-async def reconcile(body: kopf.Body, reason: str, memo: kopf.Memo, secret_values: kopf.Index, **_: Any) -> None:
+async def reconcile(body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any) -> None:
+    """Resolve and push, once the Secrets are listed: before that, a missing Secret may only be not listed yet."""
     engine: Engine = memo.engine
     metrics: OperatorMetrics = memo.metrics
+    secrets: SecretCache = memo.secrets
+    if not await secrets.wait_filled(SECRETS_WAIT_SECONDS):
+        metrics.reconciles.labels(trigger=reason, result="waiting").inc()
+        raise kopf.TemporaryError("the start-up listing of Secrets is not done yet", delay=SECRETS_RETRY_SECONDS)
     try:
-        change = await engine.upsert(body, lookup_in(secret_values))
+        change = await engine.upsert(body, secrets.lookup)
     except InvalidSpec as error:
         metrics.reconciles.labels(trigger=reason, result="invalid").inc()
         raise kopf.PermanentError(str(error)) from None
@@ -94,7 +93,7 @@ async def reconcile(body: kopf.Body, reason: str, memo: kopf.Memo, secret_values
     metrics.reconciles.labels(trigger=reason, result="ok").inc()
 
 
-async def remove(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+async def remove(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
     engine: Engine = memo.engine
     metrics: OperatorMetrics = memo.metrics
     key = f"{namespace}/{name}"
@@ -104,19 +103,29 @@ async def remove(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
         metrics.reconciles.labels(trigger="delete", result="waiting").inc()
         raise kopf.TemporaryError(f"still served by gateway(s) {', '.join(remaining)}", delay=DELETE_RETRY_SECONDS)
     engine.forget(key)
+    diffbase: SpecDiffBase = memo.diffbase
+    diffbase.forget(uid)
     metrics.reconciles.labels(trigger="delete", result="ok").inc()
 
 
 async def secret_changed(
-    namespace: str, name: str, type: str | None, memo: kopf.Memo, secret_values: kopf.Index, **_: Any
+    namespace: str, name: str, type: str | None, body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
-    """Re-resolve the accounts that read this Secret (start-up listings are left to the resume handlers)."""
-    if type is None:
+    """Update the cache; if the values changed, re-resolve the accounts that read this Secret.
+
+    kopf's own listings (``type`` None, at start-up and after a lost watch)
+    update the cache too: they may be newer than the start-up listing. Before
+    the cache is filled no account has been resolved, so there is nothing to
+    re-resolve.
+    """
+    secrets: SecretCache = memo.secrets
+    changed = secrets.remove(namespace, name) if type == "DELETED" else secrets.update(namespace, name, body.get("data"))
+    if not changed or not secrets.filled:
         return
     engine: Engine = memo.engine
     metrics: OperatorMetrics = memo.metrics
     for key in engine.referencing(namespace, name):
-        change = await engine.refresh_credentials(key, lookup_in(secret_values))
+        change = await engine.refresh_credentials(key, secrets.lookup)
         ref = engine.object_ref(key)
         if change is not None and ref is not None:
             _announce(ref, change)

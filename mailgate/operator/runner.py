@@ -4,8 +4,9 @@ Order of a run:
 1. load the Kubernetes client configuration (in-cluster, else ``KUBECONFIG``);
 2. serve /metrics; with a Lease name, serve a standby /healthz and wait to lead;
 3. as leader: start the status writer, the gateway Pod watch and the start-up
-   listing of accounts, then run kopf (its liveness endpoint takes over the
-   health port) until a signal, or until the Lease is lost (exit status 1).
+   listings of accounts and of Secrets (account handlers wait for the latter:
+   ``secrets.SecretCache``), then run kopf (its liveness endpoint takes over
+   the health port) until a signal, or until the Lease is lost (exit status 1).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from ..oauth2.metrics import TokenMetrics
 from ..spec import GROUP, PLURAL, VERSION
 from .admin import AdminClient
+from .bookkeeping import SpecDiffBase
 from .engine import Engine
 from .handlers import build_registry, operator_settings
 from .leader import LeaseElector
@@ -37,6 +39,7 @@ from .login import BoundedLogin
 from .metrics import OperatorMetrics, metrics_app, serve, standby_health_app
 from .pods import PodWatcher
 from .refresh_api import TokenRefreshAPI
+from .secrets import SecretCache, fill
 from .status import StatusWriter
 from .tokens import OperatorTokens
 
@@ -142,10 +145,12 @@ async def _lead(
         writer.source = engine
         refresh_api.refresher = engine
         pods = PodWatcher(api_client, options.gateway_namespace, options.gateway_selector, engine.set_pods)
+        secret_cache = SecretCache()
         background = [
             asyncio.create_task(_critical("status writer", writer.run(), stop_flag)),
             asyncio.create_task(_critical("gateway pod watch", pods.run(), stop_flag)),
             asyncio.create_task(_critical("start-up listing", _prime(engine, api_client, options.namespaces), stop_flag)),
+            asyncio.create_task(_critical("Secret listing", fill(secret_cache, api_client, options.namespaces), stop_flag)),
         ]
         if elector is not None:
 
@@ -165,15 +170,16 @@ async def _lead(
             await engine.close()
 
         login = BoundedLogin(len(options.namespaces))
+        diffbase = SpecDiffBase()
         try:
             await kopf.operator(
                 registry=build_registry(login),
-                settings=operator_settings(),
+                settings=operator_settings(diffbase),
                 standalone=True,
                 clusterwide=not options.namespaces,
                 namespaces=list(options.namespaces),
                 liveness_endpoint=f"http://{options.bind_address}:{options.health_port}/healthz",
-                memo=kopf.Memo(engine=engine, metrics=metrics, shutdown=shutdown),
+                memo=kopf.Memo(engine=engine, metrics=metrics, secrets=secret_cache, diffbase=diffbase, shutdown=shutdown),
                 stop_flag=stop_flag,
             )
         finally:
