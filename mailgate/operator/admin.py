@@ -71,6 +71,10 @@ class GatewayReport:
     """The accounts reported with sender conflicts (usually none): what the status of every account scans."""
 
 
+SNAPSHOT_SECONDS_PER_ACCOUNT = 0.01
+"""Added to a full snapshot's deadline per account: ~100x what a quiet gateway needs (10,000 apply in ~1.2 s)."""
+
+
 class AdminClient:
     """Talks to gateways' admin ports with a bearer token."""
 
@@ -81,7 +85,8 @@ class AdminClient:
         self._port = port
         self._tls = _admin_tls(ca_file)
         self._timeout = aiohttp.ClientTimeout(total=timeout, connect=min(timeout, 2.0))
-        self._snapshot_timeout = aiohttp.ClientTimeout(total=snapshot_timeout, connect=min(timeout, 2.0))
+        self._snapshot_timeout = snapshot_timeout
+        self._connect_timeout = min(timeout, 2.0)
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> AdminClient:
@@ -127,9 +132,14 @@ class AdminClient:
         return parse_report(payload)
 
     async def put_config(self, ip: str, snapshot: ConfigSnapshot) -> None:
-        await self._call(
-            "PUT", ip, "/v1/config", body=snapshot.model_dump_json(by_alias=True), timeout=self._snapshot_timeout
-        )
+        """A full snapshot; its deadline grows with its size (10,000 accounts: 130 s).
+
+        A fixed 30 s was too short for a busy gateway to parse and apply
+        10,000 accounts, and every retry then started the whole apply again.
+        """
+        total = self._snapshot_timeout + SNAPSHOT_SECONDS_PER_ACCOUNT * len(snapshot.accounts)
+        timeout = aiohttp.ClientTimeout(total=total, connect=self._connect_timeout)
+        await self._call("PUT", ip, "/v1/config", body=snapshot.model_dump_json(by_alias=True), timeout=timeout)
 
     async def put_account(self, ip: str, config: AccountConfig, revision: int) -> None:
         path = f"/v1/config/accounts/{config.namespace}/{config.name}"
