@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-fast lint bench system-deps k8s-binaries image-base crd clean
+.PHONY: demo test test-fast lint bench fuzz system-deps k8s-binaries image-base crd clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(BIN)/python -m bench.pool --quick
+
+## schemathesis, every default check, 10,000+ requests to a gateway relaying to a capture server (docs/api.md).
+fuzz: $(STAMP)
+	$(BIN)/python -m bench.fuzz
 
 crd: $(STAMP)
 	$(BIN)/mailgate crd > crds/smtpaccounts.mailgate.dev.yaml

@@ -160,7 +160,7 @@ def prepare_tls(key: str, settings: AccountSettings, serving: AccountSettings | 
         return None
     try:
         return settings.build_ssl_context()
-    except (ssl.SSLError, ValueError) as exc:
+    except (ssl.SSLError, ValueError, TypeError) as exc:  # TypeError: a bundle that is not ASCII
         field = "spec.server.caCertificate" if settings.ca_pem else "spec.server.tls"
         raise InvalidAccount(key, f"the ssl module refuses it: {_ssl_reason(exc)}", field) from None
 

@@ -37,6 +37,13 @@ Choices a reader should know:
 - Attachments with a ``contentId`` are inline parts in a ``multipart/related``
   next to the HTML (``alternative(text, related(html, inline...))``); without
   an HTML body they are ordinary attachments that keep their Content-ID.
+- The models' JSON schema (so ``docs/openapi.json``) states these rules as
+  JSON Schema: patterns built here from the same pieces as the checks (an
+  address, a header name, a Date, an attachment's fields), ``anyOf`` for the
+  rules across fields. Where the two could differ the server was made to
+  refuse what the schema refuses (an address is never trimmed, a Date is an
+  RFC 5322 date-time, base64 may hold blanks and line breaks only), and
+  ``tests/gateway/test_openapi.py`` proves them equal.
 """
 
 from __future__ import annotations
@@ -53,7 +60,7 @@ from datetime import UTC, datetime
 from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
 from email.headerregistry import AddressHeader, BaseHeader
 from email.policy import default as default_policy
-from email.utils import format_datetime, getaddresses, parsedate_to_datetime
+from email.utils import format_datetime, getaddresses
 from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -125,6 +132,102 @@ _MEDIA_TYPE_RE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TO
 _CONTENT_ID_RE = re.compile(rf"[{_ATEXT}.@]{{1,250}}\Z")
 _MSGID_RE = re.compile(rf"<[{_ATEXT}.]+@[{_ATEXT}.\[\]:]+>\Z")
 _BAD_LOCAL_CATEGORIES = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
+_BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")  # line breaks and blanks some encoders put in; nothing else
+
+
+# --------------------------------------------------------------------------- patterns the JSON schema states
+# JSON Schema patterns (ECMA-262) that Python reads the same way: anchored with ^...$, no \s, \w or \d, no
+# inline flags (case-insensitive words are spelled [Aa] class by class). Where the server checks with one of
+# them, schema and server cannot disagree; the others are proven equal to the server's checks in the tests.
+
+
+def _anycase(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else c for c in word)
+
+
+_RESERVED_PREFIXES = ("content-", "resent-")
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # header text: what _check_header_text allows
+HEADER_NAME_PATTERN = (
+    "^(?!(?:" + "|".join(map(_anycase, sorted(RESERVED_HEADERS))) + ")$|" + "|".join(map(_anycase, _RESERVED_PREFIXES))
+    + r")[\x21-\x39\x3b-\x7e]{1,76}$"
+)  # fmt: skip
+MESSAGE_ID_NAME_PATTERN = f"^{_anycase('message-id')}$"
+MESSAGE_ID_PATTERN = f"^{_MSGID_RE.pattern[:-2]}$"
+DATE_NAME_PATTERN = f"^{_anycase('date')}$"
+
+
+def _date_pattern() -> str:
+    """RFC 5322 date-time, calendar-checked: 31 only in long months, 29 Feb only in leap years (4-digit years)."""
+    months = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
+    year = "[1-9][0-9]{3}"
+    leap_year = "(?:[1-9][0-9](?:0[48]|[2468][048]|[13579][26])|(?:[2468][048]|[13579][26])00)"
+    day_month_year = "|".join([
+        f"(?:0?[1-9]|1[0-9]|2[0-8]) (?:{'|'.join(months)}) {year}",
+        f"(?:29|30) (?:{'|'.join(m for m in months if m != 'Feb')}) {year}",
+        f"31 (?:Jan|Mar|May|Jul|Aug|Oct|Dec) {year}",
+        f"29 Feb {leap_year}",
+    ])  # fmt: skip
+    time_of_day = "(?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9])?"
+    zone = "(?:[+-](?:[01][0-9]|2[0-3])[0-5][0-9]|UT|GMT)"
+    comment = r"(?: \([\x20-\x27\x2a-\x5b\x5d-\x7e]*\))?"  # a trailing (CEST), as many mailers write
+    return f"^(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(?:{day_month_year}) {time_of_day} {zone}{comment}$"
+
+
+DATE_PATTERN = _date_pattern()
+_DATE_RE = re.compile(DATE_PATTERN)
+
+
+def _ipv6_pattern(ipv4: str) -> str:
+    """Every IPv6 text form ``ipaddress`` reads (zone ids aside), spelled out by the groups before ``::``."""
+    group = "[0-9A-Fa-f]{1,4}"
+    forms = [f"(?:{group}:){{7}}{group}", f"(?:{group}:){{6}}{ipv4}"]
+    for before in range(8):
+        head = f"(?:{group}:){{{before}}}:" if before else "::"
+        after = 7 - before  # explicit groups after "::", which stands for at least one
+        if after:
+            forms.append(f"{head}(?:{group}(?::{group}){{0,{after - 1}}})?" if after > 1 else f"{head}(?:{group})?")
+        else:
+            forms.append(head)
+        if before <= 5:  # an embedded IPv4 address counts as two groups
+            forms.append(f"{head}(?:{group}:){{0,{5 - before}}}{ipv4}" if before < 5 else head + ipv4)
+    return "|".join(forms)
+
+
+_OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
+_LABEL = _LABEL_RE.pattern[:-2]
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[(?:{_IPV4}|{_anycase('ipv6')}:(?:{_ipv6_pattern(_IPV4)}))\])"
+# An ASCII address as normalise_address reads it: at most 64 characters before the @, 254 in all.
+_ADDR = rf"(?![^@]{{65}})(?![^>]{{255}})[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@{_DOMAIN}"
+NAME_ADDRESS_PATTERN = rf"^[^\x00-\x1f\x7f]{{0,{MAX_NAME}}}<{_ADDR}>$"
+# A filename str.strip() leaves something of: one character that is neither a control nor white space.
+_KEPT_BY_STRIP = r"[^\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"  # str.isspace() is False
+FILENAME_PATTERN = rf"^[^\x00-\x1f\x7f]*{_KEPT_BY_STRIP}[^\x00-\x1f\x7f]*$"
+MEDIA_TYPE_PATTERN = f"^(?!{_anycase('multipart')}/|{_anycase('message')}/){_MEDIA_TYPE_RE.pattern[:-2]}$"
+CONTENT_ID_PATTERN = f"^(?:<{_CONTENT_ID_RE.pattern[:-2]}>|{_CONTENT_ID_RE.pattern[:-2]})$"
+
+# A message/rfc822 body parse_raw_message takes, in its simplest shape: ASCII fields of one line each, exactly one
+# From, at least one To/Cc/Bcc, a blank line and the body; lines of at most 998 characters (RFC 5322), the most
+# an upstream accepts. Addresses are plain (no = or ?, one per field), as every reader reads them alike.
+_RAW_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+"
+_RAW_ADDR = rf"(?![^@]{{65}})(?![^>\r\n]{{255}}){_RAW_ATOM}(?:\.{_RAW_ATOM})*@{_LABEL}(?:\.{_LABEL})*"
+_RAW_MAILBOX = rf"(?:{_RAW_ADDR}|[A-Za-z0-9 '_+-]{{0,64}}<{_RAW_ADDR}>)"
+_RAW_EOL = r"(?:\r\n|\n)"
+_RAW_FIELD = (
+    "(?!(?:" + "|".join(map(_anycase, (*ORIGINATOR_FIELDS, "to", "cc", "bcc"))) + "):)"
+    + rf"[\x21-\x39\x3b-\x7e]{{1,76}}:[\t\x20-\x7e]{{0,900}}{_RAW_EOL}"
+)  # fmt: skip
+_RAW_LINE = r"[\t\x20-\x7e]{0,998}"
+RAW_MESSAGE_PATTERN = (
+    f"^(?:{_RAW_FIELD})*From: {_RAW_MAILBOX}{_RAW_EOL}(?:{_RAW_FIELD})*(?:(?:To|Cc|Bcc): {_RAW_MAILBOX}{_RAW_EOL})+"
+    f"(?:{_RAW_FIELD})*{_RAW_EOL}(?:{_RAW_LINE}{_RAW_EOL})*{_RAW_LINE}$"
+)
+_B64, _B64_WSP = "[A-Za-z0-9+/]", r"[\t\n\r ]*"
+# Standard alphabet, padded; blanks and line breaks anywhere (they are dropped before decoding).
+BASE64_PATTERN = (
+    f"^{_B64_WSP}(?:(?:{_B64}{_B64_WSP}){{4}})*"
+    f"(?:(?:{_B64}{_B64_WSP}){{2}}={_B64_WSP}={_B64_WSP}|(?:{_B64}{_B64_WSP}){{3}}={_B64_WSP})?$"
+)
 
 
 class MessageError(Exception):
@@ -184,6 +287,8 @@ def _normalise_domain(domain: str, keep_unicode: bool) -> str:
         literal = domain[1:-1] if domain.endswith("]") else ""
         try:
             if literal[:5].lower() == "ipv6:":
+                if "%" in literal:  # a zone id (fe80::1%eth0) names an interface of one host: meaningless in mail
+                    raise ValueError
                 ipaddress.IPv6Address(literal[5:])
             else:
                 ipaddress.IPv4Address(literal)
@@ -228,17 +333,23 @@ def normalise_address(addr: str) -> tuple[str, bool]:
 
 
 def _split_mailbox(value: str) -> tuple[str | None, str]:
-    """``Name <addr>`` / ``"Name" <addr>`` / ``addr`` -> (name, addr)."""
-    text = value.strip()
-    if not text.endswith(">"):
-        return None, text
-    lt = text.rfind("<")
+    """``Name <addr>`` / ``"Name" <addr>`` / ``addr`` -> (name, addr).
+
+    Exactly what the schema's two string forms say: nothing around the
+    address or inside the angle brackets is trimmed, only the display name
+    (at most ``MAX_NAME`` characters as written) loses its outer spaces.
+    """
+    if not value.endswith(">"):
+        return None, value
+    lt = value.rfind("<")
     if lt < 0:
         raise ValueError("unbalanced angle brackets")
-    name = text[:lt].strip()
+    if lt > MAX_NAME:
+        raise ValueError(f"display name longer than {MAX_NAME} characters")
+    name = value[:lt].strip()
     if len(name) >= 2 and name[0] == name[-1] == '"':
         name = re.sub(r"\\(.)", r"\1", name[1:-1])
-    return name or None, text[lt + 1 : -1].strip()
+    return name or None, value[lt + 1 : -1]
 
 
 def _to_mailbox(value: Any) -> Mailbox:
@@ -269,7 +380,7 @@ def _decode_base64(value: Any) -> bytes:
     if not isinstance(value, str):
         raise ValueError("content must be a base64 string")
     try:
-        return binascii.a2b_base64("".join(value.split()), strict_mode=True)
+        return binascii.a2b_base64(value.translate(_BASE64_WHITESPACE), strict_mode=True)
     except (binascii.Error, ValueError):
         raise ValueError("content is not valid base64 (standard alphabet, padded)") from None
 
@@ -280,7 +391,7 @@ def _check_header_name(name: str) -> str:
     lowered = name.lower()
     # Resent-* fields say who re-sent the message (Resent-From/Sender are originators ``senders`` would have to
     # check, Resent-Bcc would leak recipients): a message built from JSON is new, never re-sent.
-    if lowered in RESERVED_HEADERS or lowered.startswith(("content-", "resent-")):
+    if lowered in RESERVED_HEADERS or lowered.startswith(_RESERVED_PREFIXES):
         raise ValueError("reserved header: set it through the request's own fields, or let the gateway set it")
     return name
 
@@ -313,18 +424,56 @@ def _field_error(field: str, detail: str) -> PydanticCustomError:
     return PydanticCustomError("invalid_field", "{detail}", {"field": field, "detail": detail})
 
 
+_HEADER_TEXT_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NO_CONTROL_PATTERN}
+# idn-email is RFC 6531's Mailbox; the pattern rules out what the gateway never takes in a bare address (and some
+# format checkers let through): white space, controls, quotes, comments, angle brackets and list separators.
+BARE_ADDRESS_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "format": "idn-email",
+    "maxLength": 254,
+    "pattern": r'^[^\x00-\x20\x7f"(),;<>\\]+$',
+}
 _ADDRESS_SCHEMA: dict[str, Any] = {
-    "description": 'An address: "a@example.com", "Name <a@example.com>" or {"name", "address"}. '
-    "IDN domains and UTF-8 local parts (SMTPUTF8) are accepted.",
-    "oneOf": [
-        {"type": "string", "examples": ["ops@example.com", "Ops Team <ops@example.com>"]},
+    "description": 'An address: "a@example.com", "Name <a@example.com>" or {"name", "address"}. The address is '
+    "an RFC 6531 addr-spec without quoted local parts or comments, at most 64 octets before the @ and 254 in all. "
+    "International addresses (IDN domains, sent as punycode; UTF-8 local parts, sent with SMTPUTF8) are accepted in "
+    "all three forms, though the pattern of the Name <address> form spells out ASCII addresses only (IDNA is no "
+    "regular language). Nothing around the address is trimmed.",
+    "anyOf": [
+        {**BARE_ADDRESS_SCHEMA, "examples": ["ops@example.com"]},
+        {"type": "string", "pattern": NAME_ADDRESS_PATTERN, "examples": ["Ops Team <ops@example.com>"]},
         {
             "type": "object",
-            "properties": {"name": {"type": ["string", "null"]}, "address": {"type": "string"}},
+            "properties": {
+                "name": {"type": ["string", "null"], "maxLength": MAX_NAME, "pattern": NO_CONTROL_PATTERN},
+                "address": BARE_ADDRESS_SCHEMA,
+            },
             "required": ["address"],
             "additionalProperties": False,
         },
     ],
+}
+_HEADERS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": {"pattern": HEADER_NAME_PATTERN},
+    "patternProperties": {
+        MESSAGE_ID_NAME_PATTERN: {"type": "string", "pattern": MESSAGE_ID_PATTERN},
+        DATE_NAME_PATTERN: {"type": "string", "pattern": DATE_PATTERN},
+    },
+    "additionalProperties": _HEADER_TEXT_SCHEMA,
+}
+# The rules across fields, as the model validator below applies them.
+_SENDABLE_SCHEMA: dict[str, Any] = {
+    "allOf": [
+        {"anyOf": [{"required": [f], "properties": {f: {"minItems": 1}}} for f in ("to", "cc", "bcc")]},
+        {
+            "anyOf": [
+                {"required": ["text"], "properties": {"text": {"type": "string"}}},
+                {"required": ["html"], "properties": {"html": {"type": "string"}}},
+                {"required": ["attachments"], "properties": {"attachments": {"minItems": 1}}},
+            ]
+        },
+    ]
 }
 
 Address = Annotated[
@@ -333,14 +482,16 @@ Address = Annotated[
     PlainSerializer(lambda m: {"name": m.name, "address": m.address}),
     WithJsonSchema(_ADDRESS_SCHEMA),
 ]
-HeaderText = Annotated[str, AfterValidator(_check_header_text)]
+HeaderText = Annotated[str, AfterValidator(_check_header_text), WithJsonSchema(_HEADER_TEXT_SCHEMA)]
 BodyText = Annotated[str, AfterValidator(_check_unicode)]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 Base64Content = Annotated[
     bytes,
     PlainValidator(_decode_base64),
     PlainSerializer(lambda b: base64.b64encode(b).decode("ascii")),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64", "description": "The file's bytes, base64."}),
+    WithJsonSchema(
+        {"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN, "description": "The file's bytes, base64."}
+    ),
 ]
 
 
@@ -351,16 +502,32 @@ class _Model(BaseModel):
 class Attachment(_Model):
     """A file: its bytes travel base64 in JSON and base64 in the message, so they arrive unchanged."""
 
-    filename: Annotated[str, Field(max_length=255), AfterValidator(_check_filename)]
-    content_type: Annotated[str, Field(max_length=255), AfterValidator(_check_media_type)] = "application/octet-stream"
+    filename: Annotated[
+        str,
+        Field(max_length=255, description="Spaces at either end are dropped.", json_schema_extra={"pattern": FILENAME_PATTERN}),
+        AfterValidator(_check_filename),
+    ]
+    content_type: Annotated[
+        str,
+        Field(
+            max_length=255,
+            description="A media type with optional parameters; multipart/* and message/* are the gateway's to build.",
+            json_schema_extra={"pattern": MEDIA_TYPE_PATTERN},
+        ),
+        AfterValidator(_check_media_type),
+    ] = "application/octet-stream"
     content: Base64Content
-    content_id: Annotated[str | None, AfterValidator(lambda v: v if v is None else _check_content_id(v))] = Field(
-        default=None, description="Makes the part inline; the HTML refers to it as cid:<contentId>."
-    )
+    content_id: Annotated[
+        str | None,
+        AfterValidator(lambda v: v if v is None else _check_content_id(v)),
+        WithJsonSchema({"anyOf": [{"type": "string", "pattern": CONTENT_ID_PATTERN}, {"type": "null"}]}),
+    ] = Field(default=None, description="Makes the part inline; the HTML refers to it as cid:<contentId>.")
 
 
 class SendRequest(_Model):
     """The JSON body of ``POST /v1/accounts/{namespace}/{name}/messages``."""
+
+    model_config = ConfigDict(json_schema_extra=_SENDABLE_SCHEMA)
 
     from_: Address = Field(alias="from", description="The From header and the envelope sender (MAIL FROM).")
     to: list[Address] = Field(default_factory=list)
@@ -370,10 +537,11 @@ class SendRequest(_Model):
     subject: HeaderText | None = None
     text: BodyText | None = None
     html: BodyText | None = None
-    headers: dict[HeaderName, HeaderText] = Field(
+    headers: Annotated[dict[HeaderName, HeaderText], WithJsonSchema(_HEADERS_SCHEMA)] = Field(
         default_factory=dict,
-        description="Extra header fields. From/To/Cc/Bcc/Reply-To/Subject/Sender/MIME-Version/Content-*/Resent-* "
-        "are refused; Message-ID and Date are generated unless given here.",
+        description="Extra header fields. From/To/Cc/Bcc/Reply-To/Subject/Sender/MIME-Version/Return-Path/Received/"
+        "Content-*/Resent-* are refused; Message-ID (<unique@domain>) and Date (RFC 5322) are generated unless "
+        "given here. Names are case-insensitive: the same name twice (X-Tag and x-tag) is refused.",
     )
     attachments: list[Attachment] = Field(default_factory=list)
 
@@ -388,11 +556,8 @@ class SendRequest(_Model):
             seen.add(lowered)
             if lowered == "message-id" and not _MSGID_RE.match(value):
                 raise _field_error(f"headers.{name}", "a Message-ID looks like <unique@domain>")
-            if lowered == "date":
-                try:
-                    parsedate_to_datetime(value)
-                except (TypeError, ValueError):
-                    raise _field_error(f"headers.{name}", "not an RFC 5322 date") from None
+            if lowered == "date" and not _DATE_RE.fullmatch(value):
+                raise _field_error(f"headers.{name}", "not an RFC 5322 date (Tue, 1 Jul 2025 10:00:00 +0000)")
         return headers
 
     @model_validator(mode="after")

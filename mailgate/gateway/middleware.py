@@ -43,7 +43,9 @@ def _error_response(exc: web.HTTPException, rid: str) -> web.StreamResponse:
     if exc.status < 400:  # redirects and the like pass through unchanged
         return exc
     slug = _HTTP_ERROR_SLUGS.get(exc.status, "invalid-request" if exc.status < 500 else "internal-error")
-    return problem(slug, exc.reason, request_id=rid)
+    # RFC 9110: a 405 says which methods the resource does support.
+    headers = {"Allow": ", ".join(sorted(exc.allowed_methods))} if isinstance(exc, web.HTTPMethodNotAllowed) else None
+    return problem(slug, exc.reason, request_id=rid, headers=headers)
 
 
 @web.middleware

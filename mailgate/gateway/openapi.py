@@ -22,7 +22,9 @@ from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
 from ..snapshot import AccountConfig, ConfigSnapshot
-from .message import SendRequest
+from ..spec import HOST_PATTERN
+from .idempotency import MAX_KEY_LENGTH
+from .message import BARE_ADDRESS_SCHEMA, RAW_MESSAGE_PATTERN, SendRequest
 from .problems import PROBLEM_TYPES, TYPE_BASE
 
 SEND_PORT = 8080
@@ -107,9 +109,66 @@ class GatewayStatus(_Doc):
 _REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
 _RESPONSE_MODELS: list[type[BaseModel]] = [SendResponse, Problem, ConfigApplied, AccountApplied, GatewayStatus]
 _SEND_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
-_ADMIN_ERRORS = {"put": (400, 401, 409, 422), "delete": (400, 401, 404, 409), "get": (401,)}
+# putAccount's 404: a path that is no account route (an empty name), answered before the handler.
+_ADMIN_ERRORS = {"put": (400, 401, 409, 422), "putAccount": (400, 401, 404, 409, 422), "delete": (400, 401, 404, 409),
+                 "get": (401,)}  # fmt: skip
 # Problem types only one of the two APIs answers with; every other type may come from either.
 _ONLY_IN = {"revision-conflict": "admin", "invalid-configuration": "admin", "idempotency-conflict": "send"}
+
+
+# What pydantic's regex engine (Rust's regex crate) reads as \s: Unicode White_Space. ECMA-262's \s differs (it
+# has U+FEFF, not U+0085), so the document spells the set out; it only ever appears inside a class.
+_WHITE_SPACE = r"\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+
+
+def _spell_out_white_space(node: Any) -> None:
+    if isinstance(node, dict):
+        if isinstance(node.get("pattern"), str):
+            node["pattern"] = node["pattern"].replace(r"\s", _WHITE_SPACE)
+        for value in node.values():
+            _spell_out_white_space(value)
+    elif isinstance(node, list):
+        for value in node:
+            _spell_out_white_space(value)
+
+
+def _present(name: str, kind: str = "string") -> dict[str, Any]:
+    """``name`` is there and of ``kind`` (not null: the models read null as absent)."""
+    return {"required": [name], "properties": {name: {"type": kind}}}
+
+
+def _provider(name: str) -> dict[str, Any]:
+    return {"properties": {"provider": {"const": name}}}
+
+
+def _state_the_model_rules(schemas: dict[str, Any]) -> None:
+    """The rules the config models check in code (CEL rules for the apiserver), as JSON Schema where it can.
+
+    ``ServerSpec.host`` carries its pattern in a CEL rule (for a short apiserver
+    message); the ``AuthSpec`` and ``OAuth2Spec`` rules are about which fields
+    go together. ``PoolSpec``'s (healthCheckAfterIdleSeconds below ttlSeconds)
+    compares two fields, which JSON Schema cannot: its description says it.
+    """
+    _spell_out_white_space(schemas)
+    schemas["ServerSpec"]["properties"]["host"]["pattern"] = HOST_PATTERN
+    oauth2_method = {"required": ["method"], "properties": {"method": {"const": "oauth2"}}}
+    schemas["AuthSpec"]["allOf"] = [
+        {"anyOf": [{"properties": {"method": {"const": "none"}}}, _present("secretRef", "object")]},
+        {
+            "anyOf": [
+                {"allOf": [oauth2_method, _present("oauth2", "object")]},
+                {"properties": {"method": {"not": {"const": "oauth2"}}, "oauth2": {"type": "null"}}},
+            ]
+        },
+    ]
+    google_identity = {"anyOf": [{"required": ["clientId"]}, {"required": ["clientAuthentication"]}]}
+    schemas["OAuth2Spec"]["anyOf"] = [
+        {"allOf": [_provider("microsoft"), _present("clientId"), {"anyOf": [_present("tenantId"), _present("tokenUrl")]}]},
+        {"allOf": [_provider("google"), {"not": google_identity}]},
+        {"allOf": [_provider("generic"), _present("clientId"), _present("tokenUrl")]},
+    ]
+    pool = schemas["PoolSpec"]
+    pool["description"] += " healthCheckAfterIdleSeconds must be below ttlSeconds (400 otherwise)."
 
 
 def _ref(name: str) -> dict[str, str]:
@@ -125,6 +184,9 @@ def _problem_responses(statuses: tuple[int, ...], *, admin: bool = False) -> dic
             "description": "Problem types: " + ", ".join(slugs),
             "content": {"application/problem+json": {"schema": _ref("Problem")}},
         }
+        if status == 400:  # aiohttp's HTTP parser answers before any handler does, in plain text
+            response["description"] += "; text/plain when the request line or a header is over 8190 bytes"
+            response["content"]["text/plain"] = {"schema": {"type": "string"}}
         if status in (429, 503):
             response["headers"] = {"Retry-After": {"description": "Seconds to wait.", "schema": {"type": "integer"}}}
         out[str(status)] = response
@@ -141,12 +203,25 @@ def _admin(operation: dict[str, Any]) -> dict[str, Any]:
 
 def _send_paths() -> dict[str, Any]:
     raw_params = [
-        {"name": "from", "in": "query", "required": False, "schema": {"type": "string"},
-         "description": "message/rfc822 only: envelope sender instead of the body's Sender/From."},
-        {"name": "to", "in": "query", "required": False, "schema": {"type": "array", "items": {"type": "string"}},
+        {"name": "from", "in": "query", "required": False, "schema": BARE_ADDRESS_SCHEMA,
+         "description": "message/rfc822 only (a JSON body carries its own envelope; this is ignored): "
+                        "envelope sender instead of the body's Sender/From."},
+        {"name": "to", "in": "query", "required": False, "schema": {"type": "array", "items": BARE_ADDRESS_SCHEMA},
          "style": "form", "explode": True,
-         "description": "message/rfc822 only: envelope recipients instead of the body's To/Cc/Bcc (repeatable)."},
+         "description": "message/rfc822 only (ignored with a JSON body): envelope recipients instead of the "
+                        "body's To/Cc/Bcc (repeatable)."},
     ]
+    raw_message = {
+        "type": "string",
+        "contentMediaType": "message/rfc822",
+        "pattern": RAW_MESSAGE_PATTERN,
+        "description": "An RFC 5322 message, sent as it is apart from line endings (CRLF), Bcc (removed) and Message-ID "
+        "and Date (added when absent). Exactly one From; recipients from To/Cc/Bcc unless the to parameter is "
+        "given. The pattern spells out the simplest such message; folded fields, any address syntax the stdlib "
+        "parsers agree on and UTF-8 (RFC 6532, sent with SMTPUTF8) are accepted too. A field no mail reader may "
+        "read differently is refused: control characters, a first line that is a continuation, a line that is "
+        "neither a field nor a continuation, an ambiguous address list.",
+    }
     send: dict[str, Any] = {
         "post": {
             "tags": ["send"],
@@ -158,7 +233,7 @@ def _send_paths() -> dict[str, Any]:
                 "required": True,
                 "content": {
                     "application/json": {"schema": _ref("SendRequest")},
-                    "message/rfc822": {"schema": {"type": "string", "contentMediaType": "message/rfc822"}},
+                    "message/rfc822": {"schema": raw_message},
                 },
             },
             "responses": {
@@ -168,11 +243,14 @@ def _send_paths() -> dict[str, Any]:
         }
     }
     idempotency = {"name": "Idempotency-Key", "in": "header", "required": False,
-                   "schema": {"type": "string", "maxLength": 255},
-                   "description": "A retried request with the same key returns the first answer (see docs/api.md)."}
+                   "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH,
+                              "pattern": r"^[\x20-\x7e]*[\x21-\x7e][\x20-\x7e]*$"},
+                   "description": "A retried request with the same key returns the first answer; the same key "
+                                  "with another request is refused (422 idempotency-conflict). See docs/api.md."}
     send["post"]["parameters"].append(idempotency)
     routed = {"post": {**send["post"], "operationId": "sendMessageRouted",
                        "summary": "Send one message through the account its sender routes to (as the SMTP ingress does)",
+                       "description": "403 sender-not-allowed when no account's senders claim the sender.",
                        "parameters": [*raw_params, idempotency]}}
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
@@ -220,12 +298,13 @@ def _admin_paths() -> dict[str, Any]:
         "/v1/config/accounts/{namespace}/{name}": {
             "put": _admin({
                 "summary": "Add or replace one account",
+                "description": "The body's namespace and name are the path's (400 otherwise).",
                 "operationId": "putAccount",
                 "parameters": account_params,
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("AccountConfig")}}},
                 "responses": {
                     "200": {"description": "Applied", "content": {"application/json": {"schema": _ref("AccountApplied")}}},
-                    **_problem_responses(_ADMIN_ERRORS["put"], admin=True),
+                    **_problem_responses(_ADMIN_ERRORS["putAccount"], admin=True),
                 },
             }),
             "delete": _admin({
@@ -253,6 +332,7 @@ def openapi_document() -> dict[str, Any]:
     pairs: list[tuple[type[BaseModel], JsonSchemaMode]] = [(m, "validation") for m in _REQUEST_MODELS]
     pairs += [(m, "serialization") for m in _RESPONSE_MODELS]
     _, defs = models_json_schema(pairs, by_alias=True, ref_template="#/components/schemas/{model}")
+    _state_the_model_rules(defs["$defs"])
     return {
         "openapi": "3.1.0",
         "info": {

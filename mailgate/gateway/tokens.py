@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from ..oauth2.config import grant_for
+from ..oauth2.config import grant_for, secret_keys
 from ..oauth2.endpoint import TokenEndpoint, token_fingerprint
 from ..oauth2.grants import Grant, GrantError
 from ..oauth2.keeper import TokenKeeper, TokenObserver, TokenUnavailable
@@ -121,7 +121,11 @@ class TokenSources:
         creds = config.credentials
         existing = self._sources.get(config.key)
         if creds.oauth2_secret is not None:
-            grant = grant_for(oauth2, {key: value.get_secret_value() for key, value in creds.oauth2_secret.items()})
+            secret = {key: value.get_secret_value() for key, value in creds.oauth2_secret.items()}
+            missing = [key for key in secret_keys(config.spec.auth) if key not in secret]
+            if missing:
+                raise GrantError(f"the credential has no {missing[0]} key")
+            grant = grant_for(oauth2, secret)
             if isinstance(existing, TokenKeeper):
                 return PreparedToken(existing, grant=grant)
             endpoint = self._endpoint(oauth2.ca_certificate)
