@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import aiohttp
 
 from ..oauth2.config import grant_for, secret_keys
-from ..oauth2.endpoint import TokenEndpoint, token_fingerprint
+from ..oauth2.endpoint import TokenEndpoints, token_fingerprint
 from ..oauth2.grants import Grant, GrantError
 from ..oauth2.keeper import TokenKeeper, TokenObserver, TokenUnavailable
 from ..snapshot import AccountConfig
@@ -104,7 +104,7 @@ class TokenSources:
         self.observer = observer  # set before the first account arrives (the metrics are built after the registry)
         self._operator_token = operator_token
         self._sources: dict[str, TokenKeeper | PushedTokens] = {}
-        self._endpoints: dict[str | None, TokenEndpoint] = {}
+        self._endpoints = TokenEndpoints()
         self._session: aiohttp.ClientSession | None = None
 
     def expiries(self) -> dict[str, float | None]:
@@ -128,7 +128,7 @@ class TokenSources:
             grant = grant_for(oauth2, secret)
             if isinstance(existing, TokenKeeper):
                 return PreparedToken(existing, grant=grant)
-            endpoint = self._endpoint(oauth2.ca_certificate)
+            endpoint = self._endpoints.for_ca(oauth2.ca_certificate)
             return PreparedToken(TokenKeeper(config.key, grant, endpoint, observer=self.observer), grant=grant)
         if creds.token is None:
             raise GrantError("neither an access token nor the credential to obtain one was delivered")
@@ -157,14 +157,7 @@ class TokenSources:
 
     def _close_soon(self, source: TokenKeeper | PushedTokens) -> None:
         if isinstance(source, TokenKeeper):
-            task = asyncio.get_running_loop().create_task(source.close())
-            task.add_done_callback(lambda done: done.exception())  # close() is idempotent and does not raise
-
-    def _endpoint(self, ca_pem: str | None) -> TokenEndpoint:
-        endpoint = self._endpoints.get(ca_pem)
-        if endpoint is None:
-            endpoint = self._endpoints[ca_pem] = TokenEndpoint(ca_pem=ca_pem)
-        return endpoint
+            source.close_soon()
 
     async def _post_refresh(self, url: str, key: str, rejected: str) -> None:
         """Tell the operator the upstream refused a token; failures are logged (the caller then waits, bounded)."""
@@ -183,8 +176,7 @@ class TokenSources:
     async def close(self) -> None:
         sources, self._sources = list(self._sources.values()), {}
         await asyncio.gather(*(source.close() for source in sources if isinstance(source, TokenKeeper)))
-        await asyncio.gather(*(endpoint.close() for endpoint in self._endpoints.values()))
-        self._endpoints.clear()
+        await self._endpoints.close()
         if self._session is not None:
             await self._session.close()
             self._session = None

@@ -139,6 +139,24 @@ class TokenEndpoint:
             self._session = None
 
 
+class TokenEndpoints:
+    """One ``TokenEndpoint`` per CA bundle in use: accounts that trust the same CAs share its HTTP session."""
+
+    def __init__(self) -> None:
+        self._by_ca: dict[str | None, TokenEndpoint] = {}
+
+    def for_ca(self, ca_pem: str | None) -> TokenEndpoint:
+        endpoint = self._by_ca.get(ca_pem)
+        if endpoint is None:
+            endpoint = self._by_ca[ca_pem] = TokenEndpoint(ca_pem=ca_pem)
+        return endpoint
+
+    async def close(self) -> None:
+        endpoints, self._by_ca = list(self._by_ca.values()), {}
+        for endpoint in endpoints:
+            await endpoint.close()
+
+
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
     body = bytearray()
     async for chunk in response.content.iter_chunked(16384):

@@ -172,6 +172,11 @@ class TokenKeeper:
         self._wake.set()
         log.info("%s: credentials changed, requesting a token with the new ones", self.key)
 
+    def close_soon(self) -> None:
+        """``close()`` in the background, for callers that drop a keeper outside a coroutine."""
+        task = asyncio.get_running_loop().create_task(self.close())
+        task.add_done_callback(lambda done: done.exception())  # close() is idempotent and does not raise
+
     async def close(self) -> None:
         """Stop renewing; waiters get ``TokenUnavailable``. Idempotent."""
         self._closed = True

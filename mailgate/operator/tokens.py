@@ -10,12 +10,11 @@ for a new one through ``POST /v1/token-refresh`` (``refresh_api``).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping
 
 from ..oauth2.config import grant_for
-from ..oauth2.endpoint import AccessToken, TokenEndpoint, TokenError
+from ..oauth2.endpoint import AccessToken, TokenEndpoints, TokenError
 from ..oauth2.keeper import TokenKeeper, TokenObserver, TokenUnavailable
 from ..spec import OAuth2Spec
 
@@ -31,7 +30,7 @@ class OperatorTokens:
         self.observers: list[TokenObserver] = list(observers or [])
         self._keepers: dict[str, TokenKeeper] = {}
         self._trust: dict[str, str | None] = {}  # account key -> the CA its keeper's endpoint trusts
-        self._endpoints: dict[str | None, TokenEndpoint] = {}
+        self._endpoints = TokenEndpoints()
 
     def configure(self, key: str, oauth2: OAuth2Spec, secret: Mapping[str, str]) -> None:
         """Start (or re-point after a rotation) the keeper of ``key``; GrantError for a broken credential."""
@@ -42,7 +41,7 @@ class OperatorTokens:
             return
         if keeper is not None:
             self.discard_soon(key)
-        keeper = self._keepers[key] = TokenKeeper(key, grant, self._endpoint(oauth2.ca_certificate), observer=self)
+        keeper = self._keepers[key] = TokenKeeper(key, grant, self._endpoints.for_ca(oauth2.ca_certificate), observer=self)
         self._trust[key] = oauth2.ca_certificate
         keeper.start()
 
@@ -75,22 +74,13 @@ class OperatorTokens:
         keeper = self._keepers.pop(key, None)
         self._trust.pop(key, None)
         if keeper is not None:
-            task = asyncio.get_running_loop().create_task(keeper.close())
-            task.add_done_callback(lambda done: done.exception())  # close() is idempotent and does not raise
+            keeper.close_soon()
 
     async def close(self) -> None:
         keepers, self._keepers = list(self._keepers.values()), {}
         for keeper in keepers:
             await keeper.close()
-        for endpoint in self._endpoints.values():
-            await endpoint.close()
-        self._endpoints.clear()
-
-    def _endpoint(self, ca_pem: str | None) -> TokenEndpoint:
-        endpoint = self._endpoints.get(ca_pem)
-        if endpoint is None:
-            endpoint = self._endpoints[ca_pem] = TokenEndpoint(ca_pem=ca_pem)
-        return endpoint
+        await self._endpoints.close()
 
     # TokenObserver, for the keepers
     def token_issued(self, key: str, token: AccessToken) -> None:

@@ -5,6 +5,7 @@ The Python base (hack/image-base.sh) is kept: it is the slow, unchanging part.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +17,8 @@ TAG = "localhost/mailgate:image-test"
 
 @pytest.fixture(scope="session")
 def image() -> Iterator[str]:
+    # `make test` installs podman (hack/system-deps.sh): its absence is a broken set-up, reported, never a skip.
+    assert shutil.which("podman") is not None, "podman is not installed: run `make system-deps` (make test does)"
     build(TAG, base_image())
     yield TAG
     podman("rmi", "--force", TAG)

@@ -9,7 +9,6 @@ STARTTLS and AUTH to a real upstream started by the test on 127.0.0.1.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 import urllib.error
 import urllib.request
@@ -21,8 +20,6 @@ import pytest
 
 from tests.image.podman import LIMITS, free_port, host_ca_bundle, podman
 from tests.smtp_servers import TestCA, Upstream
-
-pytestmark = pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed (`make system-deps` installs it)")
 
 ADMIN_TOKEN = "image-test-admin-token"
 PASSWORD = "image-test-Pa55"
