@@ -19,6 +19,12 @@ Ownership is per checkout: ``acquire`` wraps the session in a new
 ``PooledConnection`` handle, and ``release`` takes it back exactly once. A
 second release of the same handle raises ``AlreadyReleased`` before anything
 changes, so it can never hand a session to a second owner.
+
+An account costs a few references until it first sends: ``configure`` keeps
+only its ``_Account`` (settings, limits, the shared TLS context), and the
+queues, session sets and counters (``_AccountPool``, about 2 KB) are made by
+the first ``acquire``. A gateway serves thousands of accounts of which few
+send at any time, and the cleanup sweep then walks only the ones that did.
 """
 
 from __future__ import annotations
@@ -71,15 +77,28 @@ class SendResult(TransactionResult):
     connection_reused: bool = False
 
 
-@dataclass
-class _AccountPool:
-    """The state of one account; every method here is synchronous by design."""
+@dataclass(eq=False, slots=True)
+class _Account:
+    """A configured account as the pool holds it before (and while) it sends: only references.
+
+    ``tls_context`` is held from ``configure`` on, not built on first use:
+    contexts are shared by trust settings and cached weakly, so this reference
+    is what keeps the one the gateway validated (and built once) alive.
+    """
 
     name: str
     settings: AccountSettings
     limits: PoolLimits
     tls_context: Any
     generation: int = 0
+    removed: bool = False
+
+
+@dataclass(eq=False)
+class _AccountPool:
+    """The sessions, waiters and counters of one account that has sent; every method here is synchronous by design."""
+
+    account: _Account
     idle: deque[UpstreamSession] = field(default_factory=deque)
     active: set[UpstreamSession] = field(default_factory=set)
     opening: int = 0
@@ -92,7 +111,19 @@ class _AccountPool:
     messages_sent: int = 0
     health: HealthCheck | None = None
     last_error: str | None = None
-    removed: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.account.name
+
+    @property
+    def limits(self) -> PoolLimits:
+        """The limits in force now: ``reconfigure`` changes them on the account, live."""
+        return self.account.limits
+
+    @property
+    def removed(self) -> bool:
+        return self.account.removed
 
     def live(self) -> int:
         return len(self.idle) + len(self.active) + self.opening
@@ -102,7 +133,7 @@ class _AccountPool:
         return self.live() + self.closing
 
     def is_stale(self, conn: UpstreamSession) -> bool:
-        return conn.generation != self.generation
+        return conn.generation != self.account.generation
 
     def retire_reason(self, conn: UpstreamSession, now: float) -> CloseReason | None:
         """Why a connection must not go back to idle, if any."""
@@ -182,8 +213,7 @@ class _AccountPool:
     def stats(self) -> dict[str, Any]:
         health = self.health
         return {
-            "upstream": self.settings.display_key(),
-            "max_connections": self.limits.max_connections,
+            **_unused_stats(self.account),
             "idle": len(self.idle),
             "active": len(self.active),
             "opening": self.opening,
@@ -197,6 +227,24 @@ class _AccountPool:
             else {"ok": health.ok, "age_seconds": round(time.monotonic() - health.at, 3), "error": health.error},
             "last_error": self.last_error,
         }
+
+
+def _unused_stats(account: _Account) -> dict[str, Any]:
+    """What an account that never sent reports: its upstream and limit, every counter at zero."""
+    return {
+        "upstream": account.settings.display_key(),
+        "max_connections": account.limits.max_connections,
+        "idle": 0,
+        "active": 0,
+        "opening": 0,
+        "closing": 0,
+        "waiting": 0,
+        "created": 0,
+        "closed": {},
+        "messages_sent": 0,
+        "last_health_check": None,
+        "last_error": None,
+    }
 
 
 def describe_error(exc: BaseException) -> str:
@@ -228,7 +276,8 @@ class SMTPPool:
         self.max_per_account = max_per_account
         self.cleanup_interval = cleanup_interval
         self.close_grace = close_grace
-        self._accounts: dict[str, _AccountPool] = {}
+        self._accounts: dict[str, _Account] = {}
+        self._pools: dict[str, _AccountPool] = {}  # accounts that have acquired: a subset of ``_accounts``
         self._closing_tasks: set[asyncio.Task[None]] = set()
         self._cleanup_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -244,12 +293,7 @@ class SMTPPool:
         if account in self._accounts:
             self.reconfigure(account, settings)
             return
-        self._accounts[account] = _AccountPool(
-            name=account,
-            settings=settings,
-            limits=self._limits_for(settings),
-            tls_context=settings.build_ssl_context(),
-        )
+        self._accounts[account] = _Account(account, settings, self._limits_for(settings), settings.build_ssl_context())
 
     def reconfigure(self, account: str, settings: AccountSettings) -> None:
         """Apply limits, TTLs or credentials live; in-flight sends are never interrupted.
@@ -258,20 +302,25 @@ class SMTPPool:
         now, checked-out ones when released. A raised limit admits waiters at
         once; a lowered one retires surplus connections as they come back.
         """
-        pool = self._get(account)
-        if settings.session_key() != pool.settings.session_key():
-            pool.generation += 1
-            pool.tls_context = settings.build_ssl_context()
-        pool.settings = settings
-        pool.limits = self._limits_for(settings)
-        self._reassign(pool)
+        entry = self._get(account)
+        if settings.session_key() != entry.settings.session_key():
+            entry.generation += 1
+            entry.tls_context = settings.build_ssl_context()
+        entry.settings = settings
+        entry.limits = self._limits_for(settings)
+        pool = self._pools.get(account)
+        if pool is not None:
+            self._reassign(pool)
 
     def remove(self, account: str) -> None:
         """Forget an account: waiters fail with UnknownAccount, connections drain."""
-        pool = self._accounts.pop(account, None)
+        entry = self._accounts.pop(account, None)
+        if entry is None:
+            return
+        entry.removed = True
+        pool = self._pools.pop(account, None)
         if pool is None:
             return
-        pool.removed = True
         while pool.waiters:
             waiter = pool.waiters.popleft()
             if not waiter.done():
@@ -281,21 +330,30 @@ class SMTPPool:
     def accounts(self) -> list[str]:
         return list(self._accounts)
 
+    def materialised(self) -> list[str]:
+        """Accounts whose pool structures exist: those that acquired (sent or were probed) since configured."""
+        return list(self._pools)
+
     def settings(self, account: str) -> AccountSettings:
         return self._get(account).settings
 
-    def _get(self, account: str) -> _AccountPool:
+    def _get(self, account: str) -> _Account:
         try:
             return self._accounts[account]
         except KeyError:
             raise UnknownAccount(account) from None
 
     def _resolve(self, account: str | AccountSettings) -> _AccountPool:
+        """The account's pool structures, made on its first acquire."""
         if isinstance(account, str):
-            return self._get(account)
-        name = account.display_key()
-        self.configure(name, account)
-        return self._accounts[name]
+            name = account
+        else:
+            name = account.display_key()
+            self.configure(name, account)
+        pool = self._pools.get(name)
+        if pool is None:
+            pool = self._pools[name] = _AccountPool(self._get(name))
+        return pool
 
     # -- acquire / release --------------------------------------------
 
@@ -404,11 +462,13 @@ class SMTPPool:
     async def _open(self, pool: _AccountPool, deadline: float | None) -> UpstreamSession:
         """Open a connection on a reserved slot; the slot is returned on any failure."""
         loop = asyncio.get_running_loop()
-        settings, generation = pool.settings, pool.generation
+        account = pool.account
+        settings, generation = account.settings, account.generation
         try:
             remaining = None if deadline is None else max(deadline - loop.time(), 0.001)
             # The acquire deadline bounds the connect too; the command timeout bounds it anyway.
-            conn = await asyncio.wait_for(open_connection(pool.name, generation, settings, pool.tls_context), timeout=remaining)
+            opening = open_connection(account.name, generation, settings, account.tls_context)
+            conn = await asyncio.wait_for(opening, timeout=remaining)
         except BaseException as exc:
             pool.opening -= 1
             if not isinstance(exc, asyncio.CancelledError):
@@ -432,7 +492,7 @@ class SMTPPool:
         session may belong to someone else (a waiter it was handed to).
         """
         session = conn._end()
-        pool = self._accounts.get(session.account)
+        pool = self._pools.get(session.account)
         if pool is None or session not in pool.active:
             # Removed account, or closed by ``close_all`` after its grace: never leak its socket.
             self._spawn_close(session, None)
@@ -476,7 +536,7 @@ class SMTPPool:
         if not pool.removed and not self._closed:
             pool.assign(time.monotonic(), retire)
         self._retire(pool, retire)
-        if self._closed and not any(p.active or p.opening for p in self._accounts.values()):
+        if self._closed and not any(p.active or p.opening for p in self._pools.values()):
             self._drained.set()
 
     def _retire(self, pool: _AccountPool, retire: list[tuple[UpstreamSession, CloseReason]]) -> None:
@@ -548,7 +608,7 @@ class SMTPPool:
             conn = await self.acquire(account, timeout=timeout, fresh=fresh)
             wait = time.monotonic() - started
             reused = conn.is_reused()
-            pool = self._accounts.get(conn.account)
+            pool = self._pools.get(conn.account)
             try:
                 result = await conn.transaction(sender, recipients, message, mail_options)
             except TransactionError as failure:
@@ -589,13 +649,13 @@ class SMTPPool:
             await self.cleanup()
 
     async def cleanup(self) -> None:
-        """Close idle-expired, TTL-expired and dropped idle connections; no NOOPs here."""
-        for pool in list(self._accounts.values()):
+        """Close idle-expired, TTL-expired and dropped idle connections; no NOOPs here, no accounts that never sent."""
+        for pool in list(self._pools.values()):
             self._reassign(pool)
 
     async def check_health(self, account: str) -> HealthCheck:
         """Probe an account now (used by the admin status on demand): NOOP an idle session or connect."""
-        pool = self._get(account)
+        pool = self._resolve(account)  # UnknownAccount, or the pool the acquire below will use
         conn = await self.acquire(account, timeout=0)
         try:
             alive = await conn.session._is_alive()
@@ -620,7 +680,7 @@ class SMTPPool:
             self._cleanup_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._cleanup_task
-        for pool in self._accounts.values():
+        for pool in self._pools.values():
             while pool.waiters:
                 waiter = pool.waiters.popleft()
                 if not waiter.done():
@@ -628,10 +688,10 @@ class SMTPPool:
             retire = [(conn, CloseReason.SHUTDOWN) for conn in pool.idle]
             pool.idle.clear()
             self._retire(pool, retire)
-        if any(pool.active or pool.opening for pool in self._accounts.values()):
+        if any(pool.active or pool.opening for pool in self._pools.values()):
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._drained.wait(), self.close_grace if grace is None else grace)
-        for pool in self._accounts.values():
+        for pool in self._pools.values():
             for conn in list(pool.active):
                 pool.active.discard(conn)
                 self._count_close(pool, CloseReason.SHUTDOWN)
@@ -643,8 +703,12 @@ class SMTPPool:
             await asyncio.gather(*self._closing_tasks, return_exceptions=True)
 
     def stats(self) -> dict[str, dict[str, Any]]:
-        """Per-account counters; safe to expose (no credential, only user@host:port)."""
-        return {name: pool.stats() for name, pool in self._accounts.items()}
+        """Per-account counters for every configured account; safe to expose (no credential, only user@host:port)."""
+        pools = self._pools
+        return {key: pool.stats() if (pool := pools.get(key)) else _unused_stats(entry) for key, entry in self._accounts.items()}
 
     def health(self, account: str) -> HealthCheck | None:
-        return self._get(account).health
+        """The last verdict on the account's upstream; None before its first connect or NOOP."""
+        self._get(account)  # UnknownAccount for an account that is not configured
+        pool = self._pools.get(account)
+        return None if pool is None else pool.health
