@@ -3,25 +3,29 @@
 Every request needs ``Authorization: Bearer <admin token>``, compared in
 constant time. Bodies are validated by the shared pydantic models in
 ``mailgate.snapshot``; what they mean (revisions, live application) is the
-``AccountRegistry``'s business. The status never contains a credential:
-accounts are described by their digest, pool counters, health and the
-last error text (the upstream's words, which never echo our secrets).
+``AccountRegistry``'s business. The status is ``mailgate.adminstatus``'s model,
+the one the operator reads it with. It never contains a credential:
+accounts are described by their digest, pool counters, health, the
+last error text (the upstream's words, which never echo our secrets) and,
+with a durable queue, how many of their messages wait in it.
 """
 
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from pydantic import ValidationError
 
+from ..adminstatus import AccountStatus, GatewayStatus, PoolStatus, QueueStatus, RateLimitStatus
 from ..gcpause import collection_paused
 from ..pool import SMTPPool
+from ..queue import AccountStats
 from ..snapshot import AccountConfig, ConfigSnapshot
 from .accounts import Account, AccountRegistry, InvalidAccount, RevisionConflict
 from .message import describe_validation_error
@@ -31,6 +35,18 @@ from .problems import problem
 log = logging.getLogger("mailgate.gateway.admin")
 
 ACCOUNT_ROUTE = "/v1/config/accounts/{namespace}/{name}"
+
+NOTHING_PENDING = QueueStatus(queued=0, deferred=0, sending=0, oldest_created_at=None)
+"""What an account without pending messages reports (most of them): one shared instance, never mutated."""
+
+
+class QueueStats(Protocol):
+    """Where the status reads queue depths (``Outbox``): counts its housekeeping refreshed, never a query per read."""
+
+    @property
+    def stats(self) -> Mapping[str, AccountStats]:
+        """Pending messages by account key; an account with none is absent."""
+        ...
 
 
 def bearer_middleware(token: str) -> Middleware:
@@ -53,10 +69,13 @@ def bearer_middleware(token: str) -> Middleware:
 
 
 class AdminAPI:
-    def __init__(self, registry: AccountRegistry, pool: SMTPPool, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, registry: AccountRegistry, pool: SMTPPool, ready: Callable[[], bool], *, queue: QueueStats | None = None
+    ) -> None:
         self.registry = registry
         self.pool = pool
         self.ready = ready
+        self.queue = queue
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_put("/v1/config", self.put_config)
@@ -118,29 +137,49 @@ class AdminAPI:
         return web.Response(status=204)
 
     async def status(self, request: web.Request) -> web.Response:
-        return web.json_response(self.status_body(), dumps=json.dumps)
+        return web.Response(text=self.status_body().model_dump_json(), content_type="application/json")
 
-    def status_body(self) -> dict[str, Any]:
+    def status_body(self) -> GatewayStatus:
         stats = self.pool.stats()
-        return {
-            "revision": self.registry.revision,
-            "ready": self.ready(),
-            "accounts": {key: self._account_status(a, stats.get(key)) for key, a in self.registry.accounts().items()},
-        }
+        queued = self.queue.stats if self.queue is not None else None
+        return GatewayStatus(
+            revision=self.registry.revision,
+            ready=self.ready(),
+            accounts={
+                key: self._account_status(a, stats.get(key), _queue_status(queued, key))
+                for key, a in self.registry.accounts().items()
+            },
+        )
 
-    def _account_status(self, account: Account, pool_stats: dict[str, Any] | None) -> dict[str, Any]:
+    def _account_status(self, account: Account, pool_stats: dict[str, Any] | None, queue: QueueStatus | None) -> AccountStatus:
         health = self.pool.health(account.key) if pool_stats is not None else None
-        return {
-            "digest": account.digest,
-            "generation": account.config.generation,
-            "healthy": None if health is None else health.ok,
-            "lastError": None if pool_stats is None else pool_stats["last_error"],
-            "pool": pool_stats,
-            "forwardTo": account.forward_peers,
-            "rateLimit": {"messagesPerMinute": account.rate_per_minute},
-            "suspended": account.config.spec.suspend,
-            "senderConflicts": self.registry.sender_conflicts(account.key),
-        }
+        return AccountStatus(
+            digest=account.digest,
+            generation=account.config.generation,
+            healthy=None if health is None else health.ok,
+            last_error=None if pool_stats is None else pool_stats["last_error"],
+            pool=None if pool_stats is None else PoolStatus.from_stats(pool_stats),
+            forward_to=account.forward_peers,
+            rate_limit=RateLimitStatus(messages_per_minute=account.rate_per_minute),
+            suspended=account.config.spec.suspend,
+            sender_conflicts=self.registry.sender_conflicts(account.key),
+            queue=queue,
+        )
+
+
+def _queue_status(queued: Mapping[str, AccountStats] | None, key: str) -> QueueStatus | None:
+    """None without a queue; zeros for an account with nothing pending (the store's counts leave it out)."""
+    if queued is None:
+        return None
+    stats = queued.get(key)
+    if stats is None:
+        return NOTHING_PENDING
+    return QueueStatus(
+        queued=stats.queued,
+        deferred=stats.deferred,
+        sending=stats.sending,
+        oldest_created_at=datetime.fromtimestamp(stats.oldest_created_at, UTC),
+    )
 
 
 def _key(request: web.Request) -> str:

@@ -80,7 +80,8 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
+
+from ..validation import field_error, field_problems
 
 __all__ = [
     "Attachment",
@@ -419,11 +420,6 @@ def _check_content_id(value: str) -> str:
     return bare
 
 
-def _field_error(field: str, detail: str) -> PydanticCustomError:
-    """A validation error that names a field pydantic's own location cannot express."""
-    return PydanticCustomError("invalid_field", "{detail}", {"field": field, "detail": detail})
-
-
 _HEADER_TEXT_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NO_CONTROL_PATTERN}
 # idn-email is RFC 6531's Mailbox; the pattern rules out what the gateway never takes in a bare address (and some
 # format checkers let through): white space, controls, quotes, comments, angle brackets and list separators.
@@ -552,42 +548,26 @@ class SendRequest(_Model):
         for name, value in headers.items():
             lowered = name.lower()
             if lowered in seen:
-                raise _field_error(f"headers.{name}", "duplicate header (names are case-insensitive)")
+                raise field_error(name, "duplicate header (names are case-insensitive)")
             seen.add(lowered)
             if lowered == "message-id" and not _MSGID_RE.match(value):
-                raise _field_error(f"headers.{name}", "a Message-ID looks like <unique@domain>")
+                raise field_error(name, "a Message-ID looks like <unique@domain>")
             if lowered == "date" and not _DATE_RE.fullmatch(value):
-                raise _field_error(f"headers.{name}", "not an RFC 5322 date (Tue, 1 Jul 2025 10:00:00 +0000)")
+                raise field_error(name, "not an RFC 5322 date (Tue, 1 Jul 2025 10:00:00 +0000)")
         return headers
 
     @model_validator(mode="after")
     def _is_sendable(self) -> SendRequest:
         if not (self.to or self.cc or self.bcc):
-            raise _field_error("to", "at least one recipient in to, cc or bcc is required")
+            raise field_error("to", "at least one recipient in to, cc or bcc is required")
         if self.text is None and self.html is None and not self.attachments:
-            raise _field_error("text", "a message needs text, html or attachments")
+            raise field_error("text", "a message needs text, html or attachments")
         return self
-
-
-def _loc_to_field(loc: tuple[int | str, ...]) -> str:
-    field = ""
-    for item in loc:
-        if isinstance(item, int):
-            field += f"[{item}]"
-        elif item != "[key]":
-            field += f".{item}" if field else item
-    return field or "body"
 
 
 def describe_validation_error(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{field, message}`` per problem, for the 400 problem+json (``body`` means the whole body)."""
-    problems = []
-    for err in exc.errors(include_url=False, include_input=False):
-        ctx = err.get("ctx") or {}
-        field = ctx.get("field") or _loc_to_field(err["loc"])
-        message = str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
-        problems.append({"field": field, "message": message})
-    return problems
+    return [{"field": problem.field, "message": problem.message} for problem in field_problems(exc, whole="body")]
 
 
 # --------------------------------------------------------------------------- header formatting

@@ -12,9 +12,9 @@ remembers a successful check for ``CACHE_TTL`` seconds, so such an app pays
 for scrypt once a minute rather than once a message. What it keeps, and why
 guessing gets no cheaper:
 
-- an entry is an HMAC-SHA256 of (username, password, stored hash) under a
-  key made at random in this process and never stored or sent anywhere, with
-  the account it logged in to; never a password;
+- an entry is a ``KeyedFingerprint`` of (username, password, stored hash),
+  an HMAC under a key made at random in this process and never stored or
+  sent anywhere, with the account it logged in to; never a password;
 - only a password that passed the full scrypt check is cached. A wrong one
   matches no entry and costs a full check, behind the same two check slots,
   and counts against the session's five attempts as before;
@@ -37,16 +37,14 @@ nowhere (never a coin toss between the accounts) and is logged once.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
-import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
+from ..fingerprint import KeyedFingerprint
 from ..gateway.accounts import Account
 from ..passwords import DUMMY_HASH, verify_password
 
@@ -127,13 +125,18 @@ class LoginCache:
 
     Entries are kept in the order they were made, which (one time to live for
     all) is also the order they expire in: the oldest goes first when full.
+
+    Not ``mailgate.password_cache.PasswordHashes``, though both key on a
+    ``KeyedFingerprint``: that one keeps a hash for as long as the login is
+    used, so that it stays the same; this one keeps a verdict for a minute at
+    most and forgets it at every configuration push.
     """
 
     def __init__(self, *, ttl: float = CACHE_TTL, size: int = CACHE_SIZE, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl = ttl
         self.size = size
         self._clock = clock
-        self._key = secrets.token_bytes(32)
+        self._fingerprint = KeyedFingerprint()
         self._entries: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
     def __repr__(self) -> str:
@@ -143,9 +146,7 @@ class LoginCache:
         return len(self._entries)
 
     def fingerprint(self, username: str, password: str, stored_hash: str) -> bytes:
-        parts = [part.encode("utf-8") for part in (username, password, stored_hash)]
-        material = b"".join(len(part).to_bytes(4, "big") + part for part in parts)  # unambiguous framing
-        return hmac.new(self._key, material, hashlib.sha256).digest()
+        return self._fingerprint(username, password, stored_hash)
 
     def get(self, fingerprint: bytes) -> str | None:
         """The account of a login verified less than ``ttl`` seconds ago, or ``None``."""

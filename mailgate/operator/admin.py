@@ -14,9 +14,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from pydantic import ValidationError
 
+from ..adminstatus import AccountStatus, GatewayStatus
 from ..snapshot import AccountConfig, ConfigSnapshot
 from .plan import Hold
+from .queuestatus import QueueCounts
 
 
 class GatewayError(Exception):
@@ -49,9 +52,9 @@ class GatewayRejected(GatewayError):
 
 @dataclass(frozen=True)
 class AccountReport:
-    """One account in ``GET /v1/status``."""
+    """What the operator keeps of one account in ``GET /v1/status``: what ``_report_changes`` compares (no counters)."""
 
-    digest: str | None
+    digest: str
     healthy: bool | None
     last_error: str | None
     hold: Hold | None
@@ -69,6 +72,9 @@ class GatewayReport:
     accounts: dict[str, AccountReport]
     conflicting: dict[str, AccountReport] = field(default_factory=dict)
     """The accounts reported with sender conflicts (usually none): what the status of every account scans."""
+    queues: dict[str, QueueCounts | None] = field(default_factory=dict)
+    """Pending queued messages by account (``None``: the gateway runs no queue). Counters, so apart from
+    ``accounts``: they change all the time and reach the status only through ``queuestatus``'s throttle."""
 
 
 SNAPSHOT_SECONDS_PER_ACCOUNT = 0.01
@@ -185,41 +191,76 @@ def _problem_text(payload: Any) -> str:
 
 
 def parse_report(payload: Any) -> GatewayReport:
-    """Read ``GET /v1/status`` defensively: a missing field means "unknown", never a crash."""
-    if not isinstance(payload, dict):
-        raise GatewayUnreachable("status answer is not a JSON object")
-    accounts: dict[str, AccountReport] = {}
-    for key, item in (payload.get("accounts") or {}).items():
-        if isinstance(item, dict):
-            accounts[key] = AccountReport(
-                digest=item.get("digest"),
-                healthy=item.get("healthy"),
-                last_error=item.get("lastError"),
-                hold=_hold(item),
-                sender_conflicts=_strings(item.get("senderConflicts")),
-            )
+    """Read a decoded ``GET /v1/status`` with the model the gateway writes it with (``mailgate.adminstatus``).
+
+    Tolerant where gateways may differ: keys a newer gateway adds are ignored, a field it leaves out reads as
+    unknown, and a gateway of the previous release is read through ``_from_previous_gateway``. An answer that
+    does not fit the model is an error (the pod's loop backs off and reads again), never half-read. The
+    error names no value from the answer.
+    """
+    try:
+        status = GatewayStatus.from_wire(_from_previous_gateway(payload))
+    except ValidationError as error:
+        count = error.error_count()
+        raise GatewayUnreachable(f"status answer does not match the admin status model ({count} error(s))") from None
+    accounts = {key: _account_report(account) for key, account in status.accounts.items()}
     conflicting = {key: report for key, report in accounts.items() if report.sender_conflicts}
-    revision = int(payload.get("revision") or 0)
-    return GatewayReport(revision=revision, ready=bool(payload.get("ready")), accounts=accounts, conflicting=conflicting)
+    queues = {key: _queue_counts(account) for key, account in status.accounts.items()}
+    return GatewayReport(revision=status.revision, ready=status.ready, accounts=accounts, conflicting=conflicting, queues=queues)
 
 
-def _strings(value: Any) -> tuple[str, ...]:
-    """A list of strings from the payload; anything else (an older gateway says nothing) is empty."""
-    if not isinstance(value, list):
-        return ()
-    return tuple(item for item in value if isinstance(item, str))
+def _queue_counts(account: AccountStatus) -> QueueCounts | None:
+    return QueueCounts.from_wire(account.queue) if account.queue is not None else None
 
 
-def _hold(item: dict[str, Any]) -> Hold | None:
-    """The share in use: ``pool.max_connections``, or 0 for an account that forwards (no pool, ``forwardTo``)."""
-    pool = item.get("pool")
-    if isinstance(pool, dict):
-        connections = pool.get("max_connections", pool.get("maxConnections"))
+def _account_report(account: AccountStatus) -> AccountReport:
+    return AccountReport(
+        digest=account.digest,
+        healthy=account.healthy,
+        last_error=account.last_error,
+        hold=_hold(account),
+        sender_conflicts=tuple(account.sender_conflicts),
+    )
+
+
+def _hold(account: AccountStatus) -> Hold | None:
+    """The share in use: the pool's ``maxConnections``, or 0 for an account this gateway forwards (no pool, ``forwardTo``)."""
+    if account.pool is not None:
+        connections = account.pool.max_connections
+    elif account.forward_to:
+        connections = 0
     else:
-        connections = 0 if item.get("forwardTo") else None
-    if not isinstance(connections, int):
         return None
-    rate_limit = item.get("rateLimit")
-    rate_limit = rate_limit if isinstance(rate_limit, dict) else {}
-    rate = rate_limit.get("messagesPerMinute")
-    return Hold(connections, rate if isinstance(rate, int) else None)
+    return Hold(connections, account.rate_limit.messages_per_minute)
+
+
+_PREVIOUS_POOL_KEYS = {
+    "max_connections": "maxConnections",
+    "messages_sent": "messagesSent",
+    "last_health_check": "lastHealthCheck",
+    "last_error": "lastError",
+}
+
+
+def _from_previous_gateway(payload: Any) -> Any:
+    """A status from a gateway of the previous release, in today's keys; any other payload unchanged.
+
+    Those gateways wrote ``pool`` (and its ``last_health_check``) with snake_case keys; everything else was
+    camelCase already. During a rolling upgrade the new operator still meets them, and without this it could
+    read no status from them at all, so their pods would get no pushes until replaced. Remove this function
+    in the release after the one that introduced ``mailgate.adminstatus``.
+    """
+    accounts = payload.get("accounts") if isinstance(payload, dict) else None
+    if not isinstance(accounts, dict):
+        return payload
+    upgraded = {}
+    for key, account in accounts.items():
+        pool = account.get("pool") if isinstance(account, dict) else None
+        if isinstance(pool, dict) and "max_connections" in pool:
+            pool = {_PREVIOUS_POOL_KEYS.get(name, name): value for name, value in pool.items()}
+            check = pool.get("lastHealthCheck")
+            if isinstance(check, dict):
+                pool["lastHealthCheck"] = {("ageSeconds" if name == "age_seconds" else name): v for name, v in check.items()}
+            account = {**account, "pool": pool}
+        upgraded[key] = account
+    return {**payload, "accounts": upgraded}

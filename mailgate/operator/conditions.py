@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ..spec import Condition, ConditionStatus, EffectiveLimits, GatewaySync, SmtpAccountStatus
+from ..spec import Condition, ConditionStatus, DeliveryStatus, EffectiveLimits, GatewaySync, SmtpAccountStatus
 from .credentials import CredentialProblem
 
 READY = "Ready"
@@ -63,6 +63,8 @@ class StatusInputs:
     """(gateway, its reason) for gateways that refused the configuration as invalid."""
     effective: EffectiveLimits = field(default_factory=EffectiveLimits)
     sender_conflicts: Sequence[SenderConflict] = ()
+    delivery: DeliveryStatus | None = None
+    """Queued-message counts as published by ``queuestatus`` (already throttled); None: no block."""
 
 
 def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datetime) -> SmtpAccountStatus:
@@ -88,6 +90,7 @@ def build_status(inputs: StatusInputs, previous: Sequence[Condition], now: datet
         conditions=conditions,
         gateways=GatewaySync(synced=inputs.synced, total=inputs.total),
         effective=inputs.effective,
+        delivery=inputs.delivery,
     )
 
 
@@ -215,3 +218,24 @@ def _condition(
 def status_body(status: SmtpAccountStatus) -> dict:
     """The JSON the status subresource receives (camelCase, RFC 3339 times, no nulls)."""
     return status.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def status_patch(status: SmtpAccountStatus, previous: SmtpAccountStatus | None) -> dict:
+    """``status_body`` as a merge patch over ``previous``: a key it no longer has, at any depth, is sent as null.
+
+    A merge patch (RFC 7396) leaves keys it does not mention alone, so without the null a field
+    that goes away would stay in the object for good: ``delivery.oldestMessageTime`` once the
+    queue is drained, the whole ``delivery`` once no gateway runs a queue.
+    """
+    body = status_body(status)
+    return _with_removals(status_body(previous), body) if previous is not None else body
+
+
+def _with_removals(before: dict, after: dict) -> dict:
+    patch = dict(after)
+    for key, value in before.items():
+        if key not in after:
+            patch[key] = None
+        elif isinstance(value, dict) and isinstance(after[key], dict):
+            patch[key] = _with_removals(value, after[key])
+    return patch

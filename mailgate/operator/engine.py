@@ -25,11 +25,13 @@ from ..oauth2.endpoint import AccessToken, TokenError
 from ..oauth2.grants import GrantError
 from ..snapshot import Credentials, config_digest
 from ..spec import API_VERSION, KIND, EffectiveLimits, SmtpAccountSpec, SmtpAccountStatus
+from ..validation import field_problems
 from .admin import AdminClient
 from .conditions import TOKEN_REASONS, TOKEN_REFUSED, TOKEN_UNAVAILABLE, GatewayHealth, SenderConflict, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
 from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
+from .queuestatus import NOTHING_PENDING, QueueCounts, QueueStatusPublisher
 from .revisions import Revisions
 from .syncer import Desired, GatewaySyncer
 from .tokens import OperatorTokens
@@ -38,9 +40,13 @@ log = logging.getLogger(__name__)
 
 _UNBOUNDED = Hold(1_000_000, None)
 
+QUEUE_STATUS_RESYNCS = 2
+"""An account's queued-message counts in its status change at most once per this many resync periods (60 s by
+default): gateways are read once per period, so counts any fresher would only mean more status writes."""
+
 
 class InvalidSpec(Exception):
-    """The spec does not parse (the CRD schema should have prevented it); the message holds field paths only."""
+    """The spec does not parse (the CRD schema should have prevented it); the message names fields, never values."""
 
 
 @dataclass(frozen=True)
@@ -123,6 +129,8 @@ class Engine:
         self.tokens = tokens or OperatorTokens()
         self.tokens.observers.append(self)
         self._token_refresh_url = token_refresh_url
+        self.queue_status = QueueStatusPublisher(QUEUE_STATUS_RESYNCS * resync_seconds, self._queue_reports, on_status_change)
+        """Run its ``run()`` beside the status writer: it publishes counts that had to wait for their interval."""
 
     # ------------------------------------------------------------------ accounts
 
@@ -134,13 +142,14 @@ class Engine:
         if entry is None:
             entry = self._accounts[key] = AccountEntry(meta["namespace"], meta["name"])
             entry.status = _status_of(body)
+            self.queue_status.seed(key, entry.status.delivery if entry.status is not None else None)
             self._metrics.accounts.set(len(self._accounts))
         self._seen(key)
         try:
             spec = SmtpAccountSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
-            paths = ", ".join(".".join(str(part) for part in item["loc"]) for item in error.errors(include_input=False))
-            raise InvalidSpec(f"invalid spec at {paths}") from None
+            problems = field_problems(error, whole="spec", within=("spec",))
+            raise InvalidSpec("invalid spec: " + "; ".join(f"{p.field}: {p.message}" for p in problems)) from None
         entry.generation = meta.get("generation")
         entry.uid = meta.get("uid")
         self._index_secrets(entry, spec)
@@ -277,6 +286,7 @@ class Engine:
     def forget(self, key: str) -> None:
         """The object is gone (its finalizer released)."""
         self.tokens.discard_soon(key)
+        self.queue_status.forget(key)
         entry = self._accounts.pop(key, None)
         if entry is not None:
             self._index_secrets(entry, None)
@@ -320,6 +330,7 @@ class Engine:
         targets = {pod.uid: pod for pod in pods if pod.receives_config}
         present = {pod.uid for pod in pods}
         changed = False
+        recount: set[str] = set()
         for uid, syncer in list(self._syncers.items()):
             pod = targets.get(uid)
             if pod is None or pod.ip != syncer.gateway.ip:
@@ -328,6 +339,7 @@ class Engine:
                 if pod is None and uid in present:
                     self._retired[uid] = syncer
                 changed = True
+                recount.update(_pending(syncer))
         for uid in list(self._retired):
             if uid not in present or uid in targets:
                 del self._retired[uid]
@@ -353,6 +365,8 @@ class Engine:
             self._plans = plan_all(accounts, gateways, self._send_port)
             self._wake_all()
             self._on_status_change(list(self._accounts))
+        if recount:
+            self.queue_status.changed(recount)
 
     # ------------------------------------------------------------------ what syncers ask
 
@@ -411,6 +425,17 @@ class Engine:
         if keys:
             self._on_status_change(keys)
 
+    def queues_changed(self, keys: Set[str]) -> None:
+        self.queue_status.changed(keys)
+
+    def _queue_reports(self, key: str) -> list[QueueCounts | None]:
+        """Each gateway's counts for ``key``, from pods that receive configuration, answered and serve it."""
+        entry = self._accounts.get(key)
+        if entry is None or entry.deleting:
+            return []
+        reports = (syncer.report for syncer in self._syncers.values())
+        return [report.queues[key] for report in reports if report is not None and key in report.queues]
+
     def _hold_of(self, syncer: GatewaySyncer, key: str, plan: AccountPlan) -> Hold:
         """What another pod may use of ``key``'s limits.
 
@@ -456,6 +481,7 @@ class Engine:
             rejected=[(syncer.name, syncer.rejected[key][1]) for syncer in targets if key in syncer.rejected],
             effective=plan.effective if plan is not None else EffectiveLimits(),
             sender_conflicts=_sender_conflicts(key, targets),
+            delivery=self.queue_status.shown(key),
         )
 
     def previous_status(self, key: str) -> SmtpAccountStatus | None:
@@ -515,6 +541,12 @@ def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[Sender
                 if account == key:
                     own.setdefault(pattern.casefold(), pattern)
     return [SenderConflict(text, tuple(sorted(accounts[folded] - {key}))) for folded, text in sorted(own.items())]
+
+
+def _pending(syncer: GatewaySyncer) -> list[str]:
+    """Accounts a pod reported messages pending for: without that pod, their combined counts may be lower."""
+    queues = syncer.report.queues if syncer.report is not None else {}
+    return [key for key, counts in queues.items() if counts is not None and counts != NOTHING_PENDING]
 
 
 def _token_problem(error: TokenError) -> CredentialProblem:

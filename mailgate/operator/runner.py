@@ -148,6 +148,7 @@ async def _lead(
         secret_cache = SecretCache()
         background = [
             asyncio.create_task(_critical("status writer", writer.run(), stop_flag)),
+            asyncio.create_task(_critical("queue counts", engine.queue_status.run(), stop_flag)),
             asyncio.create_task(_critical("gateway pod watch", pods.run(), stop_flag)),
             asyncio.create_task(_critical("start-up listing", _prime(engine, api_client, options.namespaces), stop_flag)),
             asyncio.create_task(_critical("Secret listing", fill(secret_cache, api_client, options.namespaces), stop_flag)),

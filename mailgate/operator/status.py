@@ -21,7 +21,7 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from ..spec import GROUP, PLURAL, VERSION, SmtpAccountStatus
-from .conditions import StatusInputs, build_status, sender_conflict_event, status_body, token_event
+from .conditions import StatusInputs, build_status, sender_conflict_event, status_body, status_patch, token_event
 from .events import post_event
 from .metrics import OperatorMetrics
 
@@ -96,7 +96,7 @@ class StatusWriter:
             try:
                 # The stub lacks _content_type; the client accepts it, and a CR takes no strategic merge patch.
                 await self._api.patch_namespaced_custom_object_status(  # type: ignore[call-arg]
-                    GROUP, VERSION, namespace, PLURAL, name, {"status": body},
+                    GROUP, VERSION, namespace, PLURAL, name, {"status": status_patch(status, previous)},
                     _content_type="application/merge-patch+json",
                 )  # fmt: skip
             except ApiException as error:

@@ -72,6 +72,10 @@ class SyncerHost(Protocol):
 
     def gateway_changed(self, syncer: GatewaySyncer, keys: Set[str], *, first_contact: bool = False) -> None: ...
 
+    def queues_changed(self, keys: Set[str]) -> None:
+        """The pod reports other queued-message counts for ``keys`` than at its previous status read."""
+        ...
+
 
 class GatewaySyncer:
     """Keeps one gateway pod in sync; ``held``/``serves`` answer for the engine what the pod has."""
@@ -245,12 +249,15 @@ class GatewaySyncer:
             self.unknown[key] = (account.hold or self.host.full_hold(key), account.digest)
         first_contact = self.report is None
         changed = _report_changes(self.report, report)
+        queues = _queue_changes(self.report, report)
         self.report = report
         self.revision = report.revision
         self._needs_full = not report.ready
         self._needs_status = False
         self._next_resync = time.monotonic() + self.resync_seconds
         self.host.gateway_changed(self, changed, first_contact=first_contact)
+        if queues:
+            self.host.queues_changed(queues)
 
     def _forget(self, key: str) -> None:
         self.known.pop(key, None)
@@ -336,13 +343,19 @@ class GatewaySyncer:
 
 
 def _refused_keys(error: GatewayRejected, keys: list[str]) -> set[str]:
-    """Accounts a refused snapshot names: ``accounts[ns/name]`` or ``accounts.<index>...`` fields."""
+    """Accounts a refused snapshot names: ``accounts[ns/name]``, or by index ``accounts[2]...``
+    (``mailgate.validation``'s paths) or ``accounts.2...`` (a gateway of the previous release)."""
     found = set()
     for field in error.fields:
-        if match := re.match(r"accounts\[([^\]]+)\]", field):
-            found.add(match.group(1))
-        elif (match := re.match(r"accounts\.(\d+)", field)) and int(match.group(1)) < len(keys):
-            found.add(keys[int(match.group(1))])
+        match = re.match(r"accounts(?:\[([^\]]+)\]|\.(\d+))", field)
+        if match is None:
+            continue
+        name = match.group(1) if match.group(1) is not None else match.group(2)
+        if name.isdigit():
+            if int(name) < len(keys):
+                found.add(keys[int(name)])
+        else:
+            found.add(name)
     return found & set(keys)
 
 
@@ -352,3 +365,12 @@ def _report_changes(before: GatewayReport | None, after: GatewayReport) -> set[s
         return set(after.accounts)
     keys = before.accounts.keys() | after.accounts.keys()
     return {key for key in keys if before.accounts.get(key) != after.accounts.get(key)}
+
+
+def _queue_changes(before: GatewayReport | None, after: GatewayReport) -> set[str]:
+    """Accounts whose queued-message counts differ between two status reads (kept apart from ``_report_changes``:
+    counts move all the time, and only ``queuestatus`` decides when they reach the status)."""
+    if before is None:
+        return set(after.queues)
+    old, new = before.queues, after.queues
+    return {key for key in old.keys() | new.keys() if key not in old or key not in new or old[key] != new[key]}

@@ -30,7 +30,8 @@ from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..gateway.auth import Identity, bearer_token
-from .loader import ConfigError, describe_yaml_error, field_path
+from ..validation import field_problems
+from .loader import ConfigError, ConfigLoader, describe_yaml_error
 
 KEY_PREFIX = "mgk_"
 _ACCOUNT_PATTERN = re.compile(r"^(\*|[a-z0-9*]([-a-z0-9.*]*[a-z0-9*])?/(\*|[a-z0-9*]([-a-z0-9.*]*[a-z0-9*])?))$")
@@ -95,7 +96,8 @@ class KeyRing:
 def load_keys(path: str | Path) -> KeyRing:
     """Read a keys file; problems name the file and field (``keys[1].sha256: ...``), never a value."""
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        # ConfigLoader, not safe_load: a badly tagged value (``!!int <text>``) is a marked error, not a ValueError quoting it.
+        raw = yaml.load(Path(path).read_text(encoding="utf-8"), Loader=ConfigLoader) or {}
     except OSError as error:
         raise ConfigError([f"{path}: cannot read: {error.strerror}"]) from None
     except UnicodeDecodeError:
@@ -105,9 +107,7 @@ def load_keys(path: str | Path) -> KeyRing:
     try:
         parsed = _KeyFile.model_validate(raw)
     except ValidationError as error:
-        problems = [
-            f"{path}: {field_path(item['loc'])}: {item['msg']}" for item in error.errors(include_input=False, include_url=False)
-        ]
+        problems = [f"{path}: {problem.field}: {problem.message}" for problem in field_problems(error, whole="(document)")]
         raise ConfigError(problems) from None
     problems = []
     for attribute in ("name", "sha256"):

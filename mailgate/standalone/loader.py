@@ -4,14 +4,15 @@ Standalone mode has no apiserver, so this module plays its part: it validates
 every ``SmtpAccount`` with the same pydantic model the CRD is rendered from,
 decodes ``v1`` Secrets (``data`` base64, ``stringData`` plain, ``stringData``
 winning as in Kubernetes) and resolves each account's ``auth.secretRef`` in the
-account's namespace, as the operator does in a cluster.
+account's namespace by the operator's own rules (``mailgate.secretrefs``).
 
 Every problem names the file, the document (1-based, with kind and
 namespace/name when known) and the field path, and all problems of a load are
 reported together so a user fixes a file in one pass. No message ever contains
 a value read from a file: YAML errors are rebuilt from their position and
 problem only (PyYAML's own text quotes the offending line, which may hold a
-password) and pydantic errors are reduced to their location and message.
+password) and pydantic errors are reduced to their location and message
+(``mailgate.validation``: the format of the HTTP API and the operator too).
 
 Scalars are typed as YAML 1.1 does (``port: 587`` an int, ``false`` a bool),
 then validated in pydantic's lax mode, which takes a quoted ``"587"`` for an
@@ -21,16 +22,10 @@ works here and not with ``kubectl apply``.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import logging
-from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from secrets import token_bytes
 from typing import Any
 
 import yaml
@@ -39,11 +34,13 @@ from yaml.constructor import ConstructorError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from ..gcpause import collection_paused
-from ..oauth2.config import grant_for, secret_keys
+from ..oauth2.config import grant_for
 from ..oauth2.grants import GrantError
-from ..passwords import hash_password
-from ..snapshot import AccountConfig, ConfigSnapshot, Credentials, SmtpClientCredential
+from ..password_cache import PasswordHashes
+from ..secretrefs import SecretRefProblem, SecretValues, decode_data_value, resolve_secrets
+from ..snapshot import AccountConfig, ConfigSnapshot, SmtpClientCredential
 from ..spec import SmtpAccount
+from ..validation import field_problems
 
 try:  # libyaml's parser: ~10x faster than PyYAML's pure-Python one; PyYAML wheels ship it
     from yaml import CSafeLoader as _SafeBase
@@ -82,8 +79,14 @@ class _Secret:
     values: dict[str, str]
 
 
-def load_snapshot(paths: Iterable[str | Path], revision: int = 1) -> ConfigSnapshot:
-    """Load accounts and Secrets from ``paths`` into a snapshot with ``revision``; raise ConfigError."""
+def load_snapshot(paths: Iterable[str | Path], revision: int = 1, *, hashes: PasswordHashes | None = None) -> ConfigSnapshot:
+    """Load accounts and Secrets from ``paths`` into a snapshot with ``revision``; raise ConfigError.
+
+    SMTP client passwords are hashed through ``hashes``: whoever reloads the
+    files passes the same one each time, so that an unchanged login keeps its
+    hash and the snapshot stays equal. Without it, this load hashes afresh.
+    """
+    hashes = hashes if hashes is not None else PasswordHashes()
     problems: list[str] = []
     accounts: dict[str, tuple[_Origin, SmtpAccount]] = {}
     secrets: dict[str, _Secret] = {}
@@ -91,7 +94,7 @@ def load_snapshot(paths: Iterable[str | Path], revision: int = 1) -> ConfigSnaps
         for path in paths:
             for origin, document in _documents(Path(path), problems):
                 _classify(origin, document, accounts, secrets, problems)
-        configs = [_resolve(origin, account, secrets, problems) for origin, account in accounts.values()]
+        configs = [_resolve(origin, account, secrets, hashes, problems) for origin, account in accounts.values()]
     _check_unique_logins(accounts, configs, problems)
     if problems:
         raise ConfigError(problems)
@@ -263,17 +266,8 @@ def _validate_account(origin: _Origin, document: dict[str, Any], problems: list[
     try:
         return SmtpAccount.model_validate(document)
     except ValidationError as error:
-        for item in error.errors(include_input=False, include_url=False):
-            problems.append(f"{origin}: {field_path(item['loc'])}: {item['msg']}")
+        problems.extend(f"{origin}: {problem.field}: {problem.message}" for problem in field_problems(error, whole="(document)"))
         return None
-
-
-def field_path(loc: tuple[int | str, ...]) -> str:
-    """``('spec', 'senders', 0)`` -> ``spec.senders[0]``."""
-    path = ""
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    return path or "(document)"
 
 
 def _decode_secret(origin: _Origin, document: dict[str, Any], key: str | None, problems: list[str]) -> _Secret | None:
@@ -307,89 +301,46 @@ _SECRET_VALUE_PROBLEM = {
 def _secret_value(field: str, value: Any) -> str | None:
     if field == "stringData":
         return value if isinstance(value, str) else None
-    if not isinstance(value, str):
-        return None
-    try:
-        return base64.b64decode(value, validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
+    return decode_data_value(value)
 
 
-def _resolve(origin: _Origin, account: SmtpAccount, secrets: dict[str, _Secret], problems: list[str]) -> AccountConfig:
-    """Attach upstream credentials and SMTP client logins from the referenced Secrets, as the operator does."""
+def _resolve(
+    origin: _Origin, account: SmtpAccount, secrets: dict[str, _Secret], hashes: PasswordHashes, problems: list[str]
+) -> AccountConfig:
+    """Attach upstream credentials and SMTP client logins from the referenced Secrets, by the operator's rules."""
+    namespace = account.metadata.namespace
+
+    def lookup(secret_namespace: str, name: str) -> SecretValues | None:
+        secret = secrets.get(f"{secret_namespace}/{name}")
+        return secret.values if secret is not None else None
+
+    resolved, secret_problems = resolve_secrets(namespace, account.spec, lookup)
+    problems.extend(_describe(origin, namespace, found, secrets) for found in secret_problems)
     auth = account.spec.auth
-    credentials = Credentials()
-    needed = secret_keys(auth)
-    # A missing secretRef never gets here: the model refuses it, as the CRD's CEL rule does.
-    if needed and auth.secret_ref is not None:
-        why = f"auth method {auth.method.value} needs {' and '.join(needed)}"
-        values = _secret_values(origin, "spec.auth.secretRef", account, auth.secret_ref.name, needed, why, secrets, problems)
-        if values is not None and auth.oauth2 is not None:
-            try:
-                grant_for(auth.oauth2, values)  # refuse a broken key now, with the file and field, not at the first send
-            except GrantError as error:
-                secret_key = f"{account.metadata.namespace}/{auth.secret_ref.name}"
-                problems.append(f"{origin}: spec.auth.secretRef: Secret {secret_key}: {error}")
-            credentials = Credentials.model_validate({"username": auth.oauth2.mailbox, "oauth2Secret": values})
-        elif values is not None:
-            credentials = Credentials.model_validate(values)
-    clients: list[SmtpClientCredential] = []
-    for index, client in enumerate(account.spec.access.smtp_clients):
-        field = f"spec.access.smtpClients[{index}].secretRef"
-        needed = ("username", "password")
-        values = _secret_values(origin, field, account, client.secret_ref.name, needed, "an SMTP client login", secrets, problems)
-        if values is not None:
-            clients.append(SmtpClientCredential(username=values["username"], password_hash=_password_hash(values)))
+    oauth2_secret = resolved.credentials.oauth2_secret
+    if auth.oauth2 is not None and auth.secret_ref is not None and oauth2_secret is not None:
+        try:  # refuse a broken key now, with the file and field, not at the first send
+            grant_for(auth.oauth2, {key: value.get_secret_value() for key, value in oauth2_secret.items()})
+        except GrantError as error:
+            problems.append(f"{origin}: spec.auth.secretRef: Secret {namespace}/{auth.secret_ref.name}: {error}")
     return AccountConfig(
-        namespace=account.metadata.namespace,
+        namespace=namespace,
         name=account.metadata.name,
         generation=account.metadata.generation,
         spec=account.spec,
-        credentials=credentials,
-        smtp_clients=clients,
+        credentials=resolved.credentials,
+        smtp_clients=[
+            SmtpClientCredential(username=username, password_hash=hashes.hash(username, password))
+            for username, password in resolved.client_logins
+        ],
     )
 
 
-def _secret_values(
-    origin: _Origin,
-    field: str,
-    account: SmtpAccount,
-    secret_name: str,
-    needed: tuple[str, ...],
-    why: str,
-    secrets: dict[str, _Secret],
-    problems: list[str],
-) -> dict[str, str] | None:
-    """The ``needed`` keys of a Secret in the account's namespace; a missing Secret or key is a problem naming both."""
-    secret_key = f"{account.metadata.namespace}/{secret_name}"
-    secret = secrets.get(secret_key)
-    if secret is None:
-        problems.append(f"{origin}: {field}: Secret {secret_key} not found in the loaded files")
-        return None
-    missing = [key for key in needed if key not in secret.values]
-    for key in missing:
-        problems.append(f"{origin}: {field}: Secret {secret_key} ({secret.origin}) has no key {key!r} ({why})")
-    return None if missing else {key: secret.values[key] for key in needed}
-
-
-# SMTP client passwords are hashed with scrypt (tens of milliseconds each). A reload re-reads every
-# Secret, so the hash of an unchanged (username, password) is reused: the snapshot then stays equal
-# and nothing is re-applied. The cache key is an HMAC under a key that exists only in this process.
-_HASH_CACHE_KEY = token_bytes(32)
-_HASH_CACHE: OrderedDict[bytes, str] = OrderedDict()
-_HASH_CACHE_SIZE = 1024
-
-
-def _password_hash(values: dict[str, str]) -> str:
-    parts = [values["username"].encode(), values["password"].encode()]
-    fingerprint = hmac.new(_HASH_CACHE_KEY, b"".join(len(p).to_bytes(4, "big") + p for p in parts), hashlib.sha256).digest()
-    cached = _HASH_CACHE.get(fingerprint)
-    if cached is None:
-        cached = _HASH_CACHE[fingerprint] = hash_password(values["password"])
-        while len(_HASH_CACHE) > _HASH_CACHE_SIZE:
-            _HASH_CACHE.popitem(last=False)
-    _HASH_CACHE.move_to_end(fingerprint)
-    return cached
+def _describe(origin: _Origin, namespace: str, found: SecretRefProblem, secrets: dict[str, _Secret]) -> str:
+    """The problem in the account's file and field; for a Secret that exists, the file it is in too."""
+    secret = secrets.get(f"{namespace}/{found.secret_name}")
+    where = f"; see {secret.origin}" if secret is not None else ""
+    return f"{origin}: {found.field}: {found.problem.message}{where}"
 
 
 def _check_unique_logins(

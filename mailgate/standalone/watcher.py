@@ -18,6 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from ..gateway.accounts import InvalidAccount
+from ..password_cache import PasswordHashes
 from ..snapshot import ConfigSnapshot
 from .apikeys import KeyRing, load_keys
 from .loader import ConfigError, load_snapshot
@@ -51,11 +52,12 @@ class ConfigFiles:
         self.keys: KeyRing | None = None
         self._account_signatures: list[Signature] = []
         self._keys_signature: Signature = None
+        self._hashes = PasswordHashes()  # an unchanged SMTP client login keeps its hash from load to load
 
     def load(self) -> None:
         """The first load: raises ConfigError, since there is no good configuration to fall back on."""
         self._account_signatures = [signature(path) for path in self.account_paths]
-        self.snapshot = load_snapshot(self.account_paths, revision=1)
+        self.snapshot = load_snapshot(self.account_paths, revision=1, hashes=self._hashes)
         if self.keys_path is not None:
             self._keys_signature = signature(self.keys_path)
             self.keys = load_keys(self.keys_path)
@@ -73,7 +75,7 @@ class ConfigFiles:
         self._account_signatures = current
         assert self.snapshot is not None, "load() first"
         try:
-            loaded = load_snapshot(self.account_paths, revision=self.snapshot.revision + 1)
+            loaded = load_snapshot(self.account_paths, revision=self.snapshot.revision + 1, hashes=self._hashes)
         except ConfigError as error:
             log.error("account files not reloaded, still serving revision %d:\n  %s", self.snapshot.revision, _lines(error))
             return None

@@ -73,7 +73,7 @@ async def test_a_snapshot_that_fails_to_apply_leaves_the_old_configuration_whole
     after = await status(gw)
     assert after["revision"] == 1
     assert {key: item["digest"] for key, item in after["accounts"].items()} == digests
-    assert after["accounts"]["shop/a"]["pool"]["max_connections"] == 2  # a's change was not applied either
+    assert after["accounts"]["shop/a"]["pool"]["maxConnections"] == 2  # a's change was not applied either
     await send_through(gw, "shop/b", up_b, "x@b.example")
     await send_through(gw, "shop/a", up_a, "x@a.example")
     assert (await gw.send(account_key="shop/c", **{"from": "x@b.example"}))[0] == 404
@@ -87,7 +87,7 @@ async def test_a_snapshot_that_fails_to_apply_leaves_the_old_configuration_whole
     assert await gw.configure(a_changed, c_good, revision=2) == {"revision": 2, "applied": True}
     await send_through(gw, "shop/c", up_c, "x@b.example")
     assert (await gw.send(account_key="shop/b", **{"from": "x@b.example"}))[0] == 404
-    assert (await status(gw))["accounts"]["shop/a"]["pool"]["max_connections"] == 1
+    assert (await status(gw))["accounts"]["shop/a"]["pool"]["maxConnections"] == 1
     before_routed = len(up_c.messages)
     assert await routed(gw, "z@b.example") == 200
     await asyncio.to_thread(up_c.wait_messages, before_routed + 1)
@@ -125,7 +125,7 @@ async def test_a_per_account_put_that_fails_to_apply_changes_nothing(gw: Gateway
     assert "shop/b" in problem["detail"]
     after = await status(gw)
     assert after["revision"] == 1 and after["accounts"]["shop/b"]["digest"] == digest
-    assert after["accounts"]["shop/b"]["pool"]["max_connections"] == 2
+    assert after["accounts"]["shop/b"]["pool"]["maxConnections"] == 2
     await send_through(gw, "shop/b", up, "x@b.example")  # over TLS with the CA it had
 
     fixed = named(up, "b", "b.example", pool={"maxConnections": 1})

@@ -33,7 +33,7 @@ def test_apikey_refuses_bad_patterns_before_printing_a_key(capsys: pytest.Captur
     assert main(["apikey", "--name", "ci", "--account", "billing"]) == 2
     out, err = capsys.readouterr()
     assert KEY_PREFIX not in out
-    assert "accounts.0: Value error, expected namespace/name" in err
+    assert "mailgate apikey: accounts[0]: expected namespace/name" in err
 
 
 def test_keys_file_problems_name_the_field(tmp_path: Path) -> None:
@@ -54,7 +54,7 @@ def test_keys_file_problems_name_the_field(tmp_path: Path) -> None:
         load_keys(path)
     problems = caught.value.problems
     assert f"{path}: keys[1].sha256: String should match pattern '^[0-9a-f]{{64}}$'" in problems
-    assert any(p.startswith(f"{path}: keys[1].accounts[0]: Value error, expected namespace/name") for p in problems)
+    assert any(p.startswith(f"{path}: keys[1].accounts[0]: expected namespace/name") for p in problems)
     assert any(p.startswith(f"{path}: keys[2].accounts: List should have at least 1 item") for p in problems)
 
     path.write_text(
@@ -74,3 +74,26 @@ def test_empty_keys_file_lets_nobody_in(tmp_path: Path) -> None:
     path = tmp_path / "keys.yaml"
     path.write_text("")
     assert load_keys(path).match(generate_key()) is None
+
+
+@pytest.mark.parametrize(
+    ("tagged", "tag"),
+    [
+        ("!!int mgk_a-pasted-key-not-a-digest", "!!int"),
+        ("!!float mgk_a-pasted-key-not-a-digest", "!!float"),
+        ("!!timestamp 2024-13-45", "!!timestamp"),
+        ('!!binary "mgk_sécret***"', "!!binary"),
+        ("!!bool mgk_a-pasted-key-not-a-digest", "!!bool"),
+    ],
+)
+def test_a_badly_tagged_value_is_a_positioned_problem_without_the_value(tmp_path: Path, tagged: str, tag: str) -> None:
+    """``!!int`` on a string made PyYAML raise a ValueError quoting it, which crashed the load (and a reload's log)."""
+    path = tmp_path / "keys.yaml"
+    path.write_text(f"keys:\n  - name: ci\n    sha256: {tagged}\n    accounts: ['*']\n")
+
+    with pytest.raises(ConfigError) as caught:
+        load_keys(path)
+
+    assert caught.value.problems == [f"{path}: invalid YAML: line 3, column 13: expected a valid {tag} value"]
+    value = tagged.split(" ", 1)[1].strip('"')
+    assert not any(part in str(caught.value) for part in (value, "mgk_", "sécret", "2024-13"))

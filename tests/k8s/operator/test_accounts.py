@@ -32,7 +32,7 @@ def test_apply_account_and_secret_then_send_through_every_gateway(mesh: Mesh, up
     assert {login[1] for login in upstream.counters.logins} == {"app"}
 
     reports = [gateway.account(key) for gateway in gateways]
-    assert [r["pool"]["max_connections"] if r["pool"] else 0 for r in reports] == [1, 1, 0]  # type: ignore[index]
+    assert [r["pool"]["maxConnections"] if r["pool"] else 0 for r in reports] == [1, 1, 0]  # type: ignore[index]
     assert reports[2]["forwardTo"]  # type: ignore[index]
     mesh.wait_condition("billing", "UpstreamHealthy", "True")
     printed = mesh.cp.kubectl("get", "smtpacct", "billing", "-n", mesh.namespace).stdout
@@ -55,7 +55,7 @@ def test_spec_changes_reach_every_gateway_without_restarts(mesh: Mesh, upstream_
     mesh.patch_account("bulk", {"pool": {"maxConnections": 6, "ttlSeconds": 42}, "rateLimit": {"messagesPerMinute": 90}})
     mesh.wait_served(
         key,
-        lambda r: r["generation"] == 2 and r["pool"]["max_connections"] == 3 and r["rateLimit"]["messagesPerMinute"] == 45,
+        lambda r: r["generation"] == 2 and r["pool"]["maxConnections"] == 3 and r["rateLimit"]["messagesPerMinute"] == 45,
         "maxConnections 6 and 90/min split over two gateways",
     )
     mesh.wait_condition("bulk", "Synced", "True", generation=2)

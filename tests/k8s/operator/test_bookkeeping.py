@@ -57,4 +57,4 @@ def test_handling_an_account_writes_no_bookkeeping_to_it_and_spec_changes_still_
     obj = mesh.account("plain") or {}
     assert obj["metadata"]["finalizers"] == [FINALIZER]
     assert not [key for key in obj["metadata"].get("annotations") or {} if key.startswith(f"{ANNOTATION_PREFIX}/")]
-    assert (gateway.account(f"{mesh.namespace}/plain") or {})["pool"]["max_connections"] == 4
+    assert (gateway.account(f"{mesh.namespace}/plain") or {})["pool"]["maxConnections"] == 4

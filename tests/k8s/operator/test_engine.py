@@ -224,3 +224,6 @@ def test_the_accounts_a_refused_snapshot_names_are_found() -> None:
     assert by_key.invalid and _refused_keys(by_key, keys) == {"a/two"}
     assert _refused_keys(by_index, keys) == {"b/three"}
     assert _refused_keys(GatewayRejected(400, "invalid", ("accounts.7",)), keys) == set()
+    # What a gateway of this release writes (mailgate.validation paths): the index in brackets.
+    assert _refused_keys(GatewayRejected(400, "invalid", ("accounts[1].spec.server.host",)), keys) == {"a/two"}
+    assert _refused_keys(GatewayRejected(400, "invalid", ("accounts[9]",)), keys) == set()

@@ -198,7 +198,7 @@ def test_the_operator_reconverges_after_an_apiserver_restart_and_loses_no_accoun
     mesh.patch_account("changed", {"pool": {"maxConnections": 4}})
     mesh.wait_condition("fresh", "Ready", "True", generation=1, timeout=60)
     mesh.wait_condition("changed", "Synced", "True", generation=2, timeout=60)
-    mesh.wait_served(f"{mesh.namespace}/changed", lambda r: r["pool"]["max_connections"] == 2, "the new split [2, 2]")
+    mesh.wait_served(f"{mesh.namespace}/changed", lambda r: r["pool"]["maxConnections"] == 2, "the new split [2, 2]")
     mesh.wait_served(f"{mesh.namespace}/fresh", lambda r: True, "the new account on every gateway")
     assert operator.proc is not None and operator.proc.pid == operator_pid, "the operator must survive, not restart"
     for name in ("kept", "changed", "fresh"):
@@ -214,7 +214,7 @@ def test_the_operator_reconverges_after_an_apiserver_restart_and_loses_no_accoun
 
 def _connections(report: dict[str, Any] | None) -> int:
     """The connection share a gateway serves an account with (0: not there, or forwarding)."""
-    return report["pool"]["max_connections"] if report and report["pool"] else 0
+    return report["pool"]["maxConnections"] if report and report["pool"] else 0
 
 
 def _held_of(upstream: Upstream, prefix: str) -> list[str]:

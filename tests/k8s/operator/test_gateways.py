@@ -13,7 +13,7 @@ def _share(report: dict[str, Any] | None) -> tuple[int, int]:
     """(connections, messages per minute) a gateway serves an account with; a forwarding one has no pool."""
     if report is None:
         return 0, 0
-    connections = report["pool"]["max_connections"] if report["pool"] else 0
+    connections = report["pool"]["maxConnections"] if report["pool"] else 0
     return connections, report["rateLimit"]["messagesPerMinute"] or 0
 
 

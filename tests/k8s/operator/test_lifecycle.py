@@ -47,7 +47,7 @@ def test_a_restarted_operator_reconverges_without_pushing_what_is_unchanged(mesh
     second = mesh.operator()
     mesh.wait_condition("edited", "Synced", "True", generation=2)
     mesh.wait_condition("late", "Ready", "True")
-    mesh.wait_served(f"{mesh.namespace}/edited", lambda r: r["pool"]["max_connections"] == 2, "the new split [2, 2]")
+    mesh.wait_served(f"{mesh.namespace}/edited", lambda r: r["pool"]["maxConnections"] == 2, "the new split [2, 2]")
     assert second.metric("mailgate_operator_push_duration_seconds_count", kind="full") == 0
     assert second.metric("mailgate_operator_push_duration_seconds_count", kind="account") == 4  # edited + late, twice
     for gateway in gateways:
@@ -80,5 +80,5 @@ def test_two_replicas_elect_one_active_and_hand_over(mesh: Mesh, upstream_factor
     eventually(lambda: standby.metric("mailgate_operator_leader") == 1, "the standby to take over", timeout=30)
     mesh.patch_account("duo", {"pool": {"maxConnections": 5}})
     mesh.wait_condition("duo", "Synced", "True", generation=2)
-    eventually(lambda: (gateway.account(f"{mesh.namespace}/duo") or {})["pool"]["max_connections"] == 5, "the new limit")
+    eventually(lambda: (gateway.account(f"{mesh.namespace}/duo") or {})["pool"]["maxConnections"] == 5, "the new limit")
     assert standby.metric("mailgate_operator_reconciles_total") >= 1

@@ -27,7 +27,7 @@ def test_the_gateways_sender_conflicts_are_read_from_their_status() -> None:
             "revision": 3,
             "ready": True,
             "accounts": {
-                "shop/billing": {"digest": "d1", "senderConflicts": ["billing@shop.example", 7]},
+                "shop/billing": {"digest": "d1", "senderConflicts": ["billing@shop.example"]},
                 "shop/legacy": {"digest": "d2"},  # an older gateway says nothing: no conflict
             },
         }
