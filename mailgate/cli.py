@@ -47,6 +47,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--log-format", choices=["json", "text"], default="text", help="log format (default text)")
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     _add_smtp_ingress_arguments(parser)
+    _add_queue_arguments(parser)
     parser.set_defaults(func=_serve)
 
 
@@ -72,14 +73,14 @@ def _apikey(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .standalone.apikeys import entry_line, generate_key
+    from .validation import field_problems
 
     key = generate_key()
     try:
         line = entry_line(args.name, key, args.account)  # validates name and patterns before printing a key
     except ValidationError as error:
-        for problem in error.errors(include_input=False, include_url=False):
-            where = ".".join(str(part) for part in problem["loc"])
-            print(f"mailgate apikey: {where}: {problem['msg']}", file=sys.stderr)
+        for problem in field_problems(error, whole="arguments"):
+            print(f"mailgate apikey: {problem.field}: {problem.message}", file=sys.stderr)
         return 2
     print(f"# API key for {args.name!r}: shown only now; give it to the caller and keep it secret.")
     print(key)
@@ -112,6 +113,12 @@ def _add_smtp_ingress_arguments(parser: argparse.ArgumentParser) -> None:
     from .ingress.options import add_arguments
 
     add_arguments(parser)
+
+
+def _add_queue_arguments(parser: argparse.ArgumentParser) -> None:
+    from .gateway.queue_args import add_queue_arguments
+
+    add_queue_arguments(parser)
 
 
 def _add_gateway(sub: argparse._SubParsersAction) -> None:
@@ -165,6 +172,7 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
         "still waits on an upstream is answered and every connection is closed",
     )
     _add_smtp_ingress_arguments(parser)
+    _add_queue_arguments(parser)
     parser.set_defaults(func=_gateway)
 
 

@@ -38,7 +38,11 @@ class Credentials(_Model):
         description="The long-lived OAuth2 credential's Secret keys (clientSecret, tls.key, tls.crt, serviceAccountKey).",
     )
 
-    @field_serializer("password", "token", when_used="json")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="spec.delivery.webhook's signing key (whsec_<base64>), from its Secret's webhookSecret."
+    )
+
+    @field_serializer("password", "token", "webhook_secret", when_used="json")
     def _reveal(self, value: SecretStr | None) -> str | None:
         return value.get_secret_value() if value is not None else None
 

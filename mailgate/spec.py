@@ -341,6 +341,54 @@ class RateLimitSpec(_Model):
     )
 
 
+class DeliveryMode(str, Enum):
+    sync = "sync"
+    queue = "queue"
+
+
+WEBHOOK_URL_PATTERN = r"^https?://[^\s/?#@]+(/[^\s#]*)?$"
+DEFAULT_MAX_AGE_SECONDS = 5 * 24 * 3600  # Postfix's maximal_queue_lifetime
+
+
+class WebhookSpec(_Model):
+    """Where delivery events of queued messages are posted, signed as Standard Webhooks describes."""
+
+    url: str = Field(
+        max_length=2048,
+        pattern=WEBHOOK_URL_PATTERN,
+        description="The receiver (http or https; no user or password in the URL). Events: message.sent, "
+        "message.deferred, message.failed.",
+    )
+    secret_ref: SecretRef = Field(
+        description="Secret with key webhookSecret: the signing key as whsec_<base64> (24 to 64 bytes), the format "
+        "Standard Webhooks libraries verify with."
+    )
+
+
+class DeliverySpec(_Model):
+    """Synchronous relay (the upstream's verdict in the answer) or durable queueing with retries."""
+
+    mode: DeliveryMode = Field(
+        default=DeliveryMode.sync,
+        description="sync: every send waits for the upstream and answers with its verdict. queue: a message is "
+        "answered (HTTP 202, SMTP 250) once stored durably, then delivered with retries (needs a gateway started "
+        "with a queue). A sync account still queues an HTTP request sent with Prefer: respond-async.",
+    )
+    max_age_seconds: int = Field(
+        default=DEFAULT_MAX_AGE_SECONDS,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="A queued message still undelivered this long after it was accepted fails (default 5 days).",
+    )
+    retry_unknown: bool = Field(
+        default=False,
+        description="When the connection drops after the message was sent and before the upstream's verdict, the "
+        "message may or may not have been delivered. false (default): fail it (a possible loss, never a duplicate). "
+        "true: deliver it again (a possible duplicate, never a loss).",
+    )
+    webhook: WebhookSpec | None = Field(default=None, description="Delivery events of queued messages, signed.")
+
+
 class SmtpClientRef(_Model):
     """One SMTP AUTH login of the gateway's SMTP ingress (a client credential, never the upstream's)."""
 
@@ -389,6 +437,7 @@ class SmtpAccountSpec(_Model):
         default=26214400, ge=1024, le=157286400, description="Largest message accepted, in bytes (413 above)."
     )
     suspend: bool = Field(default=False, description="Stop sending through this account; requests get 503.")
+    delivery: DeliverySpec = Field(default=DeliverySpec(), description="Synchronous relay or durable queueing.")
 
     @model_validator(mode="before")
     @classmethod
@@ -406,7 +455,7 @@ class SmtpAccountSpec(_Model):
         return {**data, **absent} if absent else data
 
 
-_SECTIONS = [(name, to_camel(name)) for name in ("auth", "pool", "rate_limit", "access")]
+_SECTIONS = [(name, to_camel(name)) for name in ("auth", "pool", "rate_limit", "access", "delivery")]
 
 
 ConditionStatus = Literal["True", "False", "Unknown"]
@@ -433,6 +482,23 @@ class EffectiveLimits(_Model):
     messages_per_minute_per_gateway: list[int] = Field(default_factory=list, description="Each gateway's rate share.")
 
 
+class DeliveryStatus(_Model):
+    """The account's messages waiting in the gateways' durable queue (docs/operator.md#queued-messages).
+
+    Written at most once per two resync periods per account, and only when the numbers change: they
+    can be that old. Absent until the account first has a message pending.
+    """
+
+    queued: int = Field(default=0, description="Accepted, never attempted yet.")
+    deferred: int = Field(
+        default=0, description="Attempted, waiting for the next attempt (the upstream was down, busy or throttling)."
+    )
+    sending: int = Field(default=0, description="Being delivered when the gateways last counted.")
+    oldest_message_time: datetime | None = Field(
+        default=None, description="When the oldest pending message was accepted; absent when none is pending."
+    )
+
+
 class SmtpAccountStatus(_Model):
     """Observed state, written by the operator through the status subresource."""
 
@@ -442,6 +508,9 @@ class SmtpAccountStatus(_Model):
     )
     gateways: GatewaySync = Field(default_factory=GatewaySync, description="How many gateways serve the spec.")
     effective: EffectiveLimits = Field(default_factory=EffectiveLimits, description="The per-gateway split of the limits.")
+    delivery: DeliveryStatus | None = Field(
+        default=None, description="Queued messages not delivered yet, as the gateways count them (queue mode)."
+    )
 
 
 class ObjectMeta(BaseModel):

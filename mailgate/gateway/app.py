@@ -50,19 +50,24 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from ..pool import SMTPPool
+from ..queue.webhooks import WebhookNotifier
 from ..snapshot import ConfigSnapshot
 from .accounts import AccountRegistry
 from .admin_api import AdminAPI, bearer_middleware
 from .auth import Authenticator
 from .forward import Forwarder
 from .http_api import SendAPI
+from .messages_api import MessagesAPI
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics
 from .middleware import request_context
 from .openapi import openapi_json
+from .outbox import Outbox, OutboxOptions
 from .probes import Probes
+from .queue_metrics import QueueMetrics
 from .relay import Relay
 from .tokens import TokenSources
+from .webhook_events import WebhookEvents, WebhookMetrics
 
 log = logging.getLogger("mailgate.gateway")
 
@@ -164,6 +169,7 @@ class GatewayOptions:
     shutdown_grace: float = 30.0  # the whole shutdown, SIGTERM to exit: the pod's terminationGracePeriodSeconds
     admin_tls_cert: str | None = None  # PEM certificate (chain) for the admin API; with admin_tls_key
     admin_tls_key: str | None = None
+    queue: OutboxOptions | None = None  # durable delivery (``--queue``); None: synchronous sends only
 
 
 class Gateway:
@@ -187,10 +193,13 @@ class Gateway:
         )
         self.metrics = GatewayMetrics(self.pool, self.registry)
         self.relay = Relay(self.registry, self.pool, self.metrics)
+        self.webhooks: WebhookNotifier | None = None  # with a queue: delivery events of queued messages
+        self.outbox = self._outbox()
         self.forwarder = Forwarder()
         self.probes = Probes(lambda: self.registry.received, lambda: self.draining)
-        self.send_api = SendAPI(self.relay, authenticator, self.forwarder, hostname=self.options.hostname)
-        self.admin = AdminAPI(self.registry, self.pool, self.probes.ready)
+        self.send_api = SendAPI(self.relay, authenticator, self.forwarder, hostname=self.options.hostname, outbox=self.outbox)
+        self.messages_api = MessagesAPI(self.relay, authenticator, self.outbox)
+        self.admin = AdminAPI(self.registry, self.pool, self.probes.ready, queue=self.outbox)
         self.app = self._send_app()
         self.admin_app = self._admin_app() if self.options.admin_port is not None else None
         self._runners: list[web.AppRunner] = []
@@ -202,6 +211,7 @@ class Gateway:
     def _send_app(self) -> web.Application:
         app = web.Application(middlewares=[self.in_flight.middleware, request_context])
         self.send_api.add_routes(app)
+        self.messages_api.add_routes(app)
         self.probes.add_routes(app)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/openapi.json", self._openapi)
@@ -217,13 +227,30 @@ class Gateway:
         self.admin.add_routes(app)
         return app
 
+    def _outbox(self) -> Outbox | None:
+        if self.options.queue is None:
+            return None
+        outbox = Outbox(self.options.queue, self.registry, self.pool)
+        outbox.observer = QueueMetrics(self.metrics.registry, outbox)
+        self.webhooks = WebhookNotifier(observer=WebhookMetrics(self.metrics.registry))
+        outbox.events = WebhookEvents(self.webhooks, self.registry)
+        return outbox
+
     def add_door(self, door: FrontDoor) -> None:
         """Shut ``door`` down with the HTTP API, within the same deadlines (the SMTP ingress registers here)."""
         self.doors.append(door)
 
     async def _upstreams(self, app: web.Application) -> AsyncIterator[None]:
-        """The peer client and the pool live exactly as long as the send application."""
+        """The peer client, the pool and the outbox live exactly as long as the send application.
+
+        The outbox opens before the listeners, so no message can be accepted before the
+        queue can store it, and closes after the pool, so deliveries cut short record why.
+        """
         await self.forwarder.start()
+        if self.outbox is not None:
+            await self.outbox.start()
+        if self.webhooks is not None:
+            self.webhooks.start()
         yield
         plan = self._plan()
         if self._closing_doors is not None:
@@ -233,6 +260,10 @@ class Gateway:
             log.warning("upstream sessions still closing at the end of the shutdown grace; dropping them")
             closing.cancel()  # each QUIT task's cleanup drops its socket
             await asyncio.wait([closing])
+        if self.outbox is not None:
+            await self.outbox.stop(plan.close_end)
+        if self.webhooks is not None:  # after the outbox: its last deliveries' events may still go out
+            await self.webhooks.close(plan.close_end)
 
     def _plan(self) -> ShutdownPlan:
         if self._deadlines is None:  # the runner stopped without stop(): start the clock now
@@ -253,7 +284,8 @@ class Gateway:
 
     async def _settled(self, deadline: float) -> bool:
         """Until no HTTP request and no SMTP session is left, at most until ``deadline``; True when none is."""
-        done = await asyncio.gather(self.in_flight.wait(deadline), *(door.drain(deadline) for door in self.doors))
+        outbox = [] if self.outbox is None else [self.outbox.drain(deadline)]
+        done = await asyncio.gather(self.in_flight.wait(deadline), *(door.drain(deadline) for door in self.doors), *outbox)
         return all(done)
 
     def _close_upstreams(self) -> asyncio.Task[None]:

@@ -19,12 +19,15 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..ingress.routing import NoRoute, Router
+from ..queue import QueueError
+from ..spec import DeliveryMode
 from .accounts import Account
 from .auth import Authenticator, Identity
 from .forward import Forwarder
 from .idempotency import MAX_KEY_LENGTH, IdempotencyConflict, IdempotencyStore, StoredResponse, fingerprint
 from .message import MessageError, OutgoingMessage, SendRequest, build_message, describe_validation_error, parse_raw_message
 from .middleware import request_id
+from .outbox import Outbox
 from .problems import outcome_problem, problem
 from .relay import Reason, Refused, Relay, Sent
 
@@ -66,6 +69,32 @@ def sent_body(outcome: Sent) -> dict[str, Any]:
     }
 
 
+async def identify(authenticator: Authenticator, request: web.Request, key: str, rid: str) -> Identity | web.Response:
+    """The caller, or the response that refuses it (401; 503 when the authenticator itself failed)."""
+    try:
+        identity = await authenticator.authenticate(request)
+    except Exception as exc:  # the authenticator failed (apiserver down), not the caller: never a false 401
+        log.warning("authentication failed for %s: %s", key, type(exc).__name__)
+        return problem("auth-unavailable", "the caller's token could not be checked", request_id=rid, retry_after=5)
+    if identity is None:
+        return problem(
+            "unauthenticated",
+            "a valid bearer token is required",
+            request_id=rid,
+            headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
+        )
+    return identity
+
+
+def prefers_async(request: web.Request) -> bool:
+    """RFC 7240 ``Prefer: respond-async`` (preferences are comma-separated, names case-insensitive)."""
+    for header in request.headers.getall("Prefer", ()):
+        for preference in header.split(","):
+            if preference.split(";", 1)[0].split("=", 1)[0].strip().lower() == "respond-async":
+                return True
+    return False
+
+
 class SendAPI:
     """Holds the collaborators of the handler; one instance per gateway."""
 
@@ -77,8 +106,10 @@ class SendAPI:
         *,
         hostname: str,
         idempotency: IdempotencyStore | None = None,
+        outbox: Outbox | None = None,
     ) -> None:
         self.relay = relay
+        self.outbox = outbox
         self.authenticator = authenticator
         self.forwarder = forwarder
         self.hostname = hostname
@@ -92,7 +123,7 @@ class SendAPI:
         """The account is named in the path: every check that needs no body runs before reading it."""
         rid = request_id(request)
         key = f"{request.match_info['namespace']}/{request.match_info['name']}"
-        identity = await self._identify(request, key, rid)
+        identity = await identify(self.authenticator, request, key, rid)
         if isinstance(identity, web.Response):
             return identity
         admitted = self.relay.admit(identity, key)
@@ -111,7 +142,7 @@ class SendAPI:
         exactly as on the per-account path.
         """
         rid = request_id(request)
-        identity = await self._identify(request, "-", rid)
+        identity = await identify(self.authenticator, request, "-", rid)
         if isinstance(identity, web.Response):
             return identity
         largest = max((a.config.spec.max_message_bytes for a in self.relay.registry.accounts().values()), default=0)
@@ -134,21 +165,6 @@ class SendAPI:
         if request.content_type == RFC822 and too_large is not None:
             return outcome_problem(too_large, rid)
         return await self._respond(request, admitted, body, rid)
-
-    async def _identify(self, request: web.Request, key: str, rid: str) -> Identity | web.Response:
-        try:
-            identity = await self.authenticator.authenticate(request)
-        except Exception as exc:  # the authenticator failed (apiserver down), not the caller: never a false 401
-            log.warning("authentication failed for %s: %s", key, type(exc).__name__)
-            return problem("auth-unavailable", "the caller's token could not be checked", request_id=rid, retry_after=5)
-        if identity is None:
-            return problem(
-                "unauthenticated",
-                "a valid bearer token is required",
-                request_id=rid,
-                headers={"WWW-Authenticate": 'Bearer realm="mailgate"'},
-            )
-        return identity
 
     async def _read_body(self, request: web.Request, key: str, max_message_bytes: int, rid: str) -> bytes | web.Response:
         content_type = request.content_type
@@ -198,8 +214,11 @@ class SendAPI:
         return web.Response(status=stored.status, body=stored.body, content_type=stored.content_type, headers=headers)
 
     async def _deliver(self, request: web.Request, account: Account, content_type: str, body: bytes, rid: str) -> web.Response:
-        """Forward to a peer, or build and send: the part an Idempotency-Key protects from running twice."""
+        """Queue, forward to a peer, or build and send: the part an Idempotency-Key protects from running twice."""
         key = account.config.key
+        queued = account.config.spec.delivery.mode is DeliveryMode.queue or (self.outbox is not None and prefers_async(request))
+        if queued:
+            return await self._enqueue(request, account, content_type, body, rid)
         if account.forward_peers:
             return await self.forwarder.forward(request, body, account.forward_peers, rid)
         try:
@@ -219,6 +238,42 @@ class SendAPI:
                 return await self.forwarder.forward(request, body, current.forward_peers, rid)
         log.info("not sent via %s: %s (%s)", key, outcome.reason.value, outcome.detail)
         return outcome_problem(outcome, rid)
+
+    async def _enqueue(self, request: web.Request, account: Account, content_type: str, body: bytes, rid: str) -> web.Response:
+        """202 once the message is stored durably; every check that can fail now answers now, as a send would."""
+        key = account.key
+        if self.outbox is None:
+            detail = f"account {key!r} queues its messages, but this gateway has no queue (start it with --queue)"
+            self.relay.record(key, "queue-unavailable")
+            return problem("queue-unavailable", detail, request_id=rid, retry_after=30)
+        try:
+            message = self._message(content_type, body, request)
+        except ValidationError as exc:
+            return self._invalid(key, describe_validation_error(exc), rid)
+        except MessageError as exc:
+            return self._invalid(key, [{"field": exc.field, "message": exc.detail}], rid)
+        refusal = self.relay.check_message(account, message)
+        if refusal is not None:
+            self.relay.record(key, refusal.reason.value)
+            return outcome_problem(refusal, rid)
+        try:
+            queue_id = await self.outbox.enqueue(account, message, idempotency_key=request.headers.get("Idempotency-Key"))
+        except QueueError as exc:
+            log.warning("could not queue a message for %s: %s", key, type(exc).__name__)
+            self.relay.record(key, "queue-unavailable")
+            return problem(
+                "queue-unavailable",
+                "the message queue cannot store the message; nothing was kept, try again",
+                request_id=rid,
+                retry_after=5,
+            )
+        self.relay.record(key, "queued")
+        log.info("queued %s (%s) via %s for %d recipient(s)", queue_id, message.message_id, key, len(message.recipients))
+        headers = {"Location": f"/v1/messages/{queue_id}"}
+        if prefers_async(request):
+            headers["Preference-Applied"] = "respond-async"
+        body_out = {"id": queue_id, "messageId": message.message_id, "state": "queued", "recipients": message.recipients}
+        return web.json_response(body_out, status=202, headers=headers, dumps=json.dumps)
 
     def _message(self, content_type: str, body: bytes, request: web.Request) -> OutgoingMessage:
         if content_type == JSON:

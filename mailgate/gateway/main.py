@@ -29,6 +29,7 @@ from ..ingress.options import IngressOptions, from_args
 from .app import Gateway, GatewayOptions, run_until_signalled
 from .auth import AllowAnyone, Authenticator
 from .logs import configure_logging
+from .queue_args import queue_options
 
 ADMIN_TOKEN_ENV = "MAILGATE_ADMIN_TOKEN"
 IN_CLUSTER_SHUTDOWN_DELAY = 5.0
@@ -93,6 +94,7 @@ def options(args: argparse.Namespace) -> GatewayOptions:
         shutdown_grace=args.shutdown_grace,
         admin_tls_cert=args.admin_tls_cert,
         admin_tls_key=args.admin_tls_key or args.admin_tls_cert,
+        queue=queue_options(args),
     )
 
 

@@ -2,9 +2,11 @@
 
 Request schemas are the pydantic models the handlers validate with
 (``SendRequest``, ``ConfigSnapshot``, ``AccountConfig``), so the document
-cannot drift from the code; response models below exist for the document and
-for the tests, which validate real responses against them. The error
-responses are derived from ``problems.PROBLEM_TYPES``.
+cannot drift from the code; so is the admin status (``mailgate.adminstatus``,
+which the gateway writes and the operator reads). The send API's response
+models below exist for the document and for the tests, which validate real
+responses against them. The error responses are derived from
+``problems.PROBLEM_TYPES``.
 
 ``python -m mailgate.gateway.openapi > docs/openapi.json`` refreshes the
 checked-in copy; a test proves it equal to what the gateway serves at
@@ -15,12 +17,13 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
+from ..adminstatus import GatewayStatus
 from ..snapshot import AccountConfig, ConfigSnapshot
 from ..spec import HOST_PATTERN
 from .idempotency import MAX_KEY_LENGTH
@@ -55,6 +58,50 @@ class SendResponse(_Doc):
     upstream: UpstreamReply = Field(description="The upstream's reply to DATA.")
 
 
+class QueuedResponse(_Doc):
+    """The message is stored durably and will be delivered (202; its status at the Location header)."""
+
+    id: str = Field(description="The queued message's id: GET /v1/messages/{id}.")
+    message_id: str = Field(description="The Message-ID header, angle brackets included.")
+    state: Literal["queued"]
+    recipients: list[str] = Field(description="The envelope recipients, each delivered and tracked on its own.")
+
+
+class Reply(_Doc):
+    code: int | None = Field(description="SMTP reply code; null when no reply came (delivery unknown).")
+    message: str
+
+
+class QueuedRecipient(_Doc):
+    address: str
+    state: Literal["pending", "sent", "failed"]
+    attempts: int
+    reply: Reply | None = Field(description="The last reply for this recipient.")
+
+
+class QueuedMessage(_Doc):
+    """A queued message and each recipient's state (docs/api.md, "Queued messages")."""
+
+    id: str
+    account: str = Field(description="namespace/name")
+    message_id: str
+    sender: str = Field(alias="from", description="The envelope sender.")
+    state: Literal["queued", "deferred", "sending", "sent", "failed", "cancelled"]
+    size: int = Field(description="Bytes of the message as it will be sent.")
+    created_at: str = Field(description="RFC 3339, UTC.")
+    next_attempt_at: str | None = Field(description="When the next attempt is due (queued and deferred only).")
+    expires_at: str = Field(description="When an undelivered message fails (spec.delivery.maxAgeSeconds).")
+    finished_at: str | None
+    attempts: int
+    last_reply: Reply | None
+    recipients: list[QueuedRecipient]
+
+
+class MessagePage(_Doc):
+    items: list[QueuedMessage] = Field(description="Oldest first.")
+    next: str | None = Field(description="Pass as after= for the next page; null on the last page.")
+
+
 class FieldError(_Doc):
     field: str = Field(description="Where: from, to[1], attachments[0].content, headers.X-Foo, body...")
     message: str
@@ -86,34 +133,29 @@ class AccountApplied(_Doc):
     revision: int
 
 
-class AccountStatus(_Doc):
-    model_config = ConfigDict(extra="forbid")
-
-    digest: str = Field(description="snapshot.config_digest of what is served; credentials included, one-way.")
-    generation: int | None
-    healthy: bool | None = Field(description="Last connect or NOOP result; null before the first.")
-    last_error: str | None = Field(description="Last connect, login or NOOP error text; never a credential.")
-    pool: dict[str, Any] | None = Field(description="Pool counters; null when this gateway forwards the account.")
-    forward_to: list[str] = Field(description="Peers this gateway forwards to (its connection share is 0).")
-    rate_limit: dict[str, int | None]
-    suspended: bool
-    sender_conflicts: list[str] = Field(description="Sender patterns another account lists too.")
-
-
-class GatewayStatus(_Doc):
-    revision: int
-    ready: bool
-    accounts: dict[str, AccountStatus]
-
-
 _REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
-_RESPONSE_MODELS: list[type[BaseModel]] = [SendResponse, Problem, ConfigApplied, AccountApplied, GatewayStatus]
+_RESPONSE_MODELS: list[type[BaseModel]] = [
+    SendResponse,
+    QueuedResponse,
+    QueuedMessage,
+    MessagePage,
+    Problem,
+    ConfigApplied,
+    AccountApplied,
+    GatewayStatus,
+]
 _SEND_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 # putAccount's 404: a path that is no account route (an empty name), answered before the handler.
 _ADMIN_ERRORS = {"put": (400, 401, 409, 422), "putAccount": (400, 401, 404, 409, 422), "delete": (400, 401, 404, 409),
                  "get": (401,)}  # fmt: skip
 # Problem types only one of the two APIs answers with; every other type may come from either.
-_ONLY_IN = {"revision-conflict": "admin", "invalid-configuration": "admin", "idempotency-conflict": "send"}
+_ONLY_IN = {
+    "revision-conflict": "admin",
+    "invalid-configuration": "admin",
+    "idempotency-conflict": "send",
+    "not-cancellable": "send",
+    "queue-unavailable": "send",
+}
 
 
 # What pydantic's regex engine (Rust's regex crate) reads as \s: Unicode White_Space. ECMA-262's \s differs (it
@@ -238,6 +280,15 @@ def _send_paths() -> dict[str, Any]:
             },
             "responses": {
                 "200": {"description": "Sent", "content": {"application/json": {"schema": _ref("SendResponse")}}},
+                "202": {
+                    "description": "Queued: stored durably, to be delivered with retries (an account with "
+                    "delivery.mode queue, or Prefer: respond-async on a gateway with a queue)",
+                    "headers": {
+                        "Location": {"description": "/v1/messages/{id}", "schema": {"type": "string"}},
+                        "Preference-Applied": {"description": "respond-async, when asked for", "schema": {"type": "string"}},
+                    },
+                    "content": {"application/json": {"schema": _ref("QueuedResponse")}},
+                },
                 **_problem_responses(_SEND_ERRORS),
             },
         }
@@ -247,15 +298,23 @@ def _send_paths() -> dict[str, Any]:
                               "pattern": r"^[\x20-\x7e]*[\x21-\x7e][\x20-\x7e]*$"},
                    "description": "A retried request with the same key returns the first answer; the same key "
                                   "with another request is refused (422 idempotency-conflict). See docs/api.md."}
-    send["post"]["parameters"].append(idempotency)
+    prefer = {
+        "name": "Prefer",
+        "in": "header",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "respond-async (RFC 7240): queue the message and answer 202 at once, on a gateway with a queue.",
+    }
+    send["post"]["parameters"] += [idempotency, prefer]
     routed = {"post": {**send["post"], "operationId": "sendMessageRouted",
                        "summary": "Send one message through the account its sender routes to (as the SMTP ingress does)",
                        "description": "403 sender-not-allowed when no account's senders claim the sender.",
-                       "parameters": [*raw_params, idempotency]}}
+                       "parameters": [*raw_params, idempotency, prefer]}}
     text = {"content": {"text/plain": {"schema": {"type": "string"}}}}
     return {
         "/v1/messages": routed,
-        "/v1/accounts/{namespace}/{name}/messages": send,
+        "/v1/accounts/{namespace}/{name}/messages": {**send, "get": _list_operation()},
+        "/v1/messages/{id}": _message_operations(),
         "/livez": {
             "get": {"tags": ["probes"], "summary": "The event loop answers", "responses": {"200": {"description": "OK", **text}}}
         },
@@ -273,6 +332,57 @@ def _send_paths() -> dict[str, Any]:
             "get": {"tags": ["probes"], "summary": "This document",
                     "responses": {"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}}
         },
+    }
+
+
+_MESSAGE_ID = {"type": "string", "pattern": "^[0-9a-f]{32}$"}
+
+
+def _queue_operation(
+    summary: str, operation_id: str, parameters: list[dict[str, Any]], responses: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "tags": ["queue"],
+        "summary": summary,
+        "operationId": operation_id,
+        "security": [{"bearer": []}],
+        "parameters": parameters,
+        "responses": responses,
+    }
+
+
+def _list_operation() -> dict[str, Any]:
+    states = ["queued", "deferred", "sending", "sent", "failed", "cancelled"]
+    query = [
+        {"name": "state", "in": "query", "required": False, "schema": {"type": "string", "enum": states}},
+        {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        {"name": "after", "in": "query", "required": False, "schema": _MESSAGE_ID, "description": "next of the previous page"},
+    ]
+    page = {"description": "One page, oldest first", "content": {"application/json": {"schema": _ref("MessagePage")}}}
+    return _queue_operation(
+        "List an account's queued messages (the same authorization as sending through it)",
+        "listMessages",
+        _path_params("namespace", "name") + query,
+        {"200": page, **_problem_responses((400, 401, 403, 404, 503))},
+    )
+
+
+def _message_operations() -> dict[str, Any]:
+    path = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    shown = {"description": "The message", "content": {"application/json": {"schema": _ref("QueuedMessage")}}}
+    return {
+        "get": _queue_operation(
+            "A queued message and each recipient's state (404 also when the caller may not use its account)",
+            "getMessage",
+            path,
+            {"200": shown, **_problem_responses((401, 404, 503))},
+        ),
+        "delete": _queue_operation(
+            "Cancel a queued or deferred message (409 once a delivery holds it or it finished)",
+            "cancelMessage",
+            path,
+            {"204": {"description": "Cancelled"}, **_problem_responses((401, 404, 409, 503))},
+        ),
     }
 
 
@@ -338,12 +448,13 @@ def openapi_document() -> dict[str, Any]:
         "info": {
             "title": "mailgate gateway",
             "version": "v1",
-            "description": f"Send API on port {SEND_PORT} (tags send, probes); admin (config) API on its own port "
+            "description": f"Send API on port {SEND_PORT} (tags send, queue, probes); admin (config) API on its own port "
             f"{ADMIN_PORT} (tag admin), used by the operator. Errors are RFC 9457 problem+json; see docs/api.md "
             "and docs/admin-api.md.",
         },
         "tags": [
             {"name": "send", "description": f"Send API (port {SEND_PORT})."},
+            {"name": "queue", "description": f"Queued messages: status, listing, cancelling (port {SEND_PORT})."},
             {"name": "probes", "description": f"Probes, metrics and this document (port {SEND_PORT})."},
             {"name": "admin", "description": f"Admin API (port {ADMIN_PORT}, admin bearer token)."},
         ],

@@ -43,6 +43,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     "not-found": ProblemType(404, "Not found", False),
     "method-not-allowed": ProblemType(405, "Method not allowed", False),
     "revision-conflict": ProblemType(409, "Revision is not newer than the gateway's", False),
+    "not-cancellable": ProblemType(409, "The message can no longer be cancelled", False),
     Reason.TOO_LARGE.value: ProblemType(413, "Message too large", False),
     "idempotency-conflict": ProblemType(422, "Idempotency-Key reused with a different request", False),
     "invalid-configuration": ProblemType(422, "The configuration cannot be applied", False),
@@ -60,6 +61,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     Reason.NO_LOCAL_SHARE.value: ProblemType(503, "This gateway holds no connection share of the account", True),
     "peer-unavailable": ProblemType(503, "No peer gateway could take the request", True),
     "auth-unavailable": ProblemType(503, "Callers cannot be authenticated right now", True),
+    "queue-unavailable": ProblemType(503, "The message queue is unavailable", True),
     Reason.UPSTREAM_TIMEOUT.value: ProblemType(504, "The upstream server did not answer in time", True),
 }
 

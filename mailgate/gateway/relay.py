@@ -215,6 +215,22 @@ class Relay:
             return Refused(Reason.TOO_LARGE, f"the message is {size} bytes; account {account.key!r} accepts at most {limit}")
         return None
 
+    def check_message(self, account: Account, message: OutgoingMessage) -> Refused | None:
+        """What makes a message unsendable through ``account`` whenever it is sent: its size and its senders.
+
+        A door that queues a message runs this before it answers, so a message
+        that can never go out is refused at once rather than accepted and failed later.
+        """
+        too_large = self.check_size(account, len(message.data))
+        if too_large is not None:
+            return too_large
+        # The envelope sender and every originator field (From, Sender, Resent-From, Resent-Sender), as the
+        # upstream will read them: a message may claim to be from no address the account's senders do not allow.
+        for address in (message.sender, *message.originators):
+            if not account.senders.allows(address):
+                return Refused(Reason.SENDER_NOT_ALLOWED, f"{address!r} is not in the senders of account {account.key!r}")
+        return None
+
     async def send(self, account: Account, message: OutgoingMessage) -> Outcome:
         """Send through the account's pool; every upstream or pool failure becomes an outcome (bugs still raise).
 
@@ -260,14 +276,9 @@ class Relay:
         if account.settings is None:  # the HTTP door forwards such accounts before it gets here
             text = f"this gateway holds no connection share of account {account.key!r}; its peers do"
             return RetryLater(Reason.NO_LOCAL_SHARE, text, RETRY_POOL_SATURATED)
-        too_large = self.check_size(account, len(message.data))
-        if too_large is not None:
-            return too_large
-        # The envelope sender and every originator field (From, Sender, Resent-From, Resent-Sender), as the
-        # upstream will read them: a message may claim to be from no address the account's senders do not allow.
-        for address in (message.sender, *message.originators):
-            if not account.senders.allows(address):
-                return Refused(Reason.SENDER_NOT_ALLOWED, f"{address!r} is not in the senders of account {account.key!r}")
+        refusal = self.check_message(account, message)
+        if refusal is not None:
+            return refusal
         wait = account.limiter.take()
         if wait > 0:
             retry_after = min(math.ceil(wait), MAX_RETRY_AFTER)

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     """Add the listener to ``gateway`` (before ``gateway.start()``); returns it, for its ports and router."""
-    ingress = IngressServer(options, gateway.registry, gateway.relay)
+    ingress = IngressServer(options, gateway.registry, gateway.relay, gateway.outbox)
 
     async def start(app: web.Application) -> None:
         await ingress.start()

@@ -25,6 +25,7 @@ import functools
 import logging
 
 from ..gateway.accounts import AccountRegistry
+from ..gateway.outbox import Outbox
 from ..gateway.relay import Relay
 from .clients import AccountSource, ClientAuthenticator, ClientDirectory
 from .options import IngressOptions
@@ -79,7 +80,7 @@ class _LargestLimit:
 class IngressServer:
     """The SMTP listener(s) of one gateway process."""
 
-    def __init__(self, options: IngressOptions, registry: AccountRegistry, relay: Relay) -> None:
+    def __init__(self, options: IngressOptions, registry: AccountRegistry, relay: Relay, outbox: Outbox | None = None) -> None:
         if not options.enabled:
             raise ValueError("the SMTP ingress needs --smtp-port or --smtp-implicit-tls-port")
         self.options = options
@@ -92,6 +93,7 @@ class IngressServer:
             authenticator=ClientAuthenticator(self.directory),
             relay=relay,
             max_size=_LargestLimit(registry),
+            outbox=outbox,
         )
         self.handler = Handler(self.context)
         self.sessions: set[IngressSMTP] = set()

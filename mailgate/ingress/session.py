@@ -49,7 +49,10 @@ from ..gateway.accounts import Account
 from ..gateway.auth import AccountRef, Identity
 from ..gateway.logs import request_id_var
 from ..gateway.message import MessageError, OutgoingMessage
+from ..gateway.outbox import Outbox
 from ..gateway.relay import Reason, Refused, Relay
+from ..queue import QueueError
+from ..spec import DeliveryMode
 from . import replies
 from .clients import ClientAuthenticator
 from .envelope import build_message, protocol_name, received_header, transaction_id
@@ -101,6 +104,7 @@ class IngressContext:
     authenticator: ClientAuthenticator
     relay: Relay
     max_size: Callable[[], int]  # what EHLO advertises: the largest account limit
+    outbox: Outbox | None = None  # durable delivery, for accounts with delivery.mode queue
 
     _trusted: dict[str, bool] = field(default_factory=dict, init=False, repr=False)  # peer address: trusted?
 
@@ -708,10 +712,31 @@ class Handler:
             account = self._account_for(server, message.sender)
             if isinstance(account, replies.Reply):
                 return account, "-"
+            if account.config.spec.delivery.mode is DeliveryMode.queue:
+                return await self._enqueue(account, message, transaction_id), account.key
             outcome = await self.context.relay.send(account, message)
             removed = isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT
             if not removed or attempts == REROUTES:
                 return replies.for_outcome(outcome, transaction_id), account.key
+
+    async def _enqueue(self, account: Account, message: OutgoingMessage, transaction_id: str) -> replies.Reply:
+        """250 only once the message is stored durably; what can be refused now is refused now, as a send would be."""
+        relay, outbox = self.context.relay, self.context.outbox
+        if outbox is None:
+            relay.record(account.key, "queue-unavailable")
+            return replies.reply(451, "4.3.0", f"account {account.key} queues its messages, but this gateway has no queue")
+        refusal = relay.check_message(account, message)
+        if refusal is not None:
+            relay.record(account.key, refusal.reason.value)
+            return replies.for_outcome(refusal, transaction_id)
+        try:
+            queue_id = await outbox.enqueue(account, message)
+        except QueueError as exc:
+            log.warning("could not queue SMTP message %s for %s: %s", transaction_id, account.key, type(exc).__name__)
+            relay.record(account.key, "queue-unavailable")
+            return replies.reply(451, "4.3.0", "the message queue cannot store the message; nothing was kept, try again later")
+        relay.record(account.key, "queued")
+        return replies.reply(250, "2.0.0", f"OK {transaction_id} queued as {queue_id}")
 
     async def handle_exception(self, error: Exception) -> str:
         """A bug must not leak its text to the client, nor be acknowledged: 451, and the traceback in the log."""

@@ -29,7 +29,8 @@ _STATIC_KEYS = {
 }
 
 # Every key any method reads: what the operator keeps of a Secret (nothing else costs it memory).
-SECRET_KEYS = ("username", "password", "token", CLIENT_SECRET, PRIVATE_KEY, CERTIFICATE, SERVICE_ACCOUNT_KEY)
+WEBHOOK_SECRET = "webhookSecret"  # spec.delivery.webhook.secretRef's key
+SECRET_KEYS = ("username", "password", "token", CLIENT_SECRET, PRIVATE_KEY, CERTIFICATE, SERVICE_ACCOUNT_KEY, WEBHOOK_SECRET)
 
 
 def client_authentication(oauth2: OAuth2Spec) -> OAuth2ClientAuthentication | None:

@@ -24,10 +24,12 @@ after the message's ``expires_at`` is scheduled at ``expires_at`` instead, where
 fails it; the worker calls ``store.expire`` every ``expire_interval`` and whenever it wakes.
 
 Concurrency: at most ``concurrency`` sends at once, and at most ``capacity(account)`` per
-account (the gateway passes the account's connection share on this replica). With
-``accounts`` (the accounts this replica may deliver) the worker claims per account, never more
-than the account's free capacity, and never for an account it paused; without it, one claim
-across all accounts and ``capacity`` is not consulted. A message of a paused account claimed
+account (the gateway passes the account's connection share on this replica). With ``serves``
+(whether this replica may deliver an account now: configured here with a connection share, not
+suspended) the worker asks the store which accounts have due messages (``due_accounts``, one
+query however many accounts are configured) and claims per account, never more than the
+account's free capacity, and never for an account it paused; without it, one claim across all
+accounts and ``capacity`` is not consulted. A message of a paused account claimed
 anyway (enqueued during the pause) is put back to the end of the pause without being sent.
 
 Leases: each send's lease is extended every third of ``lease_seconds``, so a slow upstream
@@ -47,19 +49,20 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
 
 from mailgate.queue.errors import LeaseLost, QueueError
-from mailgate.queue.model import AttemptResult, ClaimedMessage, Lease, MessageState, Outcome, QueuedMessage, Reply
+from mailgate.queue.model import AttemptResult, ClaimedMessage, Lease, Outcome, QueuedMessage, Reply
 from mailgate.queue.retry import RetryPolicy, is_throttling
 from mailgate.queue.store import QueueStore
 
 log = logging.getLogger(__name__)
 
 DELIVERY_UNKNOWN = "delivery unknown"
+DUE_ACCOUNTS = 1000  # accounts looked at per claim round; the longest-waiting first, so none starves
 
 
 class SendError(StrEnum):
@@ -88,7 +91,7 @@ class SendOutcome:
 
 class Send(Protocol):
     async def __call__(
-        self, account: str, sender: str, recipients: Sequence[str], data: bytes, smtputf8: bool
+        self, account: str, sender: str, recipients: Sequence[str], data: bytes, smtputf8: bool, /
     ) -> SendOutcome: ...
 
 
@@ -98,15 +101,24 @@ class DeliveryObserver(Protocol):
     def attempt(self, account: str, outcome: str, duration: float) -> None:
         """One send finished: ``outcome`` is ``delivered``, ``refused`` (every recipient) or a ``SendError`` value."""
 
-    def finished(self, account: str, state: MessageState) -> None:
-        """A message reached a final state (``sent`` or ``failed``) through this worker."""
+    def recorded(self, message: QueuedMessage) -> None:
+        """An attempt was recorded: ``message`` as now stored (``deferred``, ``sent`` or ``failed``).
+
+        Not called for a message put back untried (its account paused, or expired meanwhile)."""
+
+
+    def expired(self, message_ids: Sequence[str]) -> None:
+        """These messages failed for their age (``store.expire``), without an attempt."""
 
 
 class _NoObserver:
     def attempt(self, account: str, outcome: str, duration: float) -> None:
         return None
 
-    def finished(self, account: str, state: MessageState) -> None:
+    def recorded(self, message: QueuedMessage) -> None:
+        return None
+
+    def expired(self, message_ids: Sequence[str]) -> None:
         return None
 
 
@@ -172,7 +184,7 @@ class DeliveryWorker:
         policy: RetryPolicy | None = None,
         clock: Callable[[], float] = time.time,
         capacity: Callable[[str], int] | None = None,
-        accounts: Callable[[], Collection[str]] | None = None,
+        serves: Callable[[str], bool] | None = None,
         observer: DeliveryObserver | None = None,
         expire_interval: float = 60.0,
         max_wait: float = 30.0,
@@ -188,7 +200,7 @@ class DeliveryWorker:
         self.policy = policy or RetryPolicy()
         self.clock = clock
         self.capacity = capacity
-        self.accounts = accounts
+        self.serves = serves
         self.observer: DeliveryObserver = observer or _NoObserver()
         self.expire_interval = expire_interval
         self.max_wait = max_wait
@@ -228,6 +240,7 @@ class DeliveryWorker:
             self._next_expire = now + self.expire_interval
             if expired:
                 log.info("delivery loop: %d messages expired", len(expired))
+                self.observer.expired(expired)
         free = self.concurrency - len(self._tasks)
         claimed = await self._claim(free, now) if free > 0 else []
         for item in claimed:
@@ -246,13 +259,13 @@ class DeliveryWorker:
         for account, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[account]
-        if self.accounts is None:
+        if self.serves is None:
             return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now)
         claimed: list[ClaimedMessage] = []
-        for account in self.accounts():
+        for account in await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS):
             if free <= 0:
                 break
-            if account in self._paused:
+            if account in self._paused or not self.serves(account):
                 continue
             limit = min(free, self._free_capacity(account))
             if limit <= 0:
@@ -308,7 +321,9 @@ class DeliveryWorker:
         paused = self._paused.get(message.account)
         if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
             await self._finish(message, lease, [], message.expires_at, message.last_reply)
-            await self.store.expire(now=now)
+            expired = await self.store.expire(now=now)
+            if expired:
+                self.observer.expired(expired)
             return
         if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
             await self._finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
@@ -382,5 +397,5 @@ class DeliveryWorker:
         except LeaseLost:
             log.warning("message %s was taken over or changed during its delivery; result dropped", message.id)
             return
-        if stored.state in (MessageState.SENT, MessageState.FAILED):
-            self.observer.finished(message.account, stored.state)
+        if results:
+            self.observer.recorded(stored)

@@ -290,6 +290,16 @@ class PostgresStore(QueueStore):
             )
         return stats_from_rows(rows)
 
+    async def due_accounts(self, *, now: float | None = None, limit: int = 1000) -> list[str]:
+        async with self._connection() as conn:
+            rows = await conn.fetch(
+                f"SELECT account FROM mailgate_messages WHERE {PENDING} AND next_attempt_at <= $1"
+                " GROUP BY account ORDER BY min(next_attempt_at) LIMIT $2",
+                clock(now),
+                limit,
+            )
+        return [row["account"] for row in rows]
+
     async def next_due(self) -> float | None:
         async with self._connection() as conn:
             due: float | None = await conn.fetchval(f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}")
@@ -415,6 +425,17 @@ class PostgresStore(QueueStore):
     async def cancel(self, message_id: str, *, now: float | None = None) -> bool:
         done = await self._finish_unleased("id = $4", [message_id], MessageState.CANCELLED, CANCELLED_REASON, clock(now))
         return bool(done)
+
+    async def release_leases(self, owner: str, *, now: float | None = None) -> int:
+        at = clock(now)
+        async with self._connection() as conn:
+            status = await conn.execute(
+                "UPDATE mailgate_messages SET next_attempt_at = $1 WHERE state = 'sending' AND lease_owner = $2"
+                " AND next_attempt_at > $1",
+                at,
+                owner,
+            )
+        return int(status.rsplit(" ", 1)[-1])
 
     async def expire(self, *, now: float | None = None) -> list[str]:
         return await self._finish_unleased(f"{PENDING} AND expires_at <= $1", [], MessageState.FAILED, EXPIRED_REASON, clock(now))

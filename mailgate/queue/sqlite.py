@@ -253,6 +253,15 @@ class SQLiteStore(QueueStore):
         )
         return stats_from_rows(rows)
 
+    async def due_accounts(self, *, now: float | None = None, limit: int = 1000) -> list[str]:
+        rows = await self._call(
+            self._fetchall,
+            f"SELECT account FROM mailgate_messages WHERE {PENDING} AND next_attempt_at <= ?"
+            " GROUP BY account ORDER BY min(next_attempt_at) LIMIT ?",
+            (clock(now), limit),
+        )
+        return [row[0] for row in rows]
+
     async def next_due(self) -> float | None:
         row = await self._call(self._fetchone, f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}", ())
         return None if row is None else row[0]
@@ -391,6 +400,16 @@ class SQLiteStore(QueueStore):
 
     async def cancel(self, message_id: str, *, now: float | None = None) -> bool:
         return bool(await self._write(self._finish_unleased, [message_id], MessageState.CANCELLED, CANCELLED_REASON, clock(now)))
+
+    async def release_leases(self, owner: str, *, now: float | None = None) -> int:
+        return await self._write(self._release_leases, owner, clock(now))
+
+    def _release_leases(self, owner: str, now: float) -> int:
+        sql = (
+            "UPDATE mailgate_messages SET next_attempt_at = ?"
+            " WHERE state = 'sending' AND lease_owner = ? AND next_attempt_at > ?"
+        )
+        return self._db.execute(sql, (now, owner, now)).rowcount
 
     async def expire(self, *, now: float | None = None) -> list[str]:
         return await self._write(self._expire, clock(now))

@@ -111,6 +111,14 @@ class QueueStore(Protocol):
         or the message cancelled, expired or moved by ``defer_account`` meanwhile; a lease that
         expired but was not taken over still finishes."""
 
+    async def release_leases(self, owner: str, *, now: float | None = None) -> int:
+        """End every lease held by ``owner`` now, so its messages are due at once; returns how many.
+
+        For a replica starting again under the same name (a restarted container in the same pod):
+        the leases of its previous life belong to a dead process, and waiting for them to expire
+        would hold those messages back for a whole lease. Their deliveries may have reached the
+        upstream (delivery unknown): like an expired lease, a possible second copy."""
+
     async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
         """Move every pending, unleased message of ``account`` due before ``until`` to ``until``
         (state ``deferred``); returns how many moved. For ``421`` / throttling replies."""
@@ -126,6 +134,10 @@ class QueueStore(Protocol):
 
     async def stats(self) -> dict[str, AccountStats]:
         """Pending messages per account (accounts with none are absent)."""
+
+    async def due_accounts(self, *, now: float | None = None, limit: int = 1000) -> list[str]:
+        """Accounts with messages due now, the longest-waiting first: what a worker claims per account
+        without asking the store once per configured account (10,000 of them)."""
 
     async def next_due(self) -> float | None:
         """The earliest ``next_attempt_at`` among pending messages (lease expiry for sending ones)."""

@@ -19,11 +19,13 @@ import json
 import logging
 import shlex
 import sys
+import tempfile
 
 from ..devserver import CaptureServer, dev_routes
 from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone
 from ..gateway.logs import configure_logging
+from ..gateway.outbox import OutboxOptions
 from ..snapshot import AccountConfig, ConfigSnapshot
 
 log = logging.getLogger("mailgate.dev")
@@ -67,6 +69,7 @@ def banner(url: str, smtp_port: int) -> str:
             f" Send API:        {url}  (account {SAMPLE_NAMESPACE}/{SAMPLE_NAME})",
             f" Capture SMTP:    127.0.0.1:{smtp_port}",
             f" Captured mail:   curl -sS {url}/dev/messages",
+            " Queued sending:  add -H 'Prefer: respond-async': 202 at once, then GET the Location",
             "",
             " Send a message:",
             f"   {curl}",
@@ -102,8 +105,10 @@ def dev(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> None:
     capture = await CaptureServer().start()
+    state = tempfile.TemporaryDirectory(prefix="mailgate-dev-")  # the queue lives as long as this process
     try:
         options = GatewayOptions(
+            queue=OutboxOptions(url=f"sqlite:///{state.name}/queue.db", owner="mailgate-dev"),
             host=args.host,
             port=args.port,
             admin_port=None,
@@ -116,3 +121,4 @@ async def _run(args: argparse.Namespace) -> None:
         await run_until_signalled(gateway)
     finally:
         await capture.stop()  # after the gateway, whose pool QUITs its sessions first
+        state.cleanup()

@@ -25,6 +25,8 @@ from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone, Authenticator
 from ..gateway.logs import configure_logging
 from ..gateway.main import with_ingress
+from ..gateway.queue_args import queue_options
+from ..gcpause import collection_paused, reloading
 from ..ingress.options import from_args
 from .apikeys import ApiKeys, KeyRing
 from .loader import ConfigError
@@ -49,12 +51,13 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     try:
         smtp = from_args(args)
+        queue = queue_options(args)
     except ValueError as error:
         _fail(str(error))
         return 2
     files = ConfigFiles(args.filename, args.api_keys)
     try:
-        files.load()
+        load_first(files)
     except ConfigError as error:
         _fail("configuration refused:\n  " + "\n  ".join(error.problems))
         return 2
@@ -64,7 +67,8 @@ def serve(args: argparse.Namespace) -> int:
     else:
         authenticator = AllowAnyone()
         log.warning(NO_AUTH_WARNING)
-    gateway = with_ingress(Gateway(authenticator, GatewayOptions(host=args.host, port=args.port, admin_port=None)), smtp)
+    options = GatewayOptions(host=args.host, port=args.port, admin_port=None, queue=queue)
+    gateway = with_ingress(Gateway(authenticator, options), smtp)
     try:
         asyncio.run(_run(gateway, files, authenticator, args.reload_interval))
     except InvalidAccount as error:
@@ -78,7 +82,7 @@ def serve(args: argparse.Namespace) -> int:
 
 async def _run(gateway: Gateway, files: ConfigFiles, authenticator: Authenticator, interval: float) -> None:
     assert files.snapshot is not None
-    await gateway.apply_snapshot(files.snapshot)  # before listening: ready from the first request
+    await apply_first(gateway, files)  # before listening: ready from the first request
     log.info(
         "serving %d account(s) from %s: %s",
         len(files.snapshot.accounts),
@@ -86,16 +90,39 @@ async def _run(gateway: Gateway, files: ConfigFiles, authenticator: Authenticato
         ", ".join(account.key for account in files.snapshot.accounts) or "none",
     )
 
-    def apply_keys(ring: KeyRing) -> None:
-        if isinstance(authenticator, ApiKeys):
-            authenticator.ring = ring
-
-    watcher = asyncio.create_task(watch(files, gateway.apply_snapshot, apply_keys, interval), name="config-watcher")
+    watcher = start_watching(gateway, files, authenticator, interval)
     try:
         await run_until_signalled(gateway)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+
+
+def load_first(files: ConfigFiles) -> None:
+    """The first load; what it builds is frozen (see gcpause): it lives until a reload, no collection need walk it."""
+    with collection_paused(freeze=True):
+        files.load()
+
+
+async def apply_first(gateway: Gateway, files: ConfigFiles) -> None:
+    """The loaded configuration to the gateway; the accounts, pools and indexes it builds are frozen too."""
+    assert files.snapshot is not None
+    with collection_paused(freeze=True):
+        await gateway.apply_snapshot(files.snapshot)
+
+
+def start_watching(gateway: Gateway, files: ConfigFiles, authenticator: Authenticator, interval: float) -> asyncio.Task[None]:
+    """Reload the files as they change; a reload thaws the frozen configuration, so that what it replaces can be collected.
+
+    The key ring is swapped without thawing: it is a few tuples, freed by
+    reference counting even while frozen.
+    """
+
+    def apply_keys(ring: KeyRing) -> None:
+        if isinstance(authenticator, ApiKeys):
+            authenticator.ring = ring
+
+    return asyncio.create_task(watch(files, reloading(gateway.apply_snapshot), apply_keys, interval), name="config-watcher")
 
 
 def _fail(message: str) -> None:

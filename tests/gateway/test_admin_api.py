@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from mailgate.gateway.openapi import GatewayStatus
+from mailgate.adminstatus import GatewayStatus
 from mailgate.snapshot import AccountConfig, config_digest
 from tests.gateway.conftest import ADMIN_TOKEN, GatewayFactory, GatewayHandle, account
 from tests.smtp_servers import StallServer, TestCA, Upstream
@@ -25,7 +25,7 @@ async def status(gw: GatewayHandle) -> dict[str, Any]:
     response = await gw.admin("GET", "/v1/status")
     assert response.status == 200
     body: dict[str, Any] = await response.json()
-    GatewayStatus.model_validate(body)  # the documented shape
+    GatewayStatus.from_wire(body)  # the documented shape, the one the operator reads
     return body
 
 
@@ -123,7 +123,7 @@ async def test_status_reports_digest_and_never_a_credential(gw: GatewayHandle, u
     assert sentinel not in text
     body = json.loads(text)["accounts"]["shop/billing"]
     assert body["digest"] == config_digest(AccountConfig.model_validate(payload))
-    assert body["pool"]["messages_sent"] == 1
+    assert body["pool"]["messagesSent"] == 1
     assert body["rateLimit"] == {"messagesPerMinute": 600}
     assert body["senderConflicts"] == ["*@shop.example"]
 
@@ -153,7 +153,7 @@ async def test_unknown_routes_are_problems(gateway_factory: GatewayFactory) -> N
     async with gw.http.get(gw.url + "/nope") as response:
         assert response.status == 404
         assert (await response.json(content_type=None))["type"].endswith("/not-found")
-    async with gw.http.get(gw.url + "/v1/accounts/a/b/messages") as response:
+    async with gw.http.put(gw.url + "/v1/accounts/a/b/messages") as response:
         assert response.status == 405
         assert response.headers["Content-Type"].startswith("application/problem+json")
 

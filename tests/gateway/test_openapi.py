@@ -233,7 +233,7 @@ def test_document_and_server_agree_on_accounts(body: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize(
-    ("method", "path", "allowed"), [("GET", "/v1/accounts/a/b/messages", "POST"), ("POST", "/livez", "GET, HEAD")]
+    ("method", "path", "allowed"), [("PUT", "/v1/accounts/a/b/messages", "GET, HEAD, POST"), ("POST", "/livez", "GET, HEAD")]
 )
 async def test_405_answers_say_which_methods_the_path_has(gw: GatewayHandle, method: str, path: str, allowed: str) -> None:
     async with gw.http.request(method, gw.url + path) as response:

@@ -20,6 +20,7 @@ from aiosmtpd.smtp import SMTP, Envelope
 
 from mailgate.gateway.app import Gateway, GatewayOptions
 from mailgate.gateway.auth import AllowAnyone
+from mailgate.gateway.outbox import OutboxOptions
 from mailgate.ingress.attach import attach
 from mailgate.ingress.options import IngressOptions, parse_networks
 from mailgate.ingress.server import IngressServer
@@ -156,7 +157,9 @@ async def ingress_factory(upstream_factory: object, tls_files: TLSFiles) -> Asyn
     """Start gateways with the SMTP ingress; each is stopped (sessions drained, pool closed) at the end."""
     started: list[Gateway] = []
 
-    async def make(*, upstream_timeout: float = 2.0, admin_token: str | None = None, **overrides: Any) -> IngressGateway:
+    async def make(
+        *, upstream_timeout: float = 2.0, admin_token: str | None = None, queue: OutboxOptions | None = None, **overrides: Any
+    ) -> IngressGateway:
         values: dict[str, Any] = {
             "port": 0,
             "host": HOST,
@@ -176,6 +179,7 @@ async def ingress_factory(upstream_factory: object, tls_files: TLSFiles) -> Asyn
             hostname="gw.test.example",
             upstream_timeout=upstream_timeout,
             shutdown_grace=5.0,
+            queue=queue,
         )
         gateway = Gateway(AllowAnyone(), gateway_options)
         ingress = attach(gateway, IngressOptions(**values))

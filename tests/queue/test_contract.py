@@ -135,6 +135,32 @@ async def test_claim_can_be_limited_to_accounts(store: QueueStore) -> None:
     assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0, accounts=[]) == []
 
 
+async def test_due_accounts_lists_accounts_with_due_messages_longest_waiting_first(store: QueueStore) -> None:
+    await store.enqueue(message(account="mail/late"), now=T0 + 20)
+    await store.enqueue(message(account="mail/early"), now=T0)
+    await store.enqueue(message(account="mail/early"), now=T0 + 5)
+    await store.enqueue(message(account="mail/future"), now=T0 + 100)
+    assert await store.due_accounts(now=T0 + 30) == ["mail/early", "mail/late"]
+    assert await store.due_accounts(now=T0 + 30, limit=1) == ["mail/early"]
+    await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 30, accounts=["mail/early"])
+    assert await store.due_accounts(now=T0 + 30) == ["mail/late"]  # leased messages are not due until the lease ends
+    # an expired lease is due again from its expiry (T0 + 90)
+    assert await store.due_accounts(now=T0 + 101) == ["mail/late", "mail/early", "mail/future"]
+
+
+async def test_release_leases_makes_an_owners_messages_due_at_once(store: QueueStore) -> None:
+    mine = await enqueue_claimed(store)
+    other = await store.enqueue(message(), now=T0)
+    await store.claim("worker-b", limit=10, lease_seconds=LEASE, now=T0)
+    assert await store.release_leases("worker-a", now=T0 + 1) == 1
+    assert await store.release_leases("worker-a", now=T0 + 1) == 0
+    (again,) = await store.claim("worker-c", limit=10, lease_seconds=LEASE, now=T0 + 1)
+    assert again.message.id == mine.message.id and again.lease.attempt == 2  # worker-b still holds the other
+    with pytest.raises(LeaseLost):  # the old holder's lease is fenced off
+        await store.finish_attempt(mine.lease, [], next_attempt_at=T0 + 100, now=T0 + 2)
+    assert (await store.get(other)).lease_owner == "worker-b"  # type: ignore[union-attr]
+
+
 async def test_concurrent_claims_never_share_a_message(stores: StoreFactory) -> None:
     """Two stores (two connections: two replicas) and many concurrent claims each: disjoint, and all claimed."""
     first, second = await stores(), await stores()

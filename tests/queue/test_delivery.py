@@ -49,8 +49,9 @@ class Recorder:
     def attempt(self, account: str, outcome: str, duration: float) -> None:
         self.attempts.append((account, outcome))
 
-    def finished(self, account: str, state: MessageState) -> None:
-        self.finals.append((account, state))
+    def recorded(self, message: QueuedMessage) -> None:
+        if message.state in FINAL:
+            self.finals.append((message.account, message.state))
 
 
 @contextlib.asynccontextmanager
@@ -240,7 +241,7 @@ async def test_capacity_bounds_sends_per_account(store: QueueStore, pool: SMTPPo
     pool.configure(ACCOUNT, settings_for(upstream))  # the pool itself would open up to 5 sessions
     upstream.data_delay = 0.05  # sends overlap if the worker lets them
     ids = [await store.enqueue(message(body=f"n{n}")) for n in range(6)]
-    async with running(store, pool, concurrency=4, accounts=lambda: [ACCOUNT], capacity=lambda account: 1):
+    async with running(store, pool, concurrency=4, serves=lambda account: account == ACCOUNT, capacity=lambda account: 1):
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 6 and upstream.sessions_peak == 1
 

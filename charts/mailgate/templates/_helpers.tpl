@@ -125,6 +125,16 @@ The gateway pods as a label selector string, for the operator's
 /etc/mailgate/smtp-tls
 {{- end -}}
 
+{{/* Where the SQLite queue's volume is mounted in the gateway container; the file is queue.db in it. */}}
+{{- define "mailgate.queueDir" -}}
+/var/lib/mailgate
+{{- end -}}
+
+{{/* The PersistentVolumeClaim holding the SQLite queue: the existing one, else the chart's. */}}
+{{- define "mailgate.queueClaimName" -}}
+{{- .Values.gateway.queue.sqlite.existingClaim | default (printf "%s-queue" (include "mailgate.gateway.fullname" .)) -}}
+{{- end -}}
+
 {{- define "mailgate.adminTokenVolume" -}}
 - name: admin-token
   secret:
@@ -176,6 +186,21 @@ Rendered by templates/validate.yaml; each failure names the values to fix.
 {{- if eq (int $smtp.service.port) (int .Values.gateway.service.port) -}}
 {{- fail (printf "gateway.smtp.service.port must differ from gateway.service.port (both are %d)" (int $smtp.service.port)) -}}
 {{- end -}}
+{{- end -}}
+{{- $queue := .Values.gateway.queue -}}
+{{- if eq $queue.type "sqlite" -}}
+{{- if .Values.gateway.autoscaling.enabled -}}
+{{- fail "gateway.queue.type sqlite allows one gateway replica (SQLite has one writer and its ReadWriteOnce volume mounts on one node), but gateway.autoscaling.enabled is true: disable autoscaling, or use gateway.queue.type postgresql to share the queue between replicas" -}}
+{{- end -}}
+{{- if gt (int .Values.gateway.replicas) 1 -}}
+{{- fail (printf "gateway.queue.type sqlite allows one gateway replica (SQLite has one writer and its ReadWriteOnce volume mounts on one node), but gateway.replicas is %d: set gateway.replicas to 1, or use gateway.queue.type postgresql to share the queue between replicas" (int .Values.gateway.replicas)) -}}
+{{- end -}}
+{{- end -}}
+{{- if and (eq $queue.type "postgresql") (not $queue.postgresql.existingSecret) -}}
+{{- fail "gateway.queue.type postgresql needs gateway.queue.postgresql.existingSecret: the name of a Secret holding the DSN under gateway.queue.postgresql.secretKey (CloudNativePG: the <cluster>-app Secret, with secretKey uri)" -}}
+{{- end -}}
+{{- if and (ne $queue.type "none") (gt (int $queue.retryDelaySeconds) (int $queue.maxRetryDelaySeconds)) -}}
+{{- fail (printf "gateway.queue.retryDelaySeconds (%d) must not exceed gateway.queue.maxRetryDelaySeconds (%d)" (int $queue.retryDelaySeconds) (int $queue.maxRetryDelaySeconds)) -}}
 {{- end -}}
 {{- if ne (len .Values.watchNamespaces) (len (uniq .Values.watchNamespaces)) -}}
 {{- fail (printf "watchNamespaces lists a namespace twice: %v" .Values.watchNamespaces) -}}

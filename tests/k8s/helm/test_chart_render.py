@@ -15,6 +15,7 @@ import yaml
 from mailgate.cli import build_parser
 from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.metrics import GatewayMetrics
+from mailgate.gateway.queue_args import QUEUE_URL_ENV, queue_options
 from mailgate.ingress.options import from_args, parse_networks
 from mailgate.pool import SMTPPool
 from tests.k8s.cluster import ControlPlane
@@ -32,6 +33,21 @@ SMTP_FULL: dict[str, Any] = {
     "defaultAccount": "shop/billing",
     "service": {"port": 25, "implicitTlsPort": 465},
 }
+
+# A durable queue of each kind, tunables away from their defaults so the flags can be told apart from them.
+QUEUE_TUNABLES: dict[str, Any] = {
+    "concurrency": 8,
+    "retryDelaySeconds": 60,
+    "maxRetryDelaySeconds": 3600,
+    "keepFinishedSeconds": 1209600,
+}
+SQLITE_QUEUE: dict[str, Any] = {"replicas": 1, "queue": {"type": "sqlite", **QUEUE_TUNABLES}}
+POSTGRES_QUEUE: dict[str, Any] = {
+    "replicas": 3,
+    "queue": {"type": "postgresql", "postgresql": {"existingSecret": "mailgate-db-app", "secretKey": "uri"}},
+}
+# What the kubelet puts in $MAILGATE_QUEUE_URL from the Secret; never rendered by the chart.
+FAKE_DSN = "postgresql://mailgate:s3cret@db.example:5432/mailgate"
 
 # Values that switch on everything optional, with a namespace list (the
 # namespaces are filled in by the tests that need them to exist).
@@ -68,7 +84,11 @@ def _container(deployment: dict[str, Any]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- lint, CRD, metadata
 
 
-@pytest.mark.parametrize("values", [None, NON_DEFAULT], ids=["default", "non-default"])
+@pytest.mark.parametrize(
+    "values",
+    [None, NON_DEFAULT, {"gateway": SQLITE_QUEUE}, {"gateway": POSTGRES_QUEUE}],
+    ids=["default", "non-default", "queue-sqlite", "queue-postgresql"],
+)
 def test_lint_strict_passes(helm_offline: Helm, tmp_path: Path, values: dict[str, Any] | None) -> None:
     args = ["lint", "--strict", str(CHART)]
     if values:
@@ -228,12 +248,17 @@ def test_default_render_is_locked_down(helm_offline: Helm) -> None:
         {"watchNamespaces": ["shop", "crm"], "operator": {"replicas": 1, "leaderElection": {"enabled": False}}},
         {"gateway": {"smtp": {"enabled": True}}},
         {"gateway": {"smtp": SMTP_FULL}},
+        {"gateway": SQLITE_QUEUE},
+        {"gateway": POSTGRES_QUEUE},
     ],
-    ids=["default", "namespaces-standalone", "smtp-minimal", "smtp-full"],
+    ids=["default", "namespaces-standalone", "smtp-minimal", "smtp-full", "queue-sqlite", "queue-postgresql"],
 )
-def test_container_args_are_accepted_by_the_real_cli(helm_offline: Helm, values: dict[str, Any]) -> None:
+def test_container_args_are_accepted_by_the_real_cli(
+    helm_offline: Helm, monkeypatch: pytest.MonkeyPatch, values: dict[str, Any]
+) -> None:
     """The chart's command lines parse with mailgate's own argument parser, so a
     renamed flag fails here rather than in a crash-looping pod."""
+    monkeypatch.delenv(QUEUE_URL_ENV, raising=False)
     objs = helm_offline.render(values=values)
     for deployment in _by_kind(objs, "Deployment"):
         args = _container(deployment)["args"]
@@ -246,6 +271,7 @@ def test_container_args_are_accepted_by_the_real_cli(helm_offline: Helm, values:
             assert (parsed.namespace or []) == values.get("watchNamespaces", [])
         if parsed.command == "gateway":
             _assert_smtp_options(parsed, values.get("gateway", {}).get("smtp", {}))
+            _assert_queue_options(parsed, _container(deployment), values.get("gateway", {}).get("queue", {}), monkeypatch)
 
 
 def _assert_smtp_options(parsed: Any, smtp: dict[str, Any]) -> None:
@@ -262,6 +288,163 @@ def _assert_smtp_options(parsed: Any, smtp: dict[str, Any]) -> None:
     assert options.trusted_networks == parse_networks(smtp.get("trustedNetworks", []))
     assert options.default_account == (smtp.get("defaultAccount") or None)
     assert options.hostname == "$(POD_NAME)"  # the kubelet expands it from the env var
+
+
+def _assert_queue_options(parsed: Any, container: dict[str, Any], queue: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The outbox mailgate builds from the rendered flags and environment is the one the values ask for."""
+    kind = queue.get("type", "none")
+    from_secret = [e for e in container["env"] if e["name"] == QUEUE_URL_ENV]
+    if kind == "postgresql":
+        (env,) = from_secret
+        assert env["valueFrom"]["secretKeyRef"] == {"name": "mailgate-db-app", "key": "uri"}
+        monkeypatch.setenv(QUEUE_URL_ENV, FAKE_DSN)  # the kubelet resolves the secretKeyRef into the variable
+    else:
+        assert not from_secret
+    options = queue_options(parsed)  # raises on flags the gateway would refuse at start-up
+    if kind == "none":
+        assert options is None
+        return
+    assert options is not None
+    assert options.url == {"sqlite": "sqlite:////var/lib/mailgate/queue.db", "postgresql": FAKE_DSN}[kind]
+    tunables = {**QUEUE_DEFAULTS, **{k: v for k, v in queue.items() if k in QUEUE_DEFAULTS}}
+    assert options.concurrency == tunables["concurrency"]
+    assert options.policy is not None
+    assert options.policy.first_delay == tunables["retryDelaySeconds"]
+    assert options.policy.max_delay == tunables["maxRetryDelaySeconds"]
+    assert options.keep_finished == tunables["keepFinishedSeconds"]
+
+
+QUEUE_DEFAULTS = {k: yaml.safe_load((CHART / "values.yaml").read_text())["gateway"]["queue"][k] for k in QUEUE_TUNABLES}
+
+
+def test_queue_value_defaults_are_the_gateway_flag_defaults() -> None:
+    """values.yaml documents the flags' own defaults, so leaving a value alone changes nothing."""
+    parsed = build_parser().parse_args(["gateway"])
+    flags = {
+        "concurrency": parsed.queue_concurrency,
+        "retryDelaySeconds": parsed.queue_retry_delay,
+        "maxRetryDelaySeconds": parsed.queue_max_retry_delay,
+        "keepFinishedSeconds": parsed.queue_keep_finished,
+    }
+    assert QUEUE_DEFAULTS == flags
+
+
+# --------------------------------------------------------------------------- the durable queue
+
+
+def _queue_args(container: dict[str, Any]) -> list[str]:
+    return [a for a in container["args"] if a.startswith("--queue")]
+
+
+def test_no_queue_renders_nothing_queue_related(helm_offline: Helm) -> None:
+    """type none (the default) leaves the gateway as it was before the queue existed,
+    whatever else is set under gateway.queue."""
+    default = helm_offline.render(release="mg")
+    gateway = _one(default, "Deployment", "-gateway")
+    container = _container(gateway)
+    assert not _queue_args(container)
+    assert QUEUE_URL_ENV not in {e["name"] for e in container["env"]}
+    assert "queue" not in {v["name"] for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert "queue" not in {m["name"] for m in container["volumeMounts"]}
+    assert not _by_kind(default, "PersistentVolumeClaim")
+    assert gateway["spec"]["strategy"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+
+    unused = {
+        "type": "none",
+        "postgresql": {"existingSecret": "mailgate-db-app", "secretKey": "uri"},
+        "sqlite": {"size": "5Gi", "storageClassName": "fast", "existingClaim": "mine"},
+        **QUEUE_TUNABLES,
+    }
+    explicit = helm_offline.render(release="mg", values={"gateway": {"queue": unused}})
+    assert _one(explicit, "Deployment", "-gateway") == gateway
+    assert sorted(o["kind"] for o in explicit) == sorted(o["kind"] for o in default)
+
+
+def test_sqlite_queue_has_one_gateway_a_claim_and_recreate(helm_offline: Helm) -> None:
+    objs = helm_offline.render(
+        release="mg", values={"gateway": {**SQLITE_QUEUE, "queue": {**SQLITE_QUEUE["queue"], "sqlite": {"size": "5Gi"}}}}
+    )
+    gateway = _one(objs, "Deployment", "-gateway")
+    pod = gateway["spec"]["template"]["spec"]
+    container = _container(gateway)
+
+    claim = _one(objs, "PersistentVolumeClaim")
+    assert claim["metadata"]["name"] == "mg-mailgate-gateway-queue"
+    assert claim["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"  # it may hold undelivered mail
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+    assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+    assert "storageClassName" not in claim["spec"]  # the cluster's default class
+
+    volume = next(v for v in pod["volumes"] if v["name"] == "queue")
+    assert volume == {"name": "queue", "persistentVolumeClaim": {"claimName": "mg-mailgate-gateway-queue"}}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "queue")
+    assert mount == {"name": "queue", "mountPath": "/var/lib/mailgate"}  # writable, unlike the root filesystem
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod["securityContext"]["fsGroup"] == 10001  # the kubelet gives the volume to the image's group
+
+    assert _queue_args(container) == [
+        "--queue=sqlite:////var/lib/mailgate/queue.db",
+        "--queue-concurrency=8",
+        "--queue-retry-delay=60",
+        "--queue-max-retry-delay=3600",
+        "--queue-keep-finished=1209600",
+    ]
+    assert QUEUE_URL_ENV not in {e["name"] for e in container["env"]}
+    assert gateway["spec"]["replicas"] == 1
+    assert gateway["spec"]["strategy"] == {"type": "Recreate"}  # a surge pod could not mount the RWO volume
+
+
+@pytest.mark.parametrize(
+    ("sqlite", "expected"),
+    [({"storageClassName": "fast"}, "fast"), ({"storageClassName": "-"}, "")],
+    ids=["named", "dash-means-none"],
+)
+def test_sqlite_queue_storage_class(helm_offline: Helm, sqlite: dict[str, Any], expected: str) -> None:
+    objs = helm_offline.render(values={"gateway": {"replicas": 1, "queue": {"type": "sqlite", "sqlite": sqlite}}})
+    assert _one(objs, "PersistentVolumeClaim")["spec"]["storageClassName"] == expected
+
+
+def test_sqlite_queue_on_an_existing_claim_creates_none(helm_offline: Helm) -> None:
+    objs = helm_offline.render(
+        values={"gateway": {"replicas": 1, "queue": {"type": "sqlite", "sqlite": {"existingClaim": "mail-queue"}}}}
+    )
+    assert not _by_kind(objs, "PersistentVolumeClaim")
+    gateway = _one(objs, "Deployment", "-gateway")
+    volume = next(v for v in gateway["spec"]["template"]["spec"]["volumes"] if v["name"] == "queue")
+    assert volume["persistentVolumeClaim"] == {"claimName": "mail-queue"}
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5}}],
+    ids=["replicas", "autoscaling"],
+)
+def test_postgresql_queue_reads_its_dsn_from_the_secret_only(helm_offline: Helm, extra: dict[str, Any]) -> None:
+    """Several gateways share the queue; the DSN (with its password) is never in the args or the manifests."""
+    objs = helm_offline.render(release="mg", values={"gateway": {**POSTGRES_QUEUE, **extra}})
+    gateway = _one(objs, "Deployment", "-gateway")
+    container = _container(gateway)
+    (env,) = [e for e in container["env"] if e["name"] == QUEUE_URL_ENV]
+    assert env == {"name": QUEUE_URL_ENV, "valueFrom": {"secretKeyRef": {"name": "mailgate-db-app", "key": "uri"}}}
+    assert _queue_args(container) == [
+        "--queue-concurrency=64",
+        "--queue-retry-delay=300",
+        "--queue-max-retry-delay=4000",
+        "--queue-keep-finished=604800",
+    ]
+    assert not [a for a in container["args"] if "postgres" in a]
+    assert not _by_kind(objs, "PersistentVolumeClaim")
+    assert "queue" not in {v["name"] for v in gateway["spec"]["template"]["spec"]["volumes"]}
+    assert gateway["spec"]["strategy"]["type"] == "RollingUpdate"
+    # The NetworkPolicies restrict ingress only, so the gateways can reach PostgreSQL.
+    for policy in _by_kind(objs, "NetworkPolicy"):
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+
+
+def test_postgresql_secret_key_defaults_to_dsn(helm_offline: Helm) -> None:
+    objs = helm_offline.render(values={"gateway": {"queue": {"type": "postgresql", "postgresql": {"existingSecret": "q"}}}})
+    (env,) = [e for e in _container(_one(objs, "Deployment", "-gateway"))["env"] if e["name"] == QUEUE_URL_ENV]
+    assert env["valueFrom"]["secretKeyRef"] == {"name": "q", "key": "dsn"}
 
 
 def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
@@ -380,6 +563,36 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "smtp-service-port-clash",
         {"gateway": {"smtp": {"enabled": True, "service": {"port": 8080}}}},
         "gateway.smtp.service.port must differ from gateway.service.port",
+    ),
+    ("queue-type-unknown", {"gateway": {"queue": {"type": "mysql"}}}, "/gateway/queue/type"),
+    ("queue-typo", {"gateway": {"queue": {"concurency": 8}}}, "'concurency' not allowed"),
+    ("queue-typo-nested", {"gateway": {"queue": {"sqlite": {"sise": "1Gi"}}}}, "'sise' not allowed"),
+    ("queue-concurrency-string", {"gateway": {"queue": {"concurrency": "many"}}}, "/gateway/queue/concurrency"),
+    ("queue-concurrency-zero", {"gateway": {"queue": {"concurrency": 0}}}, "/gateway/queue/concurrency"),
+    ("queue-retry-delay-float", {"gateway": {"queue": {"retryDelaySeconds": 0.5}}}, "/gateway/queue/retryDelaySeconds"),
+    ("queue-size-bad", {"gateway": {"queue": {"sqlite": {"size": "big"}}}}, "/gateway/queue/sqlite/size"),
+    ("queue-secret-key-bad", {"gateway": {"queue": {"postgresql": {"secretKey": ""}}}}, "/gateway/queue/postgresql/secretKey"),
+    (
+        "queue-sqlite-replicas",
+        {"gateway": {"queue": {"type": "sqlite"}}},
+        "gateway.queue.type sqlite allows one gateway replica (SQLite has one writer and its ReadWriteOnce volume "
+        "mounts on one node), but gateway.replicas is 2",
+    ),
+    (
+        "queue-sqlite-autoscaling",
+        {"gateway": {"replicas": 1, "queue": {"type": "sqlite"}, "autoscaling": {"enabled": True}}},
+        "gateway.queue.type sqlite allows one gateway replica (SQLite has one writer and its ReadWriteOnce volume "
+        "mounts on one node), but gateway.autoscaling.enabled is true",
+    ),
+    (
+        "queue-postgresql-without-secret",
+        {"gateway": {"queue": {"type": "postgresql"}}},
+        "gateway.queue.type postgresql needs gateway.queue.postgresql.existingSecret",
+    ),
+    (
+        "queue-retry-delay-above-max",
+        {"gateway": {"queue": {"type": "postgresql", "postgresql": {"existingSecret": "q"}, "retryDelaySeconds": 5000}}},
+        "gateway.queue.retryDelaySeconds (5000) must not exceed gateway.queue.maxRetryDelaySeconds (4000)",
     ),
     (
         "replicas-without-leader-election",
