@@ -115,9 +115,9 @@ def accounts(port: int) -> list[dict[str, Any]]:
 async def fuzz_gateway() -> AsyncIterator[tuple[Gateway, CaptureStore]]:
     """A gateway (API key ``API_KEY``, admin token ``ADMIN_TOKEN``) serving ``accounts``, and what it relayed."""
     from mailgate.devserver import CaptureServer, CaptureStore
+    from mailgate.gateway.apikeys import ApiKeyEntry, ApiKeys, KeyRing, hash_key
     from mailgate.gateway.app import Gateway, GatewayOptions
     from mailgate.snapshot import ConfigSnapshot
-    from mailgate.standalone.apikeys import ApiKeyEntry, ApiKeys, KeyRing, hash_key
 
     store = CaptureStore(max_messages=10**6)  # counted, not shown: keep them all
     capture = await CaptureServer(store).start()

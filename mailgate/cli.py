@@ -72,7 +72,7 @@ def _add_dev(sub: argparse._SubParsersAction) -> None:
 def _apikey(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .standalone.apikeys import entry_line, generate_key
+    from .gateway.apikeys import entry_line, generate_key
     from .validation import field_problems
 
     key = generate_key()

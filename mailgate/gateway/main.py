@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..ingress.attach import attach_if_enabled
 from ..ingress.options import IngressOptions, from_args
 from .app import Gateway, GatewayOptions, run_until_signalled
 from .auth import AllowAnyone, Authenticator
@@ -57,8 +58,8 @@ def admin_token(args: argparse.Namespace) -> str:
 def static_authenticator(args: argparse.Namespace) -> Authenticator | None:
     """API keys or nobody-checks; ``None`` when callers are to be checked with TokenReviews."""
     if args.api_keys:
-        from ..standalone.apikeys import ApiKeys, load_keys
-        from ..standalone.loader import ConfigError
+        from ..yamlconfig import ConfigError
+        from .apikeys import ApiKeys, load_keys
 
         try:
             return ApiKeys(load_keys(args.api_keys))
@@ -135,21 +136,12 @@ async def _serve(
 ) -> None:
     """The TokenReview client needs the running loop, so it is made here and closed on the way out."""
     if authenticator is not None:
-        await run_until_signalled(with_ingress(Gateway(authenticator, gateway_options), smtp))
+        await run_until_signalled(attach_if_enabled(Gateway(authenticator, gateway_options), smtp))
         return
     from .tokenreview import TokenReviewAuthenticator, kubernetes_api_client
 
     api = await kubernetes_api_client(kubeconfig)
     try:
-        await run_until_signalled(with_ingress(Gateway(TokenReviewAuthenticator(api), gateway_options), smtp))
+        await run_until_signalled(attach_if_enabled(Gateway(TokenReviewAuthenticator(api), gateway_options), smtp))
     finally:
         await api.close()
-
-
-def with_ingress(gateway: Gateway, smtp: IngressOptions) -> Gateway:
-    """Attach the SMTP listener when --smtp-port or --smtp-implicit-tls-port asked for one."""
-    if smtp.enabled:
-        from ..ingress.attach import attach
-
-        attach(gateway, smtp)
-    return gateway

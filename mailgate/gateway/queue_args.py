@@ -47,6 +47,14 @@ def add_queue_arguments(parser: argparse.ArgumentParser) -> None:
         help="the longest wait between retries (default 4000, Postfix's maximal_backoff_time)",
     )
     group.add_argument(
+        "--queue-lease",
+        type=float,
+        default=OutboxOptions.lease_seconds,
+        metavar="SECONDS",
+        help="how long a delivery holds a message before another replica may take it over if this one dies "
+        "(default 300; renewed while a slow send lasts)",
+    )
+    group.add_argument(
         "--queue-keep-finished",
         type=float,
         default=7 * 86400.0,
@@ -61,12 +69,17 @@ def queue_options(args: argparse.Namespace) -> OutboxOptions | None:
     if url is None:
         return None
     store_for_url(url)  # refuses an unknown scheme or a malformed SQLite URL now, not after the listeners opened
-    if args.queue_concurrency < 1 or args.queue_keep_finished <= 0:
-        raise ValueError("--queue-concurrency must be at least 1 and --queue-keep-finished positive")
+    if args.queue_concurrency < 1 or args.queue_keep_finished <= 0 or args.queue_lease <= 0:
+        raise ValueError("--queue-concurrency must be at least 1, --queue-lease and --queue-keep-finished positive")
     if not 0 < args.queue_retry_delay <= args.queue_max_retry_delay:
         raise ValueError("--queue-retry-delay must be positive and at most --queue-max-retry-delay")
     policy = RetryPolicy(first_delay=args.queue_retry_delay, max_delay=args.queue_max_retry_delay)
     owner = args.queue_owner or os.environ.get("POD_NAME") or socket.gethostname()
     return OutboxOptions(
-        url=url, owner=owner, concurrency=args.queue_concurrency, keep_finished=args.queue_keep_finished, policy=policy
+        url=url,
+        owner=owner,
+        concurrency=args.queue_concurrency,
+        lease_seconds=args.queue_lease,
+        keep_finished=args.queue_keep_finished,
+        policy=policy,
     )

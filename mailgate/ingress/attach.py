@@ -17,14 +17,16 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from .options import IngressOptions
-from .server import IngressServer
 
 if TYPE_CHECKING:
     from ..gateway.app import Gateway
+    from .server import IngressServer
 
 
 def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     """Add the listener to ``gateway`` (before ``gateway.start()``); returns it, for its ports and router."""
+    from .server import IngressServer  # aiosmtpd: loaded only by gateways that open an SMTP listener
+
     ingress = IngressServer(options, gateway.registry, gateway.relay, gateway.outbox)
 
     async def start(app: web.Application) -> None:
@@ -33,3 +35,10 @@ def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     gateway.app.on_startup.append(start)
     gateway.add_door(ingress)
     return ingress
+
+
+def attach_if_enabled(gateway: Gateway, options: IngressOptions) -> Gateway:
+    """Attach the SMTP listener when --smtp-port or --smtp-implicit-tls-port asked for one; returns ``gateway``."""
+    if options.enabled:
+        attach(gateway, options)
+    return gateway

@@ -30,7 +30,7 @@ from .admin import AdminClient
 from .conditions import TOKEN_REASONS, TOKEN_REFUSED, TOKEN_UNAVAILABLE, GatewayHealth, SenderConflict, StatusInputs
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
-from .plan import AccountPlan, Gateway, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
+from .plan import AccountPlan, GatewayPod, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
 from .queuestatus import NOTHING_PENDING, QueueCounts, QueueStatusPublisher
 from .revisions import Revisions
 from .syncer import Desired, GatewaySyncer
@@ -346,7 +346,7 @@ class Engine:
                 changed = True
         for uid, pod in targets.items():
             assert pod.ip is not None
-            gateway = Gateway(pod.name, pod.ip, pod.ready)
+            gateway = GatewayPod(pod.name, pod.ip, pod.ready)
             existing = self._syncers.get(uid)
             if existing is None:
                 syncer = GatewaySyncer(self, self._client, gateway, resync_seconds=self._resync_seconds, metrics=self._metrics)

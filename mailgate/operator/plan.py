@@ -33,7 +33,7 @@ from ..spec import EffectiveLimits, SmtpAccountSpec
 
 
 @dataclass(frozen=True)
-class Gateway:
+class GatewayPod:
     """A gateway pod that receives configuration: it runs and has an IP (ready or not yet)."""
 
     name: str
@@ -103,19 +103,19 @@ def split(total: int, parts: int) -> list[int]:
     return [base + 1 if index < extra else base for index in range(parts)]
 
 
-def ordered(gateways: Iterable[Gateway]) -> list[Gateway]:
+def ordered(gateways: Iterable[GatewayPod]) -> list[GatewayPod]:
     """The stable order every list in the plan follows: by pod name."""
     return sorted(gateways, key=lambda gateway: gateway.name)
 
 
-def shareholders(gateways: Iterable[Gateway]) -> list[Gateway]:
+def shareholders(gateways: Iterable[GatewayPod]) -> list[GatewayPod]:
     """Ready gateways in order; all of them while none is ready (a fresh deployment must bootstrap)."""
     everyone = ordered(gateways)
     ready = [gateway for gateway in everyone if gateway.ready]
     return ready or everyone
 
 
-def plan_account(account: ResolvedAccount, gateways: Iterable[Gateway], send_port: int) -> AccountPlan:
+def plan_account(account: ResolvedAccount, gateways: Iterable[GatewayPod], send_port: int) -> AccountPlan:
     """Each gateway's ``AccountConfig`` for ``account``, with its share of the limits."""
     everyone = ordered(gateways)
     candidates = shareholders(everyone)
@@ -200,7 +200,7 @@ def cap(config: AccountConfig, own: Hold, others: Iterable[Hold], peers: Sequenc
     return config.model_copy(update={"share": capped})
 
 
-def plan_all(accounts: Iterable[ResolvedAccount], gateways: Iterable[Gateway], send_port: int) -> dict[str, AccountPlan]:
+def plan_all(accounts: Iterable[ResolvedAccount], gateways: Iterable[GatewayPod], send_port: int) -> dict[str, AccountPlan]:
     """Plans for many accounts, by account key."""
     gateways = list(gateways)
     return {account.key: plan_account(account, gateways, send_port) for account in accounts}

@@ -31,7 +31,7 @@ from typing import Protocol
 from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
 from .admin import AdminClient, GatewayError, GatewayRejected, GatewayReport
 from .metrics import OperatorMetrics
-from .plan import NO_HOLD, Gateway, Hold, hold_of
+from .plan import NO_HOLD, GatewayPod, Hold, hold_of
 from .revisions import Revisions
 
 log = logging.getLogger(__name__)
@@ -84,7 +84,7 @@ class GatewaySyncer:
         self,
         host: SyncerHost,
         client: AdminClient,
-        gateway: Gateway,
+        gateway: GatewayPod,
         *,
         resync_seconds: float,
         metrics: OperatorMetrics,

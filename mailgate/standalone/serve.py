@@ -21,14 +21,14 @@ import logging
 import sys
 
 from ..gateway.accounts import InvalidAccount
+from ..gateway.apikeys import ApiKeys, KeyRing
 from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone, Authenticator
 from ..gateway.logs import configure_logging
-from ..gateway.main import with_ingress
 from ..gateway.queue_args import queue_options
 from ..gcpause import collection_paused, reloading
+from ..ingress.attach import attach_if_enabled
 from ..ingress.options import from_args
-from .apikeys import ApiKeys, KeyRing
 from .loader import ConfigError
 from .watcher import ConfigFiles, watch
 
@@ -68,7 +68,7 @@ def serve(args: argparse.Namespace) -> int:
         authenticator = AllowAnyone()
         log.warning(NO_AUTH_WARNING)
     options = GatewayOptions(host=args.host, port=args.port, admin_port=None, queue=queue)
-    gateway = with_ingress(Gateway(authenticator, options), smtp)
+    gateway = attach_if_enabled(Gateway(authenticator, options), smtp)
     try:
         asyncio.run(_run(gateway, files, authenticator, args.reload_interval))
     except InvalidAccount as error:

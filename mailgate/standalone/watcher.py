@@ -18,9 +18,9 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from ..gateway.accounts import InvalidAccount
+from ..gateway.apikeys import KeyRing, load_keys
 from ..password_cache import PasswordHashes
 from ..snapshot import ConfigSnapshot
-from .apikeys import KeyRing, load_keys
 from .loader import ConfigError, load_snapshot
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 
 from bench.fuzz import API_KEY, NAME, NAMESPACE, ROUTED_DOMAIN, Tally, run_schemathesis
-from mailgate.standalone.apikeys import ApiKeyEntry, ApiKeys, KeyRing, hash_key
+from mailgate.gateway.apikeys import ApiKeyEntry, ApiKeys, KeyRing, hash_key
 from tests.gateway.conftest import ADMIN_TOKEN, GatewayFactory, GatewayHandle, account
 from tests.smtp_servers import Upstream
 

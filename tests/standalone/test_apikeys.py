@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mailgate.cli import main
-from mailgate.standalone.apikeys import KEY_PREFIX, generate_key, hash_key, load_keys
+from mailgate.gateway.apikeys import KEY_PREFIX, generate_key, hash_key, load_keys
 from mailgate.standalone.loader import ConfigError
 
 

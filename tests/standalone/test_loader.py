@@ -244,7 +244,7 @@ def test_smtp_client_logins_are_hashed_stably_and_unique(tmp_path: Path) -> None
 
 
 def test_the_shipped_examples_load() -> None:
-    from mailgate.standalone.apikeys import load_keys
+    from mailgate.gateway.apikeys import load_keys
 
     examples = Path(__file__).resolve().parents[2] / "examples"
     snapshot = load_snapshot([examples / "standalone" / "accounts.yaml"])

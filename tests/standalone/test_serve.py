@@ -15,7 +15,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from mailgate.standalone.apikeys import generate_key, hash_key
+from mailgate.gateway.apikeys import generate_key, hash_key
 from tests.standalone.support import MESSAGE, SENTINEL, account_yaml, write_atomically
 
 pytestmark = pytest.mark.timeout(120)

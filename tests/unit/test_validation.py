@@ -20,12 +20,12 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from mailgate.cli import main
+from mailgate.gateway.apikeys import generate_key, hash_key, load_keys
 from mailgate.gateway.app import Gateway, GatewayOptions
 from mailgate.gateway.auth import AllowAnyone
 from mailgate.operator.admin import AdminClient
 from mailgate.operator.engine import Engine, InvalidSpec
 from mailgate.operator.metrics import OperatorMetrics
-from mailgate.standalone.apikeys import generate_key, hash_key, load_keys
 from mailgate.standalone.loader import ConfigError, load_snapshot
 from mailgate.validation import FieldProblem, field_error, field_path, field_problems
 

@@ -13,7 +13,7 @@ import pytest
 
 from mailgate.operator.plan import (
     NO_HOLD,
-    Gateway,
+    GatewayPod,
     Hold,
     ResolvedAccount,
     cap,
@@ -45,8 +45,8 @@ def account(connections: int = 3, rate: int | None = None, name: str = "billing"
     )
 
 
-def gateways(count: int, ready: bool = True, prefix: str = "gw") -> list[Gateway]:
-    return [Gateway(name=f"{prefix}-{index}", ip=f"10.0.0.{index + 1}", ready=ready) for index in range(count)]
+def gateways(count: int, ready: bool = True, prefix: str = "gw") -> list[GatewayPod]:
+    return [GatewayPod(name=f"{prefix}-{index}", ip=f"10.0.0.{index + 1}", ready=ready) for index in range(count)]
 
 
 @pytest.mark.parametrize(
@@ -102,13 +102,13 @@ def test_shares_follow_pod_names_not_discovery_order() -> None:
 
 def test_a_new_gateway_does_not_shuffle_the_existing_shares() -> None:
     before = plan_account(account(5), gateways(2), PORT)
-    after = plan_account(account(5), [*gateways(2), Gateway("gw-9", "10.0.0.9", True)], PORT)
+    after = plan_account(account(5), [*gateways(2), GatewayPod("gw-9", "10.0.0.9", True)], PORT)
     assert before.effective.max_connections_per_gateway == [3, 2]
     assert after.effective.max_connections_per_gateway == [2, 2, 1]
 
 
 def test_only_ready_gateways_hold_shares_and_the_unready_forward() -> None:
-    pods = [*gateways(2), Gateway("gw-new", "10.0.0.50", ready=False)]
+    pods = [*gateways(2), GatewayPod("gw-new", "10.0.0.50", ready=False)]
     plan = plan_account(account(3), pods, PORT)
     assert plan.configs["gw-new"].share == AccountShare(max_connections=0, peers=["http://10.0.0.1:8080", "http://10.0.0.2:8080"])
     assert [g.name for g in shareholders(pods)] == ["gw-0", "gw-1"]
@@ -120,7 +120,7 @@ def test_a_fresh_deployment_with_no_ready_gateway_splits_over_all_of_them() -> N
 
 
 def test_ipv6_pods_get_bracketed_urls() -> None:
-    plan = plan_account(account(1), [Gateway("a", "fd00::1", True), Gateway("b", "fd00::2", True)], PORT)
+    plan = plan_account(account(1), [GatewayPod("a", "fd00::1", True), GatewayPod("b", "fd00::2", True)], PORT)
     assert plan.configs["b"].share.peers == ["http://[fd00::1]:8080"]  # type: ignore[union-attr]
 
 
