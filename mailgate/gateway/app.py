@@ -66,6 +66,7 @@ from .outbox import Outbox, OutboxOptions
 from .probes import Probes
 from .queue_metrics import QueueMetrics
 from .relay import Relay
+from .routing import Router
 from .tokens import TokenSources
 from .webhook_events import WebhookEvents, WebhookMetrics
 
@@ -197,7 +198,10 @@ class Gateway:
         self.outbox = self._outbox()
         self.forwarder = Forwarder()
         self.probes = Probes(lambda: self.registry.received, lambda: self.draining)
-        self.send_api = SendAPI(self.relay, authenticator, self.forwarder, hostname=self.options.hostname, outbox=self.outbox)
+        self.router = Router(self.registry)  # sender routing for POST /v1/messages and the SMTP ingress
+        self.send_api = SendAPI(
+            self.relay, authenticator, self.forwarder, self.router, hostname=self.options.hostname, outbox=self.outbox
+        )
         self.messages_api = MessagesAPI(self.relay, authenticator, self.outbox)
         self.admin = AdminAPI(self.registry, self.pool, self.probes.ready, queue=self.outbox)
         self.app = self._send_app()

@@ -18,7 +18,6 @@ from typing import Any
 from aiohttp import web
 from pydantic import ValidationError
 
-from ..ingress.routing import NoRoute, Router
 from ..queue import QueueError
 from ..spec import DeliveryMode
 from .accounts import Account
@@ -30,6 +29,7 @@ from .middleware import request_id
 from .outbox import Outbox
 from .problems import outcome_problem, problem
 from .relay import Reason, Refused, Relay, Sent
+from .routing import NoRoute, Router
 
 ROUTE = "/v1/accounts/{namespace}/{name}/messages"
 ROUTED = "/v1/messages"
@@ -103,6 +103,7 @@ class SendAPI:
         relay: Relay,
         authenticator: Authenticator,
         forwarder: Forwarder,
+        router: Router,
         *,
         hostname: str,
         idempotency: IdempotencyStore | None = None,
@@ -112,6 +113,7 @@ class SendAPI:
         self.outbox = outbox
         self.authenticator = authenticator
         self.forwarder = forwarder
+        self.router = router  # shared with the SMTP ingress: one default account, one conflict warning
         self.hostname = hostname
         self.idempotency = idempotency or IdempotencyStore()
 
@@ -155,7 +157,7 @@ class SendAPI:
             return self._invalid("-", describe_validation_error(exc), rid)
         except MessageError as exc:
             return self._invalid("-", [{"field": exc.field, "message": exc.detail}], rid)
-        decision = Router(self.relay.registry).route(sender)
+        decision = self.router.route(sender)
         if isinstance(decision, NoRoute):
             return outcome_problem(decision.as_outcome(), rid)
         admitted = self.relay.admit(identity, decision.account.key)

@@ -59,6 +59,7 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
     Reason.SUSPENDED.value: ProblemType(503, "The account is suspended", True),
     Reason.SHUTTING_DOWN.value: ProblemType(503, "The gateway is shutting down", True),
     Reason.NO_LOCAL_SHARE.value: ProblemType(503, "This gateway holds no connection share of the account", True),
+    Reason.ROUTING_CONFLICT.value: ProblemType(503, "Several accounts claim this sender", True),
     "peer-unavailable": ProblemType(503, "No peer gateway could take the request", True),
     "auth-unavailable": ProblemType(503, "Callers cannot be authenticated right now", True),
     "queue-unavailable": ProblemType(503, "The message queue is unavailable", True),

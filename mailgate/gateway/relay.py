@@ -43,6 +43,7 @@ RETRY_UPSTREAM_DOWN = 5.0
 RETRY_AUTH_FAILED = 30.0
 RETRY_SUSPENDED = 60.0
 RETRY_SHUTTING_DOWN = 1.0
+RETRY_ROUTING_CONFLICT = 60.0  # a configuration fix, not a transient state
 MAX_RETRY_AFTER = 3600.0
 
 
@@ -64,6 +65,7 @@ class Reason(str, Enum):
     SHUTTING_DOWN = "shutting-down"
     NO_LOCAL_SHARE = "no-local-share"
     DELIVERY_UNKNOWN = "delivery-unknown"
+    ROUTING_CONFLICT = "routing-conflict"
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     """Add the listener to ``gateway`` (before ``gateway.start()``); returns it, for its ports and router."""
     from .server import IngressServer  # aiosmtpd: loaded only by gateways that open an SMTP listener
 
-    ingress = IngressServer(options, gateway.registry, gateway.relay, gateway.outbox)
+    ingress = IngressServer(options, gateway.registry, gateway.relay, gateway.outbox, gateway.router)
 
     async def start(app: web.Application) -> None:
         await ingress.start()

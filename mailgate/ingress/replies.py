@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 
 from ..gateway.relay import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
-from .routing import NoRoute, Why
+from ..gateway.routing import NoRoute
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -48,6 +48,7 @@ _TEMPORARY = {
     Reason.DELIVERY_UNKNOWN: "4.4.2",  # bad connection
     Reason.UNKNOWN_ACCOUNT: "4.3.0",  # removed while the message was being received: routing may differ next time
     Reason.UPSTREAM_REFUSED: "4.0.0",
+    Reason.ROUTING_CONFLICT: "4.3.5",  # system incorrectly configured: an admin fix lets the retry through
 }
 _PERMANENT = {
     Reason.SENDER_NOT_ALLOWED: (550, "5.7.1"),
@@ -148,8 +149,5 @@ def _for_sent(sent: Sent, message_id: str) -> Reply:
 
 
 def for_no_route(decision: NoRoute) -> Reply:
-    if decision.why is Why.CONFLICT:
-        return reply(451, "4.3.5", decision.detail)  # system incorrectly configured: an admin fix lets the retry through
-    if decision.why is Why.UNKNOWN_ACCOUNT:
-        return reply(451, "4.3.0", decision.detail)
-    return reply(550, "5.7.1", decision.detail)
+    """Through the relay's outcome, so that both doors map a routing decision the same way."""
+    return for_outcome(decision.as_outcome(), "-")

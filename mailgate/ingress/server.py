@@ -27,9 +27,9 @@ import logging
 from ..gateway.accounts import AccountRegistry
 from ..gateway.outbox import Outbox
 from ..gateway.relay import Relay
+from ..gateway.routing import Router
 from .clients import AccountSource, ClientAuthenticator, ClientDirectory
 from .options import IngressOptions
-from .routing import Router
 from .session import DEFAULT_SIZE, Handler, IngressContext, IngressSMTP
 from .tls import CertificateFiles
 
@@ -80,11 +80,20 @@ class _LargestLimit:
 class IngressServer:
     """The SMTP listener(s) of one gateway process."""
 
-    def __init__(self, options: IngressOptions, registry: AccountRegistry, relay: Relay, outbox: Outbox | None = None) -> None:
+    def __init__(
+        self,
+        options: IngressOptions,
+        registry: AccountRegistry,
+        relay: Relay,
+        outbox: Outbox | None = None,
+        router: Router | None = None,
+    ) -> None:
         if not options.enabled:
             raise ValueError("the SMTP ingress needs --smtp-port or --smtp-implicit-tls-port")
         self.options = options
-        self.router = Router(registry, options.default_account)
+        self.router = router if router is not None else Router(registry)
+        if options.default_account is not None:  # the gateway's one router: POST /v1/messages uses it too
+            self.router.default_account = options.default_account
         self.directory = ClientDirectory(registry)
         self.certificate = CertificateFiles(options.tls_cert, options.tls_key) if options.tls_cert and options.tls_key else None
         self.context = IngressContext(

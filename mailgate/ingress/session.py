@@ -51,13 +51,13 @@ from ..gateway.logs import request_id_var
 from ..gateway.message import MessageError, OutgoingMessage
 from ..gateway.outbox import Outbox
 from ..gateway.relay import Reason, Refused, Relay
+from ..gateway.routing import NoRoute, Router
 from ..queue import QueueError
 from ..spec import DeliveryMode
 from . import replies
 from .clients import ClientAuthenticator
 from .envelope import build_message, protocol_name, received_header, transaction_id
 from .options import IngressOptions
-from .routing import NoRoute, Router
 
 log = logging.getLogger("mailgate.ingress")
 

@@ -8,7 +8,7 @@ import pytest
 
 from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.relay import Reason
-from mailgate.ingress.routing import NoRoute, Route, Router, Via, Why
+from mailgate.gateway.routing import NoRoute, Route, Router, Via, Why
 from mailgate.pool import SMTPPool
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 
@@ -97,7 +97,7 @@ async def test_duplicate_claims_are_refused_and_reported_never_a_coin_toss(
         )
     )
     router = Router(registry)
-    with caplog.at_level(logging.WARNING, logger="mailgate.ingress.routing"):
+    with caplog.at_level(logging.WARNING, logger="mailgate.gateway.routing"):
         for _ in range(3):
             decision = router.route("billing@shop.example")
             assert isinstance(decision, NoRoute) and decision.why is Why.CONFLICT

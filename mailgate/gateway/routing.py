@@ -30,10 +30,10 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
-from ..gateway.accounts import Account
-from ..gateway.relay import Reason, Refused
+from .accounts import Account
+from .relay import RETRY_ROUTING_CONFLICT, Reason, Refused, RetryLater
 
-log = logging.getLogger("mailgate.ingress.routing")
+log = logging.getLogger("mailgate.gateway.routing")
 
 
 class Via(str, Enum):
@@ -79,11 +79,17 @@ class NoRoute:
             return f"account {self.accounts[0]} is no longer configured"
         return f"no account may send for {self.sender}"
 
-    def as_outcome(self) -> Refused:
-        """The relay's outcome type, for a front door that maps those already (the HTTP API)."""
+    def as_outcome(self) -> Refused | RetryLater:
+        """The relay's outcome type, which each door maps to its protocol (problems, SMTP replies) like any other.
+
+        A conflict is the gateway's configuration at fault, not the caller: temporary in both doors
+        (HTTP 503, SMTP 451), so a fix lets the retry through.
+        """
         if self.why is Why.UNKNOWN_ACCOUNT:
             return Refused(Reason.UNKNOWN_ACCOUNT, self.detail, retryable=True)
-        return Refused(Reason.SENDER_NOT_ALLOWED, self.detail, retryable=self.why is Why.CONFLICT)
+        if self.why is Why.CONFLICT:
+            return RetryLater(Reason.ROUTING_CONFLICT, self.detail, RETRY_ROUTING_CONFLICT)
+        return Refused(Reason.SENDER_NOT_ALLOWED, self.detail)
 
 
 class Accounts(Protocol):
