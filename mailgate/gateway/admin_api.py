@@ -15,6 +15,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -70,12 +71,19 @@ def bearer_middleware(token: str) -> Middleware:
 
 class AdminAPI:
     def __init__(
-        self, registry: AccountRegistry, pool: SMTPPool, ready: Callable[[], bool], *, queue: QueueStats | None = None
+        self,
+        registry: AccountRegistry,
+        pool: SMTPPool,
+        ready: Callable[[], bool],
+        *,
+        queue: QueueStats | None = None,
+        freeze: bool = False,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.ready = ready
         self.queue = queue
+        self.freeze = freeze  # full snapshots are frozen out of the cycle collector (see gcpause); the gateway process's choice
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_put("/v1/config", self.put_config)
@@ -87,7 +95,7 @@ class AdminAPI:
         rid = request_id(request)
         body = await request.read()
         try:
-            with collection_paused():  # 10,000 accounts: 3x faster without cycle collections
+            with self._paused():  # 10,000 accounts: 3x faster without cycle collections
                 snapshot = ConfigSnapshot.model_validate_json(body)
                 applied = self.registry.apply_snapshot(snapshot)
         except ValidationError as exc:
@@ -99,6 +107,17 @@ class AdminAPI:
         if applied:
             log.info("configuration revision %d applied: %d account(s)", snapshot.revision, len(snapshot.accounts))
         return web.json_response({"revision": self.registry.revision, "applied": applied})
+
+    def _paused(self) -> AbstractContextManager[None]:
+        """The collector's pause around a full snapshot: with ``freeze``, a first load, or a reload of the accounts held.
+
+        A reload thaws and collects once (the time of a full collection over
+        what it builds: 0.35 s for 10,000 accounts); a snapshot to a gateway
+        holding no account (a new pod) is frozen as it is, at no cost.
+        """
+        if not self.freeze:
+            return collection_paused()
+        return collection_paused(freeze=True, thaw=bool(self.registry.accounts()))
 
     async def put_account(self, request: web.Request) -> web.Response:
         rid = request_id(request)

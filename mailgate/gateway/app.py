@@ -55,7 +55,7 @@ from ..snapshot import ConfigSnapshot
 from .accounts import AccountRegistry
 from .admin_api import AdminAPI, bearer_middleware
 from .auth import Authenticator
-from .forward import Forwarder
+from .forward import Forwarder, PeerAdmin, peer_tls
 from .http_api import SendAPI
 from .messages_api import MessagesAPI
 from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -66,6 +66,7 @@ from .outbox import Outbox, OutboxOptions
 from .probes import Probes
 from .queue_metrics import QueueMetrics
 from .relay import Relay
+from .relay_api import RelayAPI
 from .routing import Router
 from .tokens import TokenSources
 from .webhook_events import WebhookEvents, WebhookMetrics
@@ -170,6 +171,8 @@ class GatewayOptions:
     shutdown_grace: float = 30.0  # the whole shutdown, SIGTERM to exit: the pod's terminationGracePeriodSeconds
     admin_tls_cert: str | None = None  # PEM certificate (chain) for the admin API; with admin_tls_key
     admin_tls_key: str | None = None
+    peer_admin_port: int | None = None  # peers' admin API port, for relaying SMTP to them; None: this gateway's own
+    admin_ca_file: str | None = None  # CA of the peers' admin certificates; None: trust admin_tls_cert's own chain
     queue: OutboxOptions | None = None  # durable delivery (``--queue``); None: synchronous sends only
 
 
@@ -197,6 +200,8 @@ class Gateway:
         self.webhooks: WebhookNotifier | None = None  # with a queue: delivery events of queued messages
         self.outbox = self._outbox()
         self.forwarder = Forwarder()
+        self.relay.peers = self.forwarder  # messages of accounts whose share here is 0 go to a peer (relay.deliver)
+        self.relay_api = RelayAPI(self.relay)  # ...and arrive at that peer's admin API
         self.probes = Probes(lambda: self.registry.received, lambda: self.draining)
         self.router = Router(self.registry)  # sender routing for POST /v1/messages and the SMTP ingress
         self.send_api = SendAPI(
@@ -229,6 +234,7 @@ class Gateway:
             middlewares=[request_context, bearer_middleware(self.options.admin_token)], client_max_size=ADMIN_MAX_BODY
         )
         self.admin.add_routes(app)
+        self.relay_api.add_routes(app)
         return app
 
     def _outbox(self) -> Outbox | None:
@@ -335,6 +341,7 @@ class Gateway:
             self._runners.append(admin)
             await web.TCPSite(admin, opts.admin_host or opts.host, opts.admin_port, ssl_context=self._admin_tls()).start()
             self.admin_port = _bound_port(admin)
+            self.forwarder.peer_admin = self._peer_admin(self.admin_port)
         log.info(
             "gateway listening: send API on %s:%s, admin API on %s",
             opts.host,
@@ -351,6 +358,15 @@ class Gateway:
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.options.admin_tls_cert, self.options.admin_tls_key)
         return context
+
+    def _peer_admin(self, own_port: int) -> PeerAdmin:
+        """How to reach the peers' admin APIs: the same port and TLS as this gateway's (one Deployment, one setup)."""
+        opts = self.options
+        assert opts.admin_token is not None
+        port = opts.peer_admin_port if opts.peer_admin_port is not None else own_port
+        if opts.admin_tls_cert is None:
+            return PeerAdmin(port, opts.admin_token)
+        return PeerAdmin(port, opts.admin_token, peer_tls(opts.admin_ca_file or opts.admin_tls_cert))
 
     async def stop(self) -> None:
         """Graceful shutdown as described in the module docstring; safe to call twice."""

@@ -1,7 +1,7 @@
 """The OpenAPI 3.1 document of both gateway APIs, generated from the models that validate them.
 
 Request schemas are the pydantic models the handlers validate with
-(``SendRequest``, ``ConfigSnapshot``, ``AccountConfig``), so the document
+(``SendRequest``, ``ConfigSnapshot``, ``AccountConfig``, ``RelayRequest``), so the document
 cannot drift from the code; so is the admin status (``mailgate.adminstatus``,
 which the gateway writes and the operator reads). The send API's response
 models below exist for the document and for the tests, which validate real
@@ -29,6 +29,7 @@ from ..spec import HOST_PATTERN
 from .idempotency import MAX_KEY_LENGTH
 from .message import BARE_ADDRESS_SCHEMA, RAW_MESSAGE_PATTERN, SendRequest
 from .problems import PROBLEM_TYPES, TYPE_BASE
+from .relay_wire import RelayAnswer, RelayRequest
 
 SEND_PORT = 8080
 ADMIN_PORT = 8081
@@ -133,7 +134,7 @@ class AccountApplied(_Doc):
     revision: int
 
 
-_REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig]
+_REQUEST_MODELS: list[type[BaseModel]] = [SendRequest, ConfigSnapshot, AccountConfig, RelayRequest]
 _RESPONSE_MODELS: list[type[BaseModel]] = [
     SendResponse,
     QueuedResponse,
@@ -143,11 +144,12 @@ _RESPONSE_MODELS: list[type[BaseModel]] = [
     ConfigApplied,
     AccountApplied,
     GatewayStatus,
+    RelayAnswer,
 ]
 _SEND_ERRORS = (400, 401, 403, 404, 413, 415, 422, 429, 502, 503, 504)
 # putAccount's 404: a path that is no account route (an empty name), answered before the handler.
 _ADMIN_ERRORS = {"put": (400, 401, 409, 422), "putAccount": (400, 401, 404, 409, 422), "delete": (400, 401, 404, 409),
-                 "get": (401,)}  # fmt: skip
+                 "get": (401,), "relay": (400, 401, 404)}  # fmt: skip
 # Problem types only one of the two APIs answers with; every other type may come from either.
 _ONLY_IN = {
     "revision-conflict": "admin",
@@ -239,8 +241,8 @@ def _path_params(*names: str) -> list[dict[str, Any]]:
     return [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names]
 
 
-def _admin(operation: dict[str, Any]) -> dict[str, Any]:
-    return {"tags": ["admin"], "security": [{"adminToken": []}], **operation}
+def _admin(operation: dict[str, Any], tag: str = "admin") -> dict[str, Any]:
+    return {"tags": [tag], "security": [{"adminToken": []}], **operation}
 
 
 def _send_paths() -> dict[str, Any]:
@@ -424,6 +426,22 @@ def _admin_paths() -> dict[str, Any]:
                 "responses": {"204": {"description": "Removed"}, **_problem_responses(_ADMIN_ERRORS["delete"], admin=True)},
             }),
         },
+        "/v1/relay/accounts/{namespace}/{name}": {
+            "post": _admin({
+                "summary": "Send a message a peer gateway hands over (its share of the account is 0)",
+                "description": "Gateway to gateway: a gateway holding no connection share of an account passes the "
+                "SMTP messages it received for it here, already checked (docs/admin-api.md, \"Peer relay\"). The "
+                "answer is the relay's outcome, 200 whatever it is; an unknown account is an outcome too. A gateway "
+                "that holds no share either refuses (retryLater, peer-unavailable) rather than pass the message on.",
+                "operationId": "relayMessage",
+                "parameters": _path_params("namespace", "name"),
+                "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("RelayRequest")}}},
+                "responses": {
+                    "200": {"description": "The outcome", "content": {"application/json": {"schema": _ref("RelayAnswer")}}},
+                    **_problem_responses(_ADMIN_ERRORS["relay"], admin=True),
+                },
+            }, tag="peer")
+        },
         "/v1/status": {
             "get": _admin({
                 "summary": "Revision, readiness and per-account pool state, health and digest (never a credential)",
@@ -449,14 +467,15 @@ def openapi_document() -> dict[str, Any]:
             "title": "mailgate gateway",
             "version": "v1",
             "description": f"Send API on port {SEND_PORT} (tags send, queue, probes); admin (config) API on its own port "
-            f"{ADMIN_PORT} (tag admin), used by the operator. Errors are RFC 9457 problem+json; see docs/api.md "
-            "and docs/admin-api.md.",
+            f"{ADMIN_PORT} (tag admin), used by the operator; the peer relay on the admin port (tag peer), used by "
+            "other gateways. Errors are RFC 9457 problem+json; see docs/api.md and docs/admin-api.md.",
         },
         "tags": [
             {"name": "send", "description": f"Send API (port {SEND_PORT})."},
             {"name": "queue", "description": f"Queued messages: status, listing, cancelling (port {SEND_PORT})."},
             {"name": "probes", "description": f"Probes, metrics and this document (port {SEND_PORT})."},
             {"name": "admin", "description": f"Admin API (port {ADMIN_PORT}, admin bearer token)."},
+            {"name": "peer", "description": f"Gateway to gateway, on the admin API (port {ADMIN_PORT}, admin bearer token)."},
         ],
         "paths": {**_send_paths(), **_admin_paths()},
         "components": {

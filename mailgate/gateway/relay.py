@@ -18,6 +18,13 @@ happened as exactly one of:
 Each front door maps ``Reason`` to its protocol (problem+json statuses in
 ``problems.py``; SMTP reply codes for an SMTP front door), so limits, checks
 and metrics exist once.
+
+Where a message goes is decided here too (``Relay.deliver``): through this
+gateway's pool, or, when this gateway holds no connection share of the
+account (docs/admin-api.md, "Shares"), through a peer that holds one. How a
+peer is reached is not the core's business (``Peers``; ``forward.Forwarder``
+does it over the peers' admin API); the peer's outcome comes back as an
+``Outcome``, so a door answers it as it would answer a local send.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ class Reason(str, Enum):
     NO_LOCAL_SHARE = "no-local-share"
     DELIVERY_UNKNOWN = "delivery-unknown"
     ROUTING_CONFLICT = "routing-conflict"
+    PEER_UNAVAILABLE = "peer-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +127,18 @@ class Observer(Protocol):
     """
 
     def observe(self, account: str, outcome: str, duration: float | None, pool_wait: float | None) -> None: ...
+
+
+class Peers(Protocol):
+    """How a message reaches a peer gateway that holds a connection share of its account (``forward.Forwarder``).
+
+    Tries ``peers`` in turn until one takes the message and returns that
+    peer's outcome. Nothing sent when no peer could be reached
+    (``RetryLater``, ``Reason.PEER_UNAVAILABLE``); ``DeliveryUnknown`` when a
+    peer took the message and failed before its answer.
+    """
+
+    async def relay(self, key: str, peers: list[str], message: OutgoingMessage) -> Outcome: ...
 
 
 class _NoObserver:
@@ -183,11 +203,13 @@ class Relay:
         pool: SMTPPool,
         observer: Observer | None = None,
         *,
+        peers: Peers | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.registry = registry
         self.pool = pool
         self.observer: Observer = observer or _NoObserver()
+        self.peers = peers  # None: no way to reach peers; a zero-share account's messages are then peer-unavailable
         self._clock = clock
 
     def admit(self, identity: Identity, key: str) -> Account | Refused | RetryLater:
@@ -233,6 +255,37 @@ class Relay:
                 return Refused(Reason.SENDER_NOT_ALLOWED, f"{address!r} is not in the senders of account {account.key!r}")
         return None
 
+    async def deliver(self, account: Account, message: OutgoingMessage, *, forwarded: bool = False) -> Outcome:
+        """Send through this gateway's pool, or through a peer when this gateway holds no connection share.
+
+        What can be checked here is checked here before a peer is asked (size,
+        senders), so a refusal costs no hop and reads the same on every pod.
+        A share that drops to 0 while the message waits for a connection sends
+        it to a peer too: nothing was sent yet. ``forwarded`` is a message a
+        peer passed on: a gateway that would pass it on again refuses instead,
+        so that a stale peer list can never make a loop.
+        """
+        if not account.forward_peers:
+            outcome = await self.send(account, message)
+            if not (isinstance(outcome, RetryLater) and outcome.reason is Reason.NO_LOCAL_SHARE):
+                return outcome
+            current = self.registry.get(account.key)
+            if current is None or not current.forward_peers:
+                return outcome
+            account = current
+        else:
+            refusal = self.check_message(account, message)
+            if refusal is not None:
+                self.observer.observe(account.key, refusal.reason.value, None, None)
+                return refusal
+        if forwarded or self.peers is None:
+            why = "either" if forwarded else "and cannot reach its peers"
+            text = f"this gateway holds no connection share of account {account.key} {why}"
+            unavailable = RetryLater(Reason.PEER_UNAVAILABLE, text, RETRY_POOL_SATURATED)
+            self.observer.observe(account.key, unavailable.reason.value, None, None)
+            return unavailable
+        return await self.peers.relay(account.key, account.forward_peers, message)
+
     async def send(self, account: Account, message: OutgoingMessage) -> Outcome:
         """Send through the account's pool; every upstream or pool failure becomes an outcome (bugs still raise).
 
@@ -275,7 +328,7 @@ class Relay:
         return outcome
 
     def _precheck(self, account: Account, message: OutgoingMessage) -> Refused | RetryLater | None:
-        if account.settings is None:  # the HTTP door forwards such accounts before it gets here
+        if account.settings is None:  # forwarded to a peer before it gets here (``deliver``, the HTTP door)
             text = f"this gateway holds no connection share of account {account.key!r}; its peers do"
             return RetryLater(Reason.NO_LOCAL_SHARE, text, RETRY_POOL_SATURATED)
         refusal = self.check_message(account, message)

@@ -12,8 +12,9 @@ client keeps it and retries), ``5xx`` when it cannot (the client bounces it).
   ``250`` would claim delivery to the refused ones.
 - Upstream 5xx: the upstream's own code, enhanced code and text.
 - Upstream 4xx (421 included), timeouts, pool saturation, rate limit, an
-  unreachable upstream, shutting down: ``451`` with a ``4.x.x`` code (the
-  upstream's own when it gave a 4.x.x one).
+  unreachable upstream, no peer gateway to send it (this gateway holds no
+  connection share of the account), shutting down: ``451`` with a ``4.x.x``
+  code (the upstream's own when it gave a 4.x.x one).
 - Delivery unknown (the connection to the upstream failed after the final
   dot, before its verdict): ``451 4.4.2`` saying it may have been delivered.
   The client will retry, so the recipients may get it twice; Postfix makes
@@ -49,6 +50,7 @@ _TEMPORARY = {
     Reason.UNKNOWN_ACCOUNT: "4.3.0",  # removed while the message was being received: routing may differ next time
     Reason.UPSTREAM_REFUSED: "4.0.0",
     Reason.ROUTING_CONFLICT: "4.3.5",  # system incorrectly configured: an admin fix lets the retry through
+    Reason.PEER_UNAVAILABLE: "4.4.1",  # no answer from host: the peer gateway that would send it
 }
 _PERMANENT = {
     Reason.SENDER_NOT_ALLOWED: (550, "5.7.1"),

@@ -13,7 +13,9 @@ exchanges); this module decides everything else, per transaction:
 - relaying: at the end of DATA the message goes through the relay core (the
   HTTP API's limits, checks and pool) and the client hears the upstream's
   verdict, mapped by ``replies``. The session's idle timer is paused meanwhile:
-  the wait is the gateway's, not the client's.
+  the wait is the gateway's, not the client's. An account this gateway holds
+  no connection share of is sent by a peer that holds one (``Relay.deliver``),
+  and the client hears that peer's verdict the same way.
 
 Some of aiosmtpd's routines are replaced for speed, with the same behaviour,
 after profiling: the address parsing of MAIL and RCPT (a fast path for plain
@@ -714,7 +716,7 @@ class Handler:
                 return account, "-"
             if account.config.spec.delivery.mode is DeliveryMode.queue:
                 return await self._enqueue(account, message, transaction_id), account.key
-            outcome = await self.context.relay.send(account, message)
+            outcome = await self.context.relay.deliver(account, message)
             removed = isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT
             if not removed or attempts == REROUTES:
                 return replies.for_outcome(outcome, transaction_id), account.key

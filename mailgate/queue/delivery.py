@@ -106,7 +106,6 @@ class DeliveryObserver(Protocol):
 
         Not called for a message put back untried (its account paused, or expired meanwhile)."""
 
-
     def expired(self, message_ids: Sequence[str]) -> None:
         """These messages failed for their age (``store.expire``), without an attempt."""
 
@@ -226,6 +225,9 @@ class DeliveryWorker:
                     await self._cycle()
                 except QueueError as exc:  # storage down: keep the loop alive, try again later
                     log.warning("delivery loop: queue unavailable (%s); retrying", type(exc).__name__)
+                    await self._wait(self.policy.busy())
+                except Exception:  # a bug or a driver surprise: a loop that ended would leave every message undelivered
+                    log.exception("delivery loop: unexpected error; retrying")
                     await self._wait(self.policy.busy())
             if self._tasks:
                 await asyncio.gather(*self._tasks, return_exceptions=True)

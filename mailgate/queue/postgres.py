@@ -71,6 +71,10 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.InterfaceError,
     asyncpg.exceptions.OperatorInterventionError,  # admin shutdown, cannot connect now, statement timeout
     asyncpg.exceptions.InsufficientResourcesError,  # too many connections, disk full
+    # A FATAL read while the connection was idle (a server shutting down tells each client so before
+    # closing the socket) leaves asyncpg's protocol unusable: the next statement on it, or the reset
+    # that hands it back to the pool, fails with "cannot switch to state ...; another operation is in progress".
+    asyncpg.exceptions.InternalClientError,
 )
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
