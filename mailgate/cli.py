@@ -137,6 +137,19 @@ def _add_gateway(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--admin-tls-cert", metavar="FILE", help="serve the admin API over TLS with this PEM certificate")
     parser.add_argument("--admin-tls-key", metavar="FILE", help="its private key (default: in the certificate file)")
+    parser.add_argument(
+        "--peer-admin-port",
+        type=int,
+        metavar="PORT",
+        help="peers' admin API port, where SMTP messages for an account this pod holds no connection share of "
+        "are relayed (default: --admin-port; every pod of a Deployment shares it)",
+    )
+    parser.add_argument(
+        "--admin-ca-file",
+        metavar="FILE",
+        help="CA that signed the peers' admin certificates, trusted when relaying to them "
+        "(default: the chain in --admin-tls-cert)",
+    )
     parser.add_argument("--api-keys", metavar="FILE", help="YAML file of hashed API keys callers authenticate with")
     parser.add_argument("--insecure-no-auth", action="store_true", help="let any caller use any account (tests, demos)")
     parser.add_argument(

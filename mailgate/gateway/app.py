@@ -174,6 +174,9 @@ class GatewayOptions:
     peer_admin_port: int | None = None  # peers' admin API port, for relaying SMTP to them; None: this gateway's own
     admin_ca_file: str | None = None  # CA of the peers' admin certificates; None: trust admin_tls_cert's own chain
     queue: OutboxOptions | None = None  # durable delivery (``--queue``); None: synchronous sends only
+    # Full snapshots frozen out of the cycle collector (gcpause): the ``mailgate gateway`` process
+    # owns its interpreter; an embedded gateway (tests, ``mailgate serve``) leaves it alone.
+    freeze_configuration: bool = False
 
 
 class Gateway:
@@ -208,7 +211,9 @@ class Gateway:
             self.relay, authenticator, self.forwarder, self.router, hostname=self.options.hostname, outbox=self.outbox
         )
         self.messages_api = MessagesAPI(self.relay, authenticator, self.outbox)
-        self.admin = AdminAPI(self.registry, self.pool, self.probes.ready, queue=self.outbox)
+        self.admin = AdminAPI(
+            self.registry, self.pool, self.probes.ready, queue=self.outbox, freeze=self.options.freeze_configuration
+        )
         self.app = self._send_app()
         self.admin_app = self._admin_app() if self.options.admin_port is not None else None
         self._runners: list[web.AppRunner] = []

@@ -95,7 +95,10 @@ def options(args: argparse.Namespace) -> GatewayOptions:
         shutdown_grace=args.shutdown_grace,
         admin_tls_cert=args.admin_tls_cert,
         admin_tls_key=args.admin_tls_key or args.admin_tls_cert,
+        peer_admin_port=args.peer_admin_port,
+        admin_ca_file=args.admin_ca_file,
         queue=queue_options(args),
+        freeze_configuration=True,
     )
 
 

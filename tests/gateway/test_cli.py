@@ -51,3 +51,26 @@ def test_usage_errors_exit_2(
     monkeypatch.delenv(gateway_main.ADMIN_TOKEN_ENV, raising=False)
     assert gateway_main.main(parse(*argv)) == 2
     assert message in capsys.readouterr().err
+
+
+def test_peer_relay_flags(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A gateway relays SMTP to peers' admin API: their port and the CA of their certificates can be named."""
+    monkeypatch.setenv(gateway_main.ADMIN_TOKEN_ENV, "from-env")
+    ca = tmp_path / "admin-ca.pem"
+    args = parse("--insecure-no-auth", "--peer-admin-port", "9443", "--admin-ca-file", str(ca))
+    options = gateway_main.options(args)
+    assert (options.peer_admin_port, options.admin_ca_file) == (9443, str(ca))
+    defaults = gateway_main.options(parse("--insecure-no-auth"))
+    assert (defaults.peer_admin_port, defaults.admin_ca_file) == (None, None)  # peers share this pod's port and chain
+
+
+def test_the_gateway_process_freezes_pushed_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``mailgate gateway`` keeps full snapshots out of the cycle collector's walks (see gcpause);
+    an embedded Gateway (tests, ``mailgate serve``) leaves the interpreter's collector alone."""
+    from mailgate.gateway.app import Gateway, GatewayOptions
+
+    monkeypatch.setenv(gateway_main.ADMIN_TOKEN_ENV, "from-env")
+    options = gateway_main.options(parse("--insecure-no-auth"))
+    assert options.freeze_configuration
+    assert Gateway(AllowAnyone(), options).admin.freeze
+    assert not Gateway(AllowAnyone(), GatewayOptions(admin_token="t")).admin.freeze

@@ -447,7 +447,10 @@ def test_postgresql_secret_key_defaults_to_dsn(helm_offline: Helm) -> None:
     assert env["valueFrom"]["secretKeyRef"] == {"name": "q", "key": "dsn"}
 
 
-def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
+def test_admin_port_admits_only_operator_and_gateway_pods(helm_offline: Helm) -> None:
+    """The operator pushes configuration to the admin port; a gateway without a
+    share of an account relays SMTP messages to a peer's admin port
+    (POST /v1/relay/...). Nobody else reaches it."""
     objs = helm_offline.render(release="mg", values={"networkPolicy": {"send": {"fromNamespaces": ["shop", "crm"]}}})
     policy = _one(objs, "NetworkPolicy", "-gateway")
     operator_labels = _one(objs, "Deployment", "-operator")["spec"]["selector"]["matchLabels"]
@@ -455,7 +458,10 @@ def test_admin_port_admits_only_operator_pods(helm_offline: Helm) -> None:
     assert policy["spec"]["podSelector"]["matchLabels"] == gateway_labels
     by_port = {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"]["ingress"]}
     assert set(by_port) == {"admin", "http"}
-    assert by_port["admin"] == [{"podSelector": {"matchLabels": operator_labels}}]
+    assert by_port["admin"] == [
+        {"podSelector": {"matchLabels": operator_labels}},
+        {"podSelector": {"matchLabels": gateway_labels}},  # SMTP relayed to a peer with a share
+    ]
     send_from = by_port["http"]
     assert {"podSelector": {"matchLabels": operator_labels}} in send_from
     assert {"podSelector": {"matchLabels": gateway_labels}} in send_from  # forwarding between gateways
