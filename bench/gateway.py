@@ -43,7 +43,7 @@ from typing import Any
 import aiosmtplib
 
 from bench.common import LOOPBACK, REPO, format_table, free_port, latency_ms, smtp_sink, stop_process, wait_listening
-from mailgate.gateway.message import SendRequest, build_message
+from mailgate.gateway.compose import SendRequest, compose_message
 
 CONNECTIONS = 4
 CONCURRENCY = 64
@@ -60,7 +60,7 @@ def request_body(size: int = MESSAGE_BYTES) -> dict[str, Any]:
     line = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
     body: dict[str, Any] = {"from": f"Bench <{SENDER}>", "to": [RECIPIENT], "subject": "mailgate gateway benchmark"}
     body["text"] = ""
-    overhead = len(build_message(SendRequest.model_validate({**body, "text": "x"}), hostname=EHLO).data) - 3
+    overhead = len(compose_message(SendRequest.model_validate({**body, "text": "x"}), hostname=EHLO).data) - 3
     text = (line * (size // len(line) + 1))[: size - overhead - 2]
     body["text"] = text.rstrip("\n") + "\n"
     return body
@@ -68,7 +68,7 @@ def request_body(size: int = MESSAGE_BYTES) -> dict[str, Any]:
 
 def raw_message() -> bytes:
     """The same message, built once: the raw contender sends these bytes every time."""
-    return build_message(SendRequest.model_validate(request_body()), hostname=EHLO).data
+    return compose_message(SendRequest.model_validate(request_body()), hostname=EHLO).data
 
 
 # -- the raw contender (its own process) ------------------------------------------------

@@ -20,7 +20,7 @@ from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
-from mailgate.gateway.message import SendRequest, build_message
+from mailgate.gateway.compose import SendRequest, compose_message
 
 HOST = "gw.bench.example"
 LINE = "The quick brown fox jumps over the lazy dog, again and again and again.\n"
@@ -62,13 +62,13 @@ def main() -> None:
 
     fields = json.loads(BODY)
     request = SendRequest.model_validate_json(BODY)
-    built = build_message(request, hostname=HOST)
+    built = compose_message(request, hostname=HOST)
     assert len(built.data) > 2048 and built.data.endswith(b"\r\n")
 
     cases: dict[str, Callable[[], object]] = {
-        "mailgate build": lambda: build_message(request, hostname=HOST),
+        "mailgate build": lambda: compose_message(request, hostname=HOST),
         "stdlib build": lambda: stdlib_build(fields),
-        "mailgate with JSON": lambda: build_message(SendRequest.model_validate_json(BODY), hostname=HOST),
+        "mailgate with JSON": lambda: compose_message(SendRequest.model_validate_json(BODY), hostname=HOST),
         "stdlib with JSON": lambda: stdlib_build(json.loads(BODY)),
     }
     samples: dict[str, list[float]] = {name: [] for name in cases}

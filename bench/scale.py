@@ -615,9 +615,9 @@ def profile(count: int, top: int) -> None:
     """cProfile of the apply paths in this process, as ``mailgate gateway`` and ``mailgate serve`` run them."""
     import asyncio
 
-    from mailgate.gateway.accounts import AccountRegistry
     from mailgate.gcpause import collection_paused as paused  # what the admin API wraps a snapshot push in
     from mailgate.pool import SMTPPool
+    from mailgate.relay.accounts import AccountRegistry
     from mailgate.snapshot import AccountConfig, ConfigSnapshot
     from mailgate.standalone.loader import load_snapshot
 

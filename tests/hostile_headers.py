@@ -20,7 +20,7 @@ from email.utils import getaddresses
 
 from hypothesis import strategies as st
 
-from mailgate.gateway.senders import SenderMatcher
+from mailgate.relay.senders import SenderMatcher
 
 ORIGINATOR_FIELDS = ("from", "sender", "resent-from", "resent-sender")
 SENDERS = ["*@shop.example", "boss@corp.example"]

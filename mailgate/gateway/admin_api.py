@@ -27,9 +27,9 @@ from ..adminstatus import AccountStatus, GatewayStatus, PoolStatus, QueueStatus,
 from ..gcpause import collection_paused
 from ..pool import SMTPPool
 from ..queue import AccountStats
+from ..relay.accounts import Account, AccountRegistry, InvalidAccount, RevisionConflict
 from ..snapshot import AccountConfig, ConfigSnapshot
-from .accounts import Account, AccountRegistry, InvalidAccount, RevisionConflict
-from .message import describe_validation_error
+from .compose import describe_validation_error
 from .middleware import Handler, request_id
 from .problems import problem
 

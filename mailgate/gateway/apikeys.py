@@ -29,9 +29,10 @@ import yaml
 from aiohttp import web
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from ..relay.identity import Identity
 from ..validation import field_problems
 from ..yamlconfig import ConfigError, ConfigLoader, describe_yaml_error
-from .auth import Identity, bearer_token
+from .auth import bearer_token
 
 KEY_PREFIX = "mgk_"
 _ACCOUNT_PATTERN = re.compile(r"^(\*|[a-z0-9*]([-a-z0-9.*]*[a-z0-9*])?/(\*|[a-z0-9*]([-a-z0-9.*]*[a-z0-9*])?))$")

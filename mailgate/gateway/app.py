@@ -51,8 +51,12 @@ from aiohttp import web
 
 from ..pool import SMTPPool
 from ..queue.webhooks import WebhookNotifier
+from ..relay.accounts import AccountRegistry
+from ..relay.core import Relay
+from ..relay.outbox import Outbox, OutboxOptions
+from ..relay.routing import Router
+from ..relay.tokens import TokenSources
 from ..snapshot import ConfigSnapshot
-from .accounts import AccountRegistry
 from .admin_api import AdminAPI, bearer_middleware
 from .auth import Authenticator
 from .forward import Forwarder, PeerAdmin, peer_tls
@@ -62,13 +66,9 @@ from .metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from .metrics import GatewayMetrics
 from .middleware import request_context
 from .openapi import openapi_json
-from .outbox import Outbox, OutboxOptions
 from .probes import Probes
 from .queue_metrics import QueueMetrics
-from .relay import Relay
 from .relay_api import RelayAPI
-from .routing import Router
-from .tokens import TokenSources
 from .webhook_events import WebhookEvents, WebhookMetrics
 
 log = logging.getLogger("mailgate.gateway")
@@ -115,7 +115,10 @@ class ShutdownPlan:
 
 
 class FrontDoor(Protocol):
-    """Another way in besides the HTTP API (the SMTP ingress), shut down in step with it."""
+    """Another way in besides the HTTP API (the SMTP ingress): started and shut down by the gateway, with it."""
+
+    async def start(self) -> object:
+        """Open the listeners; the relay core, the pool and the outbox are running by then."""
 
     def stop_accepting(self) -> None:
         """Take no new connection or transaction; say goodbye to idle clients."""
@@ -252,7 +255,7 @@ class Gateway:
         return outbox
 
     def add_door(self, door: FrontDoor) -> None:
-        """Shut ``door`` down with the HTTP API, within the same deadlines (the SMTP ingress registers here)."""
+        """Start ``door`` with the HTTP API and shut it down within the same deadlines (before ``start()``)."""
         self.doors.append(door)
 
     async def _upstreams(self, app: web.Application) -> AsyncIterator[None]:
@@ -338,6 +341,8 @@ class Gateway:
         self._runners.append(runner)
         await web.TCPSite(runner, opts.host, opts.port, backlog=1024).start()
         self.port = _bound_port(runner)
+        for door in self.doors:  # after the send application's start-up: the pool and the outbox run
+            await door.start()
         if self.admin_app is not None:
             # Stopped last, in the margin left for the process to exit: an operator's push is short.
             admin_timeout = max((plan.grace - plan.close_end) / 4, 0.01)

@@ -44,10 +44,10 @@ from aiohttp import web
 from pydantic import ValidationError
 from yarl import URL
 
-from .logs import request_id_var
-from .message import OutgoingMessage
+from ..logs import request_id_var
+from ..relay.envelope import OutgoingMessage
+from ..relay.outcomes import RETRY_SHUTTING_DOWN, RETRY_UPSTREAM_DOWN, DeliveryUnknown, Outcome, Reason, RetryLater
 from .problems import problem
-from .relay import RETRY_SHUTTING_DOWN, RETRY_UPSTREAM_DOWN, DeliveryUnknown, Outcome, Reason, RetryLater
 from .relay_wire import RelayAnswer, RelayRequest
 
 FORWARDED_HEADER = "X-Mailgate-Forwarded"

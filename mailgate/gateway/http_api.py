@@ -19,17 +19,21 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..queue import QueueError
+from ..relay.accounts import Account
+from ..relay.core import Relay, rerouted
+from ..relay.envelope import MessageError, OutgoingMessage
+from ..relay.identity import Identity
+from ..relay.outbox import Outbox
+from ..relay.outcomes import Reason, Refused, Sent
+from ..relay.rfc822 import parse_raw_message
+from ..relay.routing import NoRoute, Router
 from ..spec import DeliveryMode
-from .accounts import Account
-from .auth import Authenticator, Identity
+from .auth import Authenticator
+from .compose import SendRequest, compose_message, describe_validation_error
 from .forward import Forwarder
 from .idempotency import MAX_KEY_LENGTH, IdempotencyConflict, IdempotencyStore, StoredResponse, fingerprint
-from .message import MessageError, OutgoingMessage, SendRequest, build_message, describe_validation_error, parse_raw_message
 from .middleware import request_id
-from .outbox import Outbox
-from .problems import outcome_problem, problem
-from .relay import Reason, Refused, Relay, Sent
-from .routing import NoRoute, Router
+from .problems import PROBLEM_TYPES, outcome_problem, problem
 
 ROUTE = "/v1/accounts/{namespace}/{name}/messages"
 ROUTED = "/v1/messages"
@@ -157,16 +161,22 @@ class SendAPI:
             return self._invalid("-", describe_validation_error(exc), rid)
         except MessageError as exc:
             return self._invalid("-", [{"field": exc.field, "message": exc.detail}], rid)
-        decision = self.router.route(sender)
-        if isinstance(decision, NoRoute):
-            return outcome_problem(decision.as_outcome(), rid)
-        admitted = self.relay.admit(identity, decision.account.key)
-        if not isinstance(admitted, Account):
-            return outcome_problem(admitted, rid)
-        too_large = self.relay.check_size(admitted, len(body))
-        if request.content_type == RFC822 and too_large is not None:
-            return outcome_problem(too_large, rid)
-        return await self._respond(request, admitted, body, rid)
+
+        def pick() -> Account | web.Response:
+            decision = self.router.route(sender)
+            if isinstance(decision, NoRoute):
+                return outcome_problem(decision.as_outcome(), rid)
+            admitted = self.relay.admit(identity, decision.account.key)
+            return admitted if isinstance(admitted, Account) else outcome_problem(admitted, rid)
+
+        async def send(account: Account) -> web.Response:
+            too_large = self.relay.check_size(account, len(body))
+            if request.content_type == RFC822 and too_large is not None:
+                return outcome_problem(too_large, rid)
+            return await self._respond(request, account, body, rid)
+
+        # Routed again, like an SMTP message, when the account is removed while the message waits.
+        return await rerouted(pick, send, _unknown_account)
 
     async def _read_body(self, request: web.Request, key: str, max_message_bytes: int, rid: str) -> bytes | web.Response:
         content_type = request.content_type
@@ -279,7 +289,7 @@ class SendAPI:
 
     def _message(self, content_type: str, body: bytes, request: web.Request) -> OutgoingMessage:
         if content_type == JSON:
-            return build_message(SendRequest.model_validate_json(body), hostname=self.hostname)
+            return compose_message(SendRequest.model_validate_json(body), hostname=self.hostname)
         query = request.query
         return parse_raw_message(body, mail_from=query.get("from"), rcpt_to=query.getall("to", []) or None)
 
@@ -288,3 +298,8 @@ class SendAPI:
         first = errors[0] if errors else {"field": "body", "message": "invalid"}
         detail = f"{first['field']}: {first['message']}"
         return problem("invalid-request", detail, request_id=rid, errors=errors)
+
+
+def _unknown_account(response: web.Response) -> bool:
+    """The send found its account gone (the only 404 once the account was admitted)."""
+    return response.status == PROBLEM_TYPES[Reason.UNKNOWN_ACCOUNT.value].status

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from ..ingress.attach import attach_if_enabled
 from ..ingress.options import IngressOptions, from_args
+from ..logs import configure_logging
 from .app import Gateway, GatewayOptions, run_until_signalled
 from .auth import AllowAnyone, Authenticator
-from .logs import configure_logging
 from .queue_args import queue_options
 
 ADMIN_TOKEN_ENV = "MAILGATE_ADMIN_TOKEN"

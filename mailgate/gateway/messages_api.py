@@ -16,12 +16,14 @@ from aiohttp import web
 
 from ..queue import MessageState, QueuedMessage, QueueError
 from ..queue.wire import message_json
-from .auth import Authenticator, Identity
+from ..relay.core import Relay
+from ..relay.identity import Identity
+from ..relay.outbox import Outbox
+from ..relay.outcomes import Reason, Refused
+from .auth import Authenticator
 from .http_api import identify
 from .middleware import request_id
-from .outbox import Outbox
 from .problems import outcome_problem, problem
-from .relay import Reason, Refused, Relay
 
 MESSAGE = "/v1/messages/{id}"
 ACCOUNT_MESSAGES = "/v1/accounts/{namespace}/{name}/messages"

@@ -20,7 +20,7 @@ from prometheus_client.registry import Collector
 
 from ..oauth2.metrics import TokenMetrics
 from ..pool import SMTPPool
-from .accounts import AccountRegistry
+from ..relay.accounts import AccountRegistry
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from .logs import request_id_var
+from ..logs import request_id_var
 from .problems import problem
 
 REQUEST_ID_HEADER = "X-Request-Id"

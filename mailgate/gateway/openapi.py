@@ -26,8 +26,8 @@ from pydantic.json_schema import JsonSchemaMode, models_json_schema
 from ..adminstatus import GatewayStatus
 from ..snapshot import AccountConfig, ConfigSnapshot
 from ..spec import HOST_PATTERN
+from .compose import BARE_ADDRESS_SCHEMA, RAW_MESSAGE_PATTERN, SendRequest
 from .idempotency import MAX_KEY_LENGTH
-from .message import BARE_ADDRESS_SCHEMA, RAW_MESSAGE_PATTERN, SendRequest
 from .problems import PROBLEM_TYPES, TYPE_BASE
 from .relay_wire import RelayAnswer, RelayRequest
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from .relay import DeliveryUnknown, Reason, Refused, RetryLater
+from ..relay.outcomes import DeliveryUnknown, Reason, Refused, RetryLater
 
 TYPE_BASE = "https://mailgate.dev/problems/"
 CONTENT_TYPE = "application/problem+json"

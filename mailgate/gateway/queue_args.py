@@ -8,7 +8,7 @@ import socket
 
 from ..queue import store_for_url
 from ..queue.retry import RetryPolicy
-from .outbox import OutboxOptions
+from ..relay.outbox import OutboxOptions
 
 QUEUE_URL_ENV = "MAILGATE_QUEUE_URL"  # how the chart passes a PostgreSQL DSN from a Secret, out of the pod's args
 

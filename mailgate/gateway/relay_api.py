@@ -19,13 +19,14 @@ import logging
 from aiohttp import web
 from pydantic import ValidationError
 
-from .accounts import Account
-from .auth import Identity
+from ..relay.accounts import Account
+from ..relay.core import Relay
+from ..relay.identity import Identity
+from ..relay.outcomes import Outcome, Reason, Refused, outcome_label
+from .compose import describe_validation_error
 from .http_api import BodyTooLarge, read_limited
-from .message import describe_validation_error
 from .middleware import request_id
 from .problems import problem
-from .relay import Outcome, Reason, Refused, Relay, outcome_label
 from .relay_wire import RelayAnswer, RelayRequest
 
 ROUTE = "/v1/relay/accounts/{namespace}/{name}"
@@ -33,7 +34,7 @@ BASE64_GROWTH = 4 / 3
 ENVELOPE_ROOM = 1024 * 1024  # recipients, originators and JSON around the message's base64
 _PEER = Identity(name="peer-gateway", may_use=lambda account: True)  # a holder of the admin token
 
-log = logging.getLogger("mailgate.gateway.relay")
+log = logging.getLogger("mailgate.gateway.relay_api")
 
 
 class RelayAPI:

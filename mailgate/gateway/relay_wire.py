@@ -21,8 +21,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, RootModel, WithJsonSchema
 from pydantic.alias_generators import to_camel
 
-from .message import OutgoingMessage
-from .relay import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
+from ..relay.envelope import OutgoingMessage
+from ..relay.outcomes import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
 
 _BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 # What a MAIL or RCPT path never holds (the SMTP door refuses these at MAIL and RCPT): C0, DEL and C1 controls.

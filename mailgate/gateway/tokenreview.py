@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from kubernetes_asyncio import client as k8s
 
-from .auth import Identity, bearer_token
+from ..relay.identity import Identity
+from .auth import bearer_token
 
 log = logging.getLogger("mailgate.gateway.tokenreview")
 

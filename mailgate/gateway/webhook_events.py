@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter
 from ..queue import MessageState, QueuedMessage
 from ..queue.webhooks import MESSAGE_DEFERRED, MESSAGE_FAILED, MESSAGE_SENT, WebhookNotifier, WebhookTarget, parse_secret
 from ..queue.wire import message_json
-from .accounts import Account, AccountRegistry
+from ..relay.accounts import Account, AccountRegistry
 
 EVENT_TYPES = {MessageState.SENT: MESSAGE_SENT, MessageState.DEFERRED: MESSAGE_DEFERRED, MessageState.FAILED: MESSAGE_FAILED}
 

@@ -1,8 +1,8 @@
 """Run the SMTP ingress inside a ``gateway.app.Gateway``, in step with its lifecycle.
 
-The send application's ``on_startup`` signal opens the SMTP listeners when
-the gateway starts. For shutdown the ingress is one of the gateway's front
-doors (``Gateway.add_door``): on SIGTERM the gateway closes its listeners with
+The ingress is one of the gateway's front doors (``Gateway.add_door``): the
+gateway opens its listeners once the relay core, the pool and the outbox
+run, after the HTTP listener, and on SIGTERM the gateway closes its listeners with
 the HTTP one, lets SMTP transactions in progress finish alongside HTTP
 requests, answers what still waits on an upstream before any upstream session
 is closed, and then closes the remaining sessions, all within the one
@@ -13,8 +13,6 @@ still hears the upstream's verdict.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-
-from aiohttp import web
 
 from .options import IngressOptions
 
@@ -28,11 +26,6 @@ def attach(gateway: Gateway, options: IngressOptions) -> IngressServer:
     from .server import IngressServer  # aiosmtpd: loaded only by gateways that open an SMTP listener
 
     ingress = IngressServer(options, gateway.registry, gateway.relay, gateway.outbox, gateway.router)
-
-    async def start(app: web.Application) -> None:
-        await ingress.start()
-
-    gateway.app.on_startup.append(start)
     gateway.add_door(ingress)
     return ingress
 

@@ -45,8 +45,8 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from ..fingerprint import KeyedFingerprint
-from ..gateway.accounts import Account
 from ..passwords import DUMMY_HASH, verify_password
+from ..relay.accounts import Account
 
 log = logging.getLogger("mailgate.ingress.clients")
 
@@ -56,7 +56,7 @@ CONCURRENT_CHECKS = 2  # each scrypt check holds 16 MiB; a flood of logins must 
 
 
 class AccountSource(Protocol):
-    """What the directory needs from the registry (``gateway.accounts.AccountRegistry``)."""
+    """What the directory needs from the registry (``relay.accounts.AccountRegistry``)."""
 
     revision: int  # set by every push: accounts change only with it (or with the first push, ``received``)
     received: bool

@@ -19,14 +19,8 @@ import time
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from ..gateway.message import (
-    ORIGINATOR_FIELDS,
-    OutgoingMessage,
-    crlf_text,
-    field_addresses,
-    read_header_section,
-    split_header_section,
-)
+from ..relay.envelope import OutgoingMessage
+from ..relay.rfc822 import ORIGINATOR_FIELDS, crlf_text, field_addresses, read_header_section, split_header_section
 
 _HELO_UNSAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]_]")
 
@@ -65,7 +59,7 @@ def _date_of(second: int) -> str:
     return format_datetime(datetime.fromtimestamp(second, UTC))
 
 
-def build_message(
+def transaction_message(
     *, sender: str, recipients: list[str], data: bytes, received: bytes, smtputf8: bool, fallback_id: str
 ) -> OutgoingMessage:
     """The relay's message for one transaction: the envelope, the originators, the bytes with Received.

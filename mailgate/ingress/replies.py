@@ -29,8 +29,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from ..gateway.relay import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
-from ..gateway.routing import NoRoute
+from ..relay.outcomes import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
+from ..relay.routing import NoRoute
 
 _ENHANCED = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")

@@ -24,10 +24,10 @@ import contextlib
 import functools
 import logging
 
-from ..gateway.accounts import AccountRegistry
-from ..gateway.outbox import Outbox
-from ..gateway.relay import Relay
-from ..gateway.routing import Router
+from ..relay.accounts import AccountRegistry
+from ..relay.core import Relay
+from ..relay.outbox import Outbox
+from ..relay.routing import Router
 from .clients import AccountSource, ClientAuthenticator, ClientDirectory
 from .options import IngressOptions
 from .session import DEFAULT_SIZE, Handler, IngressContext, IngressSMTP

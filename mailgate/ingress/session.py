@@ -47,18 +47,19 @@ from typing import NamedTuple, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session, TLSSetupException, login_always_fail, syntax
 
-from ..gateway.accounts import Account
-from ..gateway.auth import AccountRef, Identity
-from ..gateway.logs import request_id_var
-from ..gateway.message import MessageError, OutgoingMessage
-from ..gateway.outbox import Outbox
-from ..gateway.relay import Reason, Refused, Relay
-from ..gateway.routing import NoRoute, Router
+from ..logs import request_id_var
 from ..queue import QueueError
+from ..relay.accounts import Account
+from ..relay.core import Relay, rerouted
+from ..relay.envelope import MessageError, OutgoingMessage
+from ..relay.identity import AccountRef, Identity
+from ..relay.outbox import Outbox
+from ..relay.outcomes import Outcome, Reason, Refused
+from ..relay.routing import NoRoute, Router
 from ..spec import DeliveryMode
 from . import replies
 from .clients import ClientAuthenticator
-from .envelope import build_message, protocol_name, received_header, transaction_id
+from .envelope import protocol_name, received_header, transaction_id, transaction_message
 from .options import IngressOptions
 
 log = logging.getLogger("mailgate.ingress")
@@ -70,7 +71,6 @@ _LABEL = rf"[A-Za-z0-9{_NON_ASCII}](?:[A-Za-z0-9\-{_NON_ASCII}]*[A-Za-z0-9{_NON_
 _PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_LABEL}(?:\.{_LABEL})*)>")
 
 DEFAULT_SIZE = 26214400  # advertised when no account is configured yet (the spec's default limit)
-REROUTES = 3  # attempts when the chosen account is removed before the message reaches an upstream
 AUTH_ATTEMPTS = 5  # per session; then 421 and the connection closes
 # How long a connection being closed may take to deliver its last reply before it is aborted: a client
 # that does not read would otherwise keep it (its slot, its buffers, a shutdown) forever.
@@ -669,7 +669,7 @@ class Handler:
             message_id=transaction.id,
         )
         try:
-            message = build_message(
+            message = transaction_message(
                 sender=envelope.mail_from,
                 recipients=envelope.rcpt_tos,
                 data=envelope.original_content or b"",
@@ -702,24 +702,28 @@ class Handler:
         return str(answer)
 
     async def _relay(self, server: IngressSMTP, message: OutgoingMessage, transaction_id: str) -> tuple[replies.Reply, str]:
-        """Send through the account routing picks now; route again if that account is removed before sending.
+        """Send (or queue) through the account routing picks now, routed again if it is removed first (``rerouted``)."""
+        chosen = "-"
 
-        An account removed while the message waited for a pooled connection
-        (a reload) is not a failure of the message: nothing reached an
-        upstream, so it is routed again under the new configuration.
-        """
-        attempts = 0
-        while True:
-            attempts += 1
-            account = self._account_for(server, message.sender)
-            if isinstance(account, replies.Reply):
-                return account, "-"
+        def pick() -> Account | replies.Reply:
+            nonlocal chosen
+            chosen = "-"
+            return self._account_for(server, message.sender)
+
+        async def send(account: Account) -> Outcome | replies.Reply:
+            nonlocal chosen
+            chosen = account.key
             if account.config.spec.delivery.mode is DeliveryMode.queue:
-                return await self._enqueue(account, message, transaction_id), account.key
-            outcome = await self.context.relay.deliver(account, message)
-            removed = isinstance(outcome, Refused) and outcome.reason is Reason.UNKNOWN_ACCOUNT
-            if not removed or attempts == REROUTES:
-                return replies.for_outcome(outcome, transaction_id), account.key
+                return await self._enqueue(account, message, transaction_id)
+            return await self.context.relay.deliver(account, message)
+
+        def removed(result: Outcome | replies.Reply) -> bool:
+            return isinstance(result, Refused) and result.reason is Reason.UNKNOWN_ACCOUNT
+
+        result = await rerouted(pick, send, removed)
+        if isinstance(result, replies.Reply):
+            return result, chosen
+        return replies.for_outcome(result, transaction_id), chosen
 
     async def _enqueue(self, account: Account, message: OutgoingMessage, transaction_id: str) -> replies.Reply:
         """250 only once the message is stored durably; what can be refused now is refused now, as a send would be."""

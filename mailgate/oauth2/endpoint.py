@@ -16,14 +16,15 @@ import math
 import time
 import unicodedata
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote_plus, unquote_plus, urlsplit, urlunsplit
-
-import aiohttp
 
 from mailgate.pool.settings import shared_tls_context
 
 from .grants import Grant, TokenRequest, token_request
+
+if TYPE_CHECKING:  # the HTTP client is loaded with the first token request: the relay core imports this module
+    import aiohttp
 
 DEFAULT_LIFETIME = 3600.0  # RFC 6749 §5.1 leaves expires_in optional; an hour is what providers issue
 _MAX_BODY = 256 * 1024  # token responses are a few KB; more is not a token endpoint
@@ -93,17 +94,21 @@ class TokenEndpoint:
 
     def __init__(self, *, ca_pem: str | None = None, timeout: float = 30.0) -> None:
         self._ca_pem = ca_pem
-        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._timeout = timeout
         self._session: aiohttp.ClientSession | None = None
 
     def _client(self) -> aiohttp.ClientSession:
+        import aiohttp
+
         if self._session is None:
             connector = aiohttp.TCPConnector(ssl=shared_tls_context(self._ca_pem))
-            self._session = aiohttp.ClientSession(connector=connector, timeout=self._timeout)
+            self._session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=self._timeout))
         return self._session
 
     async def fetch(self, grant: Grant) -> AccessToken:
         """One token request; ``TokenError`` for anything but an RFC 6749 §5.1 bearer token. ``GrantError`` for bad keys."""
+        import aiohttp
+
         started = time.time()  # the lifetime counts from the request, so the token is never thought valid too long
         request = token_request(grant, started)
         url = public_url(request.url)
@@ -113,7 +118,7 @@ class TokenEndpoint:
                 status = response.status
                 body = await _read_capped(response)
         except TimeoutError:
-            raise TokenError("timeout", f"no answer within {self._timeout.total:g}s", url=url, retryable=True) from None
+            raise TokenError("timeout", f"no answer within {self._timeout:g}s", url=url, retryable=True) from None
         except aiohttp.ClientConnectorCertificateError as error:
             description = f"TLS certificate verification failed: {getattr(error.certificate_error, 'verify_message', '')}"
             raise TokenError("unreachable", _clean(description.rstrip(": "), []), url=url, retryable=True) from None

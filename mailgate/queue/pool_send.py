@@ -1,7 +1,7 @@
 """``send`` for the delivery loop over ``SMTPPool``: the pool's results and exceptions as ``SendOutcome``.
 
 The same pool, connection shares and sessions as synchronous sends; only the reading of the
-result differs from ``gateway/relay.py``'s ``classify_error``: the queue needs each recipient's
+result differs from ``relay/outcomes.py``'s ``classify_error``: the queue needs each recipient's
 reply (an "every recipient refused" error is a per-recipient verdict here, not one refusal),
 and "try later" is the loop's decision, not the caller's.
 """

@@ -22,7 +22,8 @@ Delivery follows the specification's operational advice:
 the receiver answers                            what happens
 ==============================================  ============================================================
 2xx                                             delivered
-408, 429, 5xx, timeout, network error           retried after ``schedule[n]`` (equal jitter), same id,
+408, 429, 5xx, timeout, network error           retried after ``schedule[n]`` (equal jitter), or later if
+                                                the answer's Retry-After says so (up to an hour); same id,
                                                 newly signed with a fresh timestamp; after the last step:
                                                 failed (``retries_exhausted``)
 410 Gone                                        failed; the account's target is disabled until
@@ -53,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import email.utils
 import json
 import logging
 import random
@@ -79,6 +81,31 @@ MESSAGE_FAILED = "message.failed"
 # The specification's example schedule after the immediate first attempt: 5 s, 5 min, 30 min,
 # 2 h, 5 h, 10 h, 14 h, 20 h, 24 h (about three days in all).
 DEFAULT_SCHEDULE: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 50400.0, 72000.0, 86400.0)
+
+
+MAX_RETRY_AFTER = 3600.0  # a receiver's Retry-After is honoured up to an hour
+
+
+def retry_after_seconds(value: str | None, *, now: float) -> float | None:
+    """A Retry-After header (RFC 9110 §10.2.3: delta-seconds or an HTTP-date) as seconds from ``now``.
+
+    ``None`` when absent, unreadable or already past: the retry schedule decides
+    then. Capped at ``MAX_RETRY_AFTER`` so a receiver cannot park events for days.
+    """
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - now
+    return min(seconds, MAX_RETRY_AFTER) if seconds > 0 else None
 
 
 def _usable_url(url: str) -> bool:
@@ -339,6 +366,7 @@ class WebhookNotifier:
         try:
             async with self._session.post(target.url, data=event.body, headers=headers, allow_redirects=False) as response:
                 status = response.status
+                retry_after = retry_after_seconds(response.headers.get("Retry-After"), now=time.time())
         except (aiohttp.ClientError, OSError) as exc:  # OSError includes TimeoutError: aiohttp's total timeout
             self._retry_later(event, target, type(exc).__name__)
             return
@@ -349,7 +377,7 @@ class WebhookNotifier:
             self._finish(event)
             self._observer.delivered(event.account, event.event_type)
         elif status in (408, 429) or status >= 500:
-            self._retry_later(event, target, f"HTTP {status}")
+            self._retry_later(event, target, f"HTTP {status}", not_before=retry_after)
         else:
             if status == 410:
                 self._gone[event.account] = target
@@ -369,7 +397,7 @@ class WebhookNotifier:
                 )
             self._fail(event, f"http_{status}")
 
-    def _retry_later(self, event: _Event, target: WebhookTarget, why: str) -> None:
+    def _retry_later(self, event: _Event, target: WebhookTarget, why: str, *, not_before: float | None = None) -> None:
         event.failures += 1
         if self._closed:
             self._drop(event, "shutdown")
@@ -388,6 +416,8 @@ class WebhookNotifier:
             return
         step = self._schedule[event.failures - 1]
         delay = random.uniform(step / 2, step)  # equal jitter, as for messages (retry.py)
+        if not_before is not None:  # the receiver's Retry-After; the attempt still counts against the schedule
+            delay = max(delay, not_before)
         log.info(
             "webhook %s for account %s to %s failed (%s), retry in %.1f s", event.msg_id, event.account, target.host, why, delay
         )

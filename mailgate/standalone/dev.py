@@ -24,8 +24,8 @@ import tempfile
 from ..devserver import CaptureServer, dev_routes
 from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone
-from ..gateway.logs import configure_logging
-from ..gateway.outbox import OutboxOptions
+from ..logs import configure_logging
+from ..relay.outbox import OutboxOptions
 from ..snapshot import AccountConfig, ConfigSnapshot
 
 log = logging.getLogger("mailgate.dev")

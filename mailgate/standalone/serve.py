@@ -20,15 +20,15 @@ import asyncio
 import logging
 import sys
 
-from ..gateway.accounts import InvalidAccount
 from ..gateway.apikeys import ApiKeys, KeyRing
 from ..gateway.app import Gateway, GatewayOptions, run_until_signalled
 from ..gateway.auth import AllowAnyone, Authenticator
-from ..gateway.logs import configure_logging
 from ..gateway.queue_args import queue_options
 from ..gcpause import collection_paused, reloading
 from ..ingress.attach import attach_if_enabled
 from ..ingress.options import from_args
+from ..logs import configure_logging
+from ..relay.accounts import InvalidAccount
 from .loader import ConfigError
 from .watcher import ConfigFiles, watch
 

@@ -17,9 +17,9 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
-from ..gateway.accounts import InvalidAccount
 from ..gateway.apikeys import KeyRing, load_keys
 from ..password_cache import PasswordHashes
+from ..relay.accounts import InvalidAccount
 from ..snapshot import ConfigSnapshot
 from .loader import ConfigError, load_snapshot
 

@@ -14,7 +14,8 @@ import pytest
 from aiohttp import web
 
 from mailgate.gateway.app import Gateway, GatewayOptions
-from mailgate.gateway.auth import AllowAnyone, Authenticator, Identity, bearer_token
+from mailgate.gateway.auth import AllowAnyone, Authenticator, bearer_token
+from mailgate.relay.identity import Identity
 from tests.smtp_servers import Upstream
 
 ADMIN_TOKEN = "admin-token-for-tests"

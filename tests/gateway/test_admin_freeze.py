@@ -18,10 +18,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.admin_api import AdminAPI, bearer_middleware
 from mailgate.gateway.middleware import request_context
 from mailgate.pool import SMTPPool
+from mailgate.relay.accounts import AccountRegistry
 from tests.gateway.conftest import ADMIN_TOKEN, account
 
 pytestmark = pytest.mark.timeout(60)

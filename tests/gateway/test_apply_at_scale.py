@@ -13,9 +13,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.gateway.accounts import AccountRegistry
-from mailgate.gateway.senders import SenderIndex, SenderMatcher
 from mailgate.pool import SMTPPool
+from mailgate.relay.accounts import AccountRegistry
+from mailgate.relay.senders import SenderIndex, SenderMatcher
 from mailgate.snapshot import AccountConfig
 from tests.gateway.conftest import GatewayHandle, account
 from tests.smtp_servers import TestCA, Upstream

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.gateway.accounts import AccountRegistry, InvalidAccount, RevisionConflict
-from mailgate.gateway.ratelimit import TokenBucket
-from mailgate.gateway.senders import SenderIndex, SenderMatcher
 from mailgate.pool import SMTPPool
+from mailgate.relay.accounts import AccountRegistry, InvalidAccount, RevisionConflict
+from mailgate.relay.ratelimit import TokenBucket
+from mailgate.relay.senders import SenderIndex, SenderMatcher
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 from tests.gateway.conftest import account
 

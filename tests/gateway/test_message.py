@@ -23,14 +23,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mailgate.gateway.message import (
-    MessageError,
-    OutgoingMessage,
-    SendRequest,
-    build_message,
-    describe_validation_error,
-    parse_raw_message,
-)
+from mailgate.gateway.compose import SendRequest, compose_message, describe_validation_error
+from mailgate.relay.envelope import MessageError, OutgoingMessage
+from mailgate.relay.rfc822 import parse_raw_message
 
 HOST = "gw.test.example"
 
@@ -44,7 +39,7 @@ def request(**fields: Any) -> SendRequest:
 
 
 def build(**fields: Any) -> OutgoingMessage:
-    return build_message(request(**fields), hostname=HOST)
+    return compose_message(request(**fields), hostname=HOST)
 
 
 def parse(data: bytes, *, utf8: bool = False) -> EmailMessage:

@@ -14,10 +14,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from mailgate.gateway.message import DATE_PATTERN, SendRequest
+from mailgate.gateway.compose import DATE_PATTERN, SendRequest
 from mailgate.gateway.openapi import Problem, SendResponse, openapi_json
 from mailgate.gateway.problems import PROBLEM_TYPES
-from mailgate.gateway.relay import Reason
+from mailgate.relay.outcomes import Reason
 from mailgate.snapshot import AccountConfig
 from tests.gateway.conftest import GatewayHandle, account
 from tests.smtp_servers import Upstream

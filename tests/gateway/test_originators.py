@@ -15,8 +15,9 @@ from aiosmtplib.protocol import normalize_message_line_endings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailgate.gateway.message import MessageError, crlf_text, parse_raw_message
-from mailgate.ingress.envelope import build_message as build_smtp_message
+from mailgate.ingress.envelope import transaction_message as build_smtp_message
+from mailgate.relay.envelope import MessageError
+from mailgate.relay.rfc822 import crlf_text, parse_raw_message
 from tests.gateway.conftest import GatewayHandle, account, message
 from tests.gateway.test_send_api import assert_problem
 from tests.hostile_headers import canonical, header_section, originators_python_finds

@@ -20,8 +20,8 @@ import pytest
 import standardwebhooks
 from aiohttp import web
 
-from mailgate.gateway.outbox import OutboxOptions
 from mailgate.queue.retry import RetryPolicy
+from mailgate.relay.outbox import OutboxOptions
 from tests.gateway.conftest import SENDER, GatewayFactory, GatewayHandle, ServiceAccountTokens, account, message
 from tests.smtp_servers import Upstream
 

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from bench.fuzz import run_schemathesis
-from mailgate.gateway.relay import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
 from mailgate.gateway.relay_wire import RelayAnswer
+from mailgate.relay.outcomes import DeliveryUnknown, Outcome, Reason, Refused, RetryLater, Sent
 from tests.gateway.conftest import ADMIN_TOKEN, GatewayFactory, GatewayHandle, account
 from tests.smtp_servers import Upstream
 

@@ -65,7 +65,7 @@ class GatewayProcess:
             record = json.loads(line)
             if found := SMTP_LISTENING.search(record["message"]):
                 self.smtp_port = int(found.group(1))
-            if "gateway listening" in record["message"]:  # after the ingress's own line (aiohttp's on_startup)
+            if "gateway listening" in record["message"]:  # after the doors started (the ingress logs its own line first)
                 self.port, self.admin_port = int(record["port"]), int(record["adminPort"])
                 self._listening.set()
 

@@ -20,11 +20,11 @@ from aiosmtpd.smtp import SMTP, Envelope
 
 from mailgate.gateway.app import Gateway, GatewayOptions
 from mailgate.gateway.auth import AllowAnyone
-from mailgate.gateway.outbox import OutboxOptions
 from mailgate.ingress.attach import attach
 from mailgate.ingress.options import IngressOptions, parse_networks
 from mailgate.ingress.server import IngressServer
 from mailgate.passwords import hash_password
+from mailgate.relay.outbox import OutboxOptions
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 from tests.smtp_servers import TestCA, Upstream
 

@@ -12,13 +12,31 @@ import asyncio
 import sys
 from pathlib import Path
 
-from aiohttp import web
-
 from mailgate.gateway.app import Gateway, GatewayOptions, run_until_signalled
 from mailgate.gateway.auth import AllowAnyone
 from mailgate.ingress.attach import attach
 from mailgate.ingress.options import IngressOptions, parse_networks
+from mailgate.ingress.server import IngressServer
 from mailgate.snapshot import ConfigSnapshot
+
+
+class Announcer:
+    """A door that opens nothing: it tells the test the SMTP port once the gateway started its doors."""
+
+    def __init__(self, ingress: IngressServer) -> None:
+        self.ingress = ingress
+
+    async def start(self) -> None:
+        print(f"READY {self.ingress.ports['smtp']}", flush=True)
+
+    def stop_accepting(self) -> None:
+        return None
+
+    async def drain(self, deadline: float) -> bool:
+        return True
+
+    async def close(self, deadline: float) -> None:
+        return None
 
 
 async def main(snapshot: ConfigSnapshot, cert: str, key: str) -> None:
@@ -26,15 +44,16 @@ async def main(snapshot: ConfigSnapshot, cert: str, key: str) -> None:
         AllowAnyone(), GatewayOptions(host="127.0.0.1", port=0, admin_port=None, upstream_timeout=5.0, shutdown_grace=10.0)
     )
     options = IngressOptions(
-        port=0, host="127.0.0.1", tls_cert=cert, tls_key=key, hostname="gw.test.example",
-        trusted_networks=parse_networks("127.0.0.0/8"), shutdown_grace=10.0,
+        port=0,
+        host="127.0.0.1",
+        tls_cert=cert,
+        tls_key=key,
+        hostname="gw.test.example",
+        trusted_networks=parse_networks("127.0.0.0/8"),
+        shutdown_grace=10.0,
     )
     ingress = attach(gateway, options)
-
-    async def announce(app: web.Application) -> None:  # runs after the ingress's own startup hook
-        print(f"READY {ingress.ports['smtp']}", flush=True)
-
-    gateway.app.on_startup.append(announce)
+    gateway.add_door(Announcer(ingress))  # doors start in order: after the ingress's listeners are open
     await gateway.apply_snapshot(snapshot)
     await run_until_signalled(gateway)
 

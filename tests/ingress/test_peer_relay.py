@@ -19,9 +19,9 @@ from aiohttp import web
 
 from mailgate.gateway.app import Gateway, GatewayOptions
 from mailgate.gateway.auth import AllowAnyone
-from mailgate.gateway.outbox import OutboxOptions
 from mailgate.ingress.attach import attach
 from mailgate.ingress.options import IngressOptions
+from mailgate.relay.outbox import OutboxOptions
 from mailgate.snapshot import AccountConfig, AccountShare
 from tests.ingress.conftest import HOST, IngressGateway, TLSFiles, account, in_thread, transaction
 from tests.smtp_servers import TestCA, Upstream, _free_port

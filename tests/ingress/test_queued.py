@@ -6,9 +6,9 @@ import asyncio
 import re
 from pathlib import Path
 
-from mailgate.gateway.outbox import OutboxOptions
 from mailgate.queue import MessageState
 from mailgate.queue.retry import RetryPolicy
+from mailgate.relay.outbox import OutboxOptions
 from tests.ingress.conftest import IngressFactory, account, in_thread, transaction
 from tests.smtp_servers import Upstream
 

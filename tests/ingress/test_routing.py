@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from mailgate.gateway.accounts import AccountRegistry
-from mailgate.gateway.relay import Reason
-from mailgate.gateway.routing import NoRoute, Route, Router, Via, Why
 from mailgate.pool import SMTPPool
+from mailgate.relay.accounts import AccountRegistry
+from mailgate.relay.outcomes import Reason
+from mailgate.relay.routing import NoRoute, Route, Router, Via, Why
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 
 
@@ -97,7 +97,7 @@ async def test_duplicate_claims_are_refused_and_reported_never_a_coin_toss(
         )
     )
     router = Router(registry)
-    with caplog.at_level(logging.WARNING, logger="mailgate.gateway.routing"):
+    with caplog.at_level(logging.WARNING, logger="mailgate.relay.routing"):
         for _ in range(3):
             decision = router.route("billing@shop.example")
             assert isinstance(decision, NoRoute) and decision.why is Why.CONFLICT

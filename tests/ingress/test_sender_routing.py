@@ -92,7 +92,7 @@ async def test_duplicate_exact_claim_is_refused_logged_and_shown_in_admin_status
         account(first, "billing", senders=["billing@shop.example"]),
         account(second, "invoices", senders=["billing@shop.example", "*@invoices.example"]),
     )
-    with caplog.at_level(logging.WARNING, logger="mailgate.gateway.routing"):
+    with caplog.at_level(logging.WARNING, logger="mailgate.relay.routing"):
         replies = await in_thread(send_unauthenticated, gw, "billing@shop.example")
     assert replies[0][0] == 451 and replies[0][1].startswith("4.3.5 sender billing@shop.example is claimed by several accounts")
     assert "apps/billing, apps/invoices" in replies[0][1]

@@ -10,12 +10,12 @@ from email.utils import getaddresses
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from mailgate.gateway.message import field_addresses
-from mailgate.gateway.relay import Reason, Refused, RetryLater, Sent
-from mailgate.ingress.envelope import build_message, protocol_name, received_header
+from mailgate.ingress.envelope import protocol_name, received_header, transaction_message
 from mailgate.ingress.options import IngressOptions, add_arguments, from_args
 from mailgate.ingress.replies import for_outcome
 from mailgate.ingress.session import IngressSMTP
+from mailgate.relay.outcomes import Reason, Refused, RetryLater, Sent
+from mailgate.relay.rfc822 import field_addresses
 
 
 def parse(*argv: str) -> IngressOptions:
@@ -112,13 +112,13 @@ def test_header_from_and_message_id_are_read_from_the_header_section_only() -> N
         b"\r\n"
         b"From: not-a-header@evil.example\r\n"
     )
-    message = build_message(
+    message = transaction_message(
         sender="s@shop.example", recipients=["r@x"], data=data, received=b"R: x\r\n", smtputf8=False, fallback_id="f"
     )
     assert message.header_from == ["shop@shop.example", "other@shop.example"]
     assert message.message_id == "<abc@shop.example>"
     assert message.data == b"R: x\r\n" + data
-    bare = build_message(
+    bare = transaction_message(
         sender="s@x", recipients=["r@x"], data=b"Subject: y\r\n\r\nz\r\n", received=b"", smtputf8=False, fallback_id="f"
     )
     assert (bare.header_from, bare.message_id) == ([], "<f>")

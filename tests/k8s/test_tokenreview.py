@@ -13,8 +13,8 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from mailgate.gateway.auth import AccountRef
 from mailgate.gateway.tokenreview import TokenReviewAuthenticator, kubernetes_api_client
+from mailgate.relay.identity import AccountRef
 from mailgate.spec import AccessSpec
 from tests.k8s.cluster import ControlPlane
 

@@ -29,12 +29,14 @@ from hypothesis import strategies as st
 from standardwebhooks import Webhook
 
 from mailgate.queue.webhooks import (
+    MAX_RETRY_AFTER,
     MESSAGE_DEFERRED,
     MESSAGE_FAILED,
     MESSAGE_SENT,
     WebhookNotifier,
     WebhookTarget,
     parse_secret,
+    retry_after_seconds,
     sign,
 )
 
@@ -56,6 +58,7 @@ class Received:
     path: str
     headers: dict[str, str]  # lower-case names
     body: bytes
+    at: float = field(default_factory=time.monotonic)  # when it arrived
 
     @property
     def id(self) -> str:
@@ -71,7 +74,7 @@ class Receiver:
 
     def __init__(self, port: int = 0) -> None:
         self.port = port
-        self.script: list[int | str] = []
+        self.script: list[int | str | tuple[int, dict[str, str]]] = []  # a status, "hang", or a status with headers
         self.default: int | str = 200
         self.requests: list[Received] = []
         self._release = asyncio.Event()
@@ -107,6 +110,8 @@ class Receiver:
         if action == "hang":
             await self._release.wait()
             return web.Response(status=self._release_status)
+        if isinstance(action, tuple):
+            return web.Response(status=action[0], headers=action[1])
         assert isinstance(action, int)
         return web.Response(status=action, headers={"Location": "/elsewhere"} if 300 <= action < 400 else {})
 
@@ -364,6 +369,39 @@ async def test_other_statuses_are_not_retried(status: int, receiver: Receiver, r
     # The verdict is taken when the answer comes: a retry would have been counted instead.
     assert recorder.calls == [("failed", ACCOUNT, MESSAGE_FAILED, f"http_{status}")]
     assert [r.path for r in receiver.requests] == ["/hook"]  # a redirect is not followed
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_a_receivers_retry_after_is_honoured(status: int, receiver: Receiver, recorder: Recorder, notifiers) -> None:
+    """A receiver that says when to come back (RFC 9110 Retry-After) is not asked again before then."""
+    receiver.script = [(status, {"Retry-After": "1"})]
+    notifier = notifiers({ACCOUNT: WebhookTarget(receiver.url(), KEY)})
+    notifier.notify(ACCOUNT, MESSAGE_SENT, {"id": "0001"})
+
+    await until(lambda: recorder.count("delivered") == 1, timeout=10)
+    first, second = receiver.requests
+    assert second.at - first.at >= 0.95  # the schedule alone would retry after 10 ms
+
+
+@pytest.mark.parametrize("value", ["soon", "-5", "", "Wed, 21 Oct 2015 07:28:00 GMT"])
+async def test_an_unusable_or_past_retry_after_falls_back_to_the_schedule(
+    value: str, receiver: Receiver, recorder: Recorder, notifiers
+) -> None:
+    receiver.script = [(503, {"Retry-After": value})]
+    notifier = notifiers({ACCOUNT: WebhookTarget(receiver.url(), KEY)})
+    notifier.notify(ACCOUNT, MESSAGE_SENT, {"id": "0001"})
+
+    await until(lambda: recorder.count("delivered") == 1, timeout=0.9)  # before a one-second Retry-After
+    assert recorder.count("retried") == 1
+
+
+def test_retry_after_reads_seconds_and_http_dates_and_is_capped() -> None:
+    now = datetime.datetime(2026, 12, 3, 8, 0, 0, tzinfo=datetime.UTC).timestamp()
+    assert retry_after_seconds("120", now=now) == 120
+    assert retry_after_seconds("Thu, 03 Dec 2026 08:01:30 GMT", now=now) == 90
+    assert retry_after_seconds(str(10**9), now=now) == MAX_RETRY_AFTER
+    assert retry_after_seconds("1.5", now=now) is None  # delta-seconds are whole
+    assert retry_after_seconds(None, now=now) is None
 
 
 async def test_retries_end_when_the_schedule_does(receiver: Receiver, recorder: Recorder, notifiers) -> None:

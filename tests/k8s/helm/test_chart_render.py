@@ -13,11 +13,11 @@ import pytest
 import yaml
 
 from mailgate.cli import build_parser
-from mailgate.gateway.accounts import AccountRegistry
 from mailgate.gateway.metrics import GatewayMetrics
 from mailgate.gateway.queue_args import QUEUE_URL_ENV, queue_options
 from mailgate.ingress.options import from_args, parse_networks
 from mailgate.pool import SMTPPool
+from mailgate.relay.accounts import AccountRegistry
 from tests.k8s.cluster import ControlPlane
 from tests.k8s.helm.helm import CHART, REPO_ROOT, Helm, HelmError
 

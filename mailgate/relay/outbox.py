@@ -30,9 +30,9 @@ from ..queue.delivery import DeliveryObserver, DeliveryWorker, SendError, SendOu
 from ..queue.pool_send import pool_send
 from ..queue.retry import RetryPolicy
 from .accounts import Account, AccountRegistry
-from .message import OutgoingMessage
+from .envelope import OutgoingMessage
 
-log = logging.getLogger("mailgate.gateway.outbox")
+log = logging.getLogger("mailgate.relay.outbox")
 
 FINAL = (MessageState.SENT, MessageState.FAILED)
 

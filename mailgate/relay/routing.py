@@ -31,9 +31,9 @@ from enum import Enum
 from typing import Protocol
 
 from .accounts import Account
-from .relay import RETRY_ROUTING_CONFLICT, Reason, Refused, RetryLater
+from .outcomes import RETRY_ROUTING_CONFLICT, Reason, Refused, RetryLater
 
-log = logging.getLogger("mailgate.gateway.routing")
+log = logging.getLogger("mailgate.relay.routing")
 
 
 class Via(str, Enum):
@@ -93,7 +93,7 @@ class NoRoute:
 
 
 class Accounts(Protocol):
-    """What routing needs from the registry (``gateway.accounts.AccountRegistry``)."""
+    """What routing needs from the registry (``relay.accounts.AccountRegistry``)."""
 
     def get(self, key: str) -> Account | None: ...
 

@@ -1,4 +1,7 @@
-"""Turn a send request (JSON fields or a raw RFC 5322 body) into an envelope and the bytes for DATA.
+"""Compose a message from the send API's JSON fields: the envelope and the bytes for DATA.
+
+A raw RFC 5322 body is not composed but read (``relay/rfc822.py``); both give
+the relay core's ``OutgoingMessage`` (``relay/envelope.py``).
 
 Why bytes are formatted by hand: building each message through the standard
 library's ``EmailMessage`` object model and its generator held a gateway
@@ -28,7 +31,7 @@ Choices a reader should know:
   every address in them. The JSON body sets From only (Sender and every
   Resent-* field are refused in ``headers``); a raw message and the SMTP
   ingress go through ``read_header_section``, which reads a client's header
-  section the way the upstream will, or refuses it (see there).
+  section the way the upstream will, or refuses it (``relay/rfc822.py``).
 - Text bodies get CRLF line endings and a final line break. Transfer encoding:
   7bit when ASCII with lines of at most 78 characters, quoted-printable when
   mostly ASCII, base64 otherwise. Attachments are always base64 (76-character
@@ -50,23 +53,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import os
 import re
-import time
-import unicodedata
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from email.errors import NonASCIILocalPartDefect, ObsoleteHeaderDefect
-from email.headerregistry import AddressHeader, BaseHeader
-from email.policy import default as default_policy
-from email.utils import format_datetime, getaddresses
 from functools import lru_cache
 from typing import Annotated, Any
 from urllib.parse import quote
 
-import idna
-from aiosmtplib.protocol import normalize_message_line_endings
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -81,65 +74,61 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from ..relay.envelope import (
+    ATEXT,
+    LABEL_RE,
+    OutgoingMessage,
+    check_header_text,
+    check_unicode,
+    normalise_address,
+    unique_addresses,
+)
+from ..relay.rfc822 import ORIGINATOR_FIELDS, DateCache
 from ..validation import field_error, field_problems
 
-__all__ = [
-    "Attachment",
-    "Mailbox",
-    "MessageError",
-    "OutgoingMessage",
-    "SendRequest",
-    "build_message",
-    "crlf_text",
-    "describe_validation_error",
-    "field_addresses",
-    "normalise_address",
-    "parse_raw_message",
-    "read_header_section",
-    "split_header_section",
-]
+__all__ = ["Attachment", "Mailbox", "SendRequest", "compose_message", "describe_validation_error"]
+
 
 MAX_LINE = 78  # RFC 5322 "SHOULD" limit for header and 7bit body lines (the hard limit is 998)
+
+
 MAX_NAME = 256  # display names; also bounds the memory of the formatted-mailbox cache
+
+
 # Headers the request sets through its own fields, or the gateway sets itself; any Content-* too.
 RESERVED_HEADERS = frozenset(
     {"from", "sender", "to", "cc", "bcc", "reply-to", "subject", "mime-version", "return-path", "received"}
 )
 
-_ATEXT = r"A-Za-z0-9!#$%&'*+/=?^_`{|}~\-"
-_LOCAL_RE = re.compile(rf"[{_ATEXT}\u0080-\U0010ffff]+(?:\.[{_ATEXT}\u0080-\U0010ffff]+)*\Z")
-_ATOM_RE = re.compile(rf"[{_ATEXT}]+\Z")
-_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+_ATOM_RE = re.compile(rf"[{ATEXT}]+\Z")
+
+
 _FIELD_NAME_RE = re.compile(r"[\x21-\x39\x3b-\x7e]{1,76}\Z")
-# A field's first line: a name, optional WSP (RFC 5322 obs-optional, which the upstream may honour), a colon.
-_RAW_FIELD_RE = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
-# In a CRLF-normalised header section CR and LF only end lines and TAB is folding white space; the rest of C0
-# and DEL make readers disagree (NUL ends a C string, some drop or keep what follows), so they are refused.
-_RAW_HEADER_CTL_RE = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-# In a decoded address field: C1 controls, Unicode line separators, undecodable bytes (surrogate escapes).
-_C1_OR_SEPARATOR_RE = re.compile(r"[\x80-\x9f\u2028\u2029\ud800-\udfff]")
-# ``Name <local@domain>`` or ``local@domain`` with plain ASCII atoms: read without the email package (see
-# ``field_addresses``). No ``=`` or ``?`` (encoded-word lookalikes), no dots in the name, no quotes or comments.
-_FAST_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~\-]+"
-_FAST_ADDR = rf"{_FAST_ATOM}(?:\.{_FAST_ATOM})*@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)*"
-_FAST_MAILBOX_RE = re.compile(rf"[ \t]*(?:[A-Za-z0-9 '_+\-]*<({_FAST_ADDR})>|({_FAST_ADDR}))[ \t]*")
-ORIGINATOR_FIELDS = ("from", "sender", "resent-from", "resent-sender")
-_HEADER_CTL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
 _7BIT_TEXT = bytes(range(0x20, 0x7F)) + b"\t\r\n"  # what a 7bit text body may hold
+
+
 _QUOTABLE_RE = re.compile(r"[\x20\x21\x23-\x5b\x5d-\x7e]*\Z")  # printable ASCII without " and \
+
+
 _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
+
+
 _QUOTED = r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e]|\\[\x20-\x7e])*"'
+
+
 _MEDIA_TYPE_RE = re.compile(rf"{_TOKEN}/{_TOKEN}(?:[ \t]*;[ \t]*{_TOKEN}=(?:{_TOKEN}|{_QUOTED}))*\Z")
-_CONTENT_ID_RE = re.compile(rf"[{_ATEXT}.@]{{1,250}}\Z")
-_MSGID_RE = re.compile(rf"<[{_ATEXT}.]+@[{_ATEXT}.\[\]:]+>\Z")
-_BAD_LOCAL_CATEGORIES = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
+
+
+_CONTENT_ID_RE = re.compile(rf"[{ATEXT}.@]{{1,250}}\Z")
+
+
+_MSGID_RE = re.compile(rf"<[{ATEXT}.]+@[{ATEXT}.\[\]:]+>\Z")
+
+
 _BASE64_WHITESPACE = str.maketrans("", "", " \t\r\n")  # line breaks and blanks some encoders put in; nothing else
-
-
-# --------------------------------------------------------------------------- patterns the JSON schema states
-# JSON Schema patterns (ECMA-262) that Python reads the same way: anchored with ^...$, no \s, \w or \d, no
-# inline flags (case-insensitive words are spelled [Aa] class by class). Where the server checks with one of
-# them, schema and server cannot disagree; the others are proven equal to the server's checks in the tests.
 
 
 def _anycase(word: str) -> str:
@@ -147,13 +136,23 @@ def _anycase(word: str) -> str:
 
 
 _RESERVED_PREFIXES = ("content-", "resent-")
-NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # header text: what _check_header_text allows
+
+
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # header text: what check_header_text allows
+
+
 HEADER_NAME_PATTERN = (
     "^(?!(?:" + "|".join(map(_anycase, sorted(RESERVED_HEADERS))) + ")$|" + "|".join(map(_anycase, _RESERVED_PREFIXES))
     + r")[\x21-\x39\x3b-\x7e]{1,76}$"
 )  # fmt: skip
+
+
 MESSAGE_ID_NAME_PATTERN = f"^{_anycase('message-id')}$"
+
+
 MESSAGE_ID_PATTERN = f"^{_MSGID_RE.pattern[:-2]}$"
+
+
 DATE_NAME_PATTERN = f"^{_anycase('date')}$"
 
 
@@ -175,6 +174,8 @@ def _date_pattern() -> str:
 
 
 DATE_PATTERN = _date_pattern()
+
+
 _DATE_RE = re.compile(DATE_PATTERN)
 
 
@@ -195,49 +196,75 @@ def _ipv6_pattern(ipv4: str) -> str:
 
 
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+
+
 _IPV4 = rf"{_OCTET}(?:\.{_OCTET}){{3}}"
-_LABEL = _LABEL_RE.pattern[:-2]
+
+
+_LABEL = LABEL_RE.pattern[:-2]
+
+
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*|\[(?:{_IPV4}|{_anycase('ipv6')}:(?:{_ipv6_pattern(_IPV4)}))\])"
+
+
 # An ASCII address as normalise_address reads it: at most 64 characters before the @, 254 in all.
-_ADDR = rf"(?![^@]{{65}})(?![^>]{{255}})[{_ATEXT}]+(?:\.[{_ATEXT}]+)*@{_DOMAIN}"
+_ADDR = rf"(?![^@]{{65}})(?![^>]{{255}})[{ATEXT}]+(?:\.[{ATEXT}]+)*@{_DOMAIN}"
+
+
 NAME_ADDRESS_PATTERN = rf"^[^\x00-\x1f\x7f]{{0,{MAX_NAME}}}<{_ADDR}>$"
+
+
 # A filename str.strip() leaves something of: one character that is neither a control nor white space.
 _KEPT_BY_STRIP = r"[^\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"  # str.isspace() is False
+
+
 FILENAME_PATTERN = rf"^[^\x00-\x1f\x7f]*{_KEPT_BY_STRIP}[^\x00-\x1f\x7f]*$"
+
+
 MEDIA_TYPE_PATTERN = f"^(?!{_anycase('multipart')}/|{_anycase('message')}/){_MEDIA_TYPE_RE.pattern[:-2]}$"
+
+
 CONTENT_ID_PATTERN = f"^(?:<{_CONTENT_ID_RE.pattern[:-2]}>|{_CONTENT_ID_RE.pattern[:-2]})$"
+
 
 # A message/rfc822 body parse_raw_message takes, in its simplest shape: ASCII fields of one line each, exactly one
 # From, at least one To/Cc/Bcc, a blank line and the body; lines of at most 998 characters (RFC 5322), the most
 # an upstream accepts. Addresses are plain (no = or ?, one per field), as every reader reads them alike.
 _RAW_ATOM = r"[A-Za-z0-9!#$%&'*+/^_`{|}~-]+"
+
+
 _RAW_ADDR = rf"(?![^@]{{65}})(?![^>\r\n]{{255}}){_RAW_ATOM}(?:\.{_RAW_ATOM})*@{_LABEL}(?:\.{_LABEL})*"
+
+
 _RAW_MAILBOX = rf"(?:{_RAW_ADDR}|[A-Za-z0-9 '_+-]{{0,64}}<{_RAW_ADDR}>)"
+
+
 _RAW_EOL = r"(?:\r\n|\n)"
+
+
 _RAW_FIELD = (
     "(?!(?:" + "|".join(map(_anycase, (*ORIGINATOR_FIELDS, "to", "cc", "bcc"))) + "):)"
     + rf"[\x21-\x39\x3b-\x7e]{{1,76}}:[\t\x20-\x7e]{{0,900}}{_RAW_EOL}"
 )  # fmt: skip
+
+
 _RAW_LINE = r"[\t\x20-\x7e]{0,998}"
+
+
 RAW_MESSAGE_PATTERN = (
     f"^(?:{_RAW_FIELD})*From: {_RAW_MAILBOX}{_RAW_EOL}(?:{_RAW_FIELD})*(?:(?:To|Cc|Bcc): {_RAW_MAILBOX}{_RAW_EOL})+"
     f"(?:{_RAW_FIELD})*{_RAW_EOL}(?:{_RAW_LINE}{_RAW_EOL})*{_RAW_LINE}$"
 )
+
+
 _B64, _B64_WSP = "[A-Za-z0-9+/]", r"[\t\n\r ]*"
+
+
 # Standard alphabet, padded; blanks and line breaks anywhere (they are dropped before decoding).
 BASE64_PATTERN = (
     f"^{_B64_WSP}(?:(?:{_B64}{_B64_WSP}){{4}})*"
     f"(?:(?:{_B64}{_B64_WSP}){{2}}={_B64_WSP}={_B64_WSP}|(?:{_B64}{_B64_WSP}){{3}}={_B64_WSP})?$"
 )
-
-
-class MessageError(Exception):
-    """A request that cannot become a message; ``field`` names where (``to[1]``, ``headers.X-Foo``)."""
-
-    def __init__(self, field: str, detail: str) -> None:
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,90 +274,6 @@ class Mailbox:
     name: str | None
     address: str
     utf8: bool
-
-
-@dataclass(slots=True)
-class OutgoingMessage:
-    """What the relay core sends: the envelope plus the bytes for DATA (CRLF line endings)."""
-
-    sender: str
-    recipients: list[str]
-    header_from: list[str]
-    originators: list[str]  # every address in From, Sender, Resent-From and Resent-Sender: what ``senders`` check
-    data: bytes
-    message_id: str
-    smtputf8: bool
-
-
-# --------------------------------------------------------------------------- validation helpers
-
-
-def _check_header_text(value: str) -> str:
-    """Refuse what could end a header line or confuse a parser; lone surrogates cannot be encoded."""
-    if "\r" in value or "\n" in value:
-        raise ValueError("CR and LF are not allowed here (header injection)")
-    if _HEADER_CTL_RE.search(value):
-        raise ValueError("control characters (TAB included) are not allowed here")
-    return _check_unicode(value)
-
-
-def _check_unicode(value: str) -> str:
-    if not value.isascii():
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise ValueError("not valid Unicode text (lone surrogate)") from None
-    return value
-
-
-def _normalise_domain(domain: str, keep_unicode: bool) -> str:
-    if domain.startswith("["):
-        literal = domain[1:-1] if domain.endswith("]") else ""
-        try:
-            if literal[:5].lower() == "ipv6:":
-                if "%" in literal:  # a zone id (fe80::1%eth0) names an interface of one host: meaningless in mail
-                    raise ValueError
-                ipaddress.IPv6Address(literal[5:])
-            else:
-                ipaddress.IPv4Address(literal)
-        except ValueError:
-            raise ValueError("invalid address literal in the domain") from None
-        return domain
-    if domain.isascii():
-        if len(domain) > 253 or not all(_LABEL_RE.match(label) for label in domain.split(".")):
-            raise ValueError("invalid domain")
-        return domain
-    try:
-        alabel = idna.encode(domain, uts46=True).decode("ascii")
-        return idna.decode(alabel) if keep_unicode else alabel
-    except (idna.IDNAError, UnicodeError) as exc:
-        raise ValueError(f"invalid international domain name ({exc})") from None
-
-
-@lru_cache(maxsize=4096)
-def normalise_address(addr: str) -> tuple[str, bool]:
-    """Validate a bare ``local@domain``; return its wire form and whether it needs SMTPUTF8.
-
-    Cached because the same senders and recipients come back request after
-    request; only valid addresses are cached (errors are raised, not stored).
-    """
-    _check_header_text(addr)
-    local, at, domain = addr.rpartition("@")
-    if not at or not local or not domain:
-        raise ValueError("not an e-mail address (local@domain expected)")
-    if local.startswith('"'):
-        raise ValueError("quoted local parts are not supported")
-    if not _LOCAL_RE.match(local):
-        raise ValueError("invalid local part")
-    utf8 = not local.isascii()
-    if utf8 and any(unicodedata.category(c) in _BAD_LOCAL_CATEGORIES for c in local):
-        raise ValueError("invalid character in the local part")
-    if len(local.encode("utf-8")) > 64:
-        raise ValueError("local part longer than 64 octets")
-    wire = f"{local}@{_normalise_domain(domain, keep_unicode=utf8)}"
-    if len(wire.encode("utf-8")) > 254:
-        raise ValueError("address longer than 254 octets")
-    return wire, utf8
 
 
 def _split_mailbox(value: str) -> tuple[str | None, str]:
@@ -357,7 +300,7 @@ def _to_mailbox(value: Any) -> Mailbox:
     if isinstance(value, Mailbox):
         return value
     if isinstance(value, str):
-        _check_header_text(value)
+        check_header_text(value)
         name, addr = _split_mailbox(value)
     elif isinstance(value, dict):
         if set(value) - {"name", "address"}:
@@ -365,7 +308,7 @@ def _to_mailbox(value: Any) -> Mailbox:
         name, address = value.get("name"), value.get("address")
         if not isinstance(address, str) or not (name is None or isinstance(name, str)):
             raise ValueError("address (and name, when given) must be strings")
-        _check_header_text(name or "")
+        check_header_text(name or "")
         addr = address
     else:
         raise ValueError('an address is a string ("a@example.com", "Name <a@example.com>") or {name, address}')
@@ -399,7 +342,7 @@ def _check_header_name(name: str) -> str:
 
 def _check_filename(name: str) -> str:
     """Whitespace at either end is dropped: receivers strip it anyway (the stdlib's get_filename does)."""
-    _check_header_text(name)
+    check_header_text(name)
     if not name.strip():
         raise ValueError("filename must not be empty")
     return name.strip()
@@ -421,6 +364,8 @@ def _check_content_id(value: str) -> str:
 
 
 _HEADER_TEXT_SCHEMA: dict[str, Any] = {"type": "string", "pattern": NO_CONTROL_PATTERN}
+
+
 # idn-email is RFC 6531's Mailbox; the pattern rules out what the gateway never takes in a bare address (and some
 # format checkers let through): white space, controls, quotes, comments, angle brackets and list separators.
 BARE_ADDRESS_SCHEMA: dict[str, Any] = {
@@ -429,6 +374,8 @@ BARE_ADDRESS_SCHEMA: dict[str, Any] = {
     "maxLength": 254,
     "pattern": r'^[^\x00-\x20\x7f"(),;<>\\]+$',
 }
+
+
 _ADDRESS_SCHEMA: dict[str, Any] = {
     "description": 'An address: "a@example.com", "Name <a@example.com>" or {"name", "address"}. The address is '
     "an RFC 6531 addr-spec without quoted local parts or comments, at most 64 octets before the @ and 254 in all. "
@@ -449,6 +396,8 @@ _ADDRESS_SCHEMA: dict[str, Any] = {
         },
     ],
 }
+
+
 _HEADERS_SCHEMA: dict[str, Any] = {
     "type": "object",
     "propertyNames": {"pattern": HEADER_NAME_PATTERN},
@@ -458,6 +407,8 @@ _HEADERS_SCHEMA: dict[str, Any] = {
     },
     "additionalProperties": _HEADER_TEXT_SCHEMA,
 }
+
+
 # The rules across fields, as the model validator below applies them.
 _SENDABLE_SCHEMA: dict[str, Any] = {
     "allOf": [
@@ -472,15 +423,24 @@ _SENDABLE_SCHEMA: dict[str, Any] = {
     ]
 }
 
+
 Address = Annotated[
     Mailbox,
     PlainValidator(_to_mailbox),
     PlainSerializer(lambda m: {"name": m.name, "address": m.address}),
     WithJsonSchema(_ADDRESS_SCHEMA),
 ]
-HeaderText = Annotated[str, AfterValidator(_check_header_text), WithJsonSchema(_HEADER_TEXT_SCHEMA)]
-BodyText = Annotated[str, AfterValidator(_check_unicode)]
+
+
+HeaderText = Annotated[str, AfterValidator(check_header_text), WithJsonSchema(_HEADER_TEXT_SCHEMA)]
+
+
+BodyText = Annotated[str, AfterValidator(check_unicode)]
+
+
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+
+
 Base64Content = Annotated[
     bytes,
     PlainValidator(_decode_base64),
@@ -568,9 +528,6 @@ class SendRequest(_Model):
 def describe_validation_error(exc: ValidationError) -> list[dict[str, str]]:
     """One ``{field, message}`` per problem, for the 400 problem+json (``body`` means the whole body)."""
     return [{"field": problem.field, "message": problem.message} for problem in field_problems(exc, whole="body")]
-
-
-# --------------------------------------------------------------------------- header formatting
 
 
 def _fold(name: str, tokens: list[str]) -> str:
@@ -683,23 +640,6 @@ def _parameter(attribute: str, value: str) -> list[str]:
     return tokens
 
 
-class _DateCache:
-    """``Date:`` text changes once a second; formatting it per message is measurable."""
-
-    second = -1
-    text = ""
-
-    @classmethod
-    def now(cls) -> str:
-        second = int(time.time())
-        if second != cls.second:
-            cls.text = format_datetime(datetime.fromtimestamp(second, UTC))
-            cls.second = second
-        return cls.text
-
-
-# --------------------------------------------------------------------------- MIME parts
-
 _Part = tuple[list[str], bytes]  # header lines (ASCII, no CRLF at the end) and the body
 
 
@@ -780,20 +720,7 @@ def _body(req: SendRequest) -> _Part:
     return _multipart("mixed", [*leaves, *(_attachment_part(a, inline=False) for a in files)], plain)
 
 
-def _unique(addresses: list[str]) -> list[str]:
-    """Drop repeats (domains compare case-insensitively), keeping the first occurrence's order."""
-    seen: set[str] = set()
-    out = []
-    for address in addresses:
-        local, _, domain = address.rpartition("@")
-        key = f"{local}@{domain.lower()}"
-        if key not in seen:
-            seen.add(key)
-            out.append(address)
-    return out
-
-
-def build_message(req: SendRequest, *, hostname: str) -> OutgoingMessage:
+def compose_message(req: SendRequest, *, hostname: str) -> OutgoingMessage:
     """Format the message bytes directly; Message-ID is ``<128 random bits in hex@hostname>`` unless given."""
     lines = [_address_field("From", [req.from_])]
     if req.to:
@@ -808,7 +735,7 @@ def build_message(req: SendRequest, *, hostname: str) -> OutgoingMessage:
         lines.append(_fold("Subject", _unstructured("Subject", req.subject)))
     given = {name.lower(): value for name, value in req.headers.items()} if req.headers else {}
     if "date" not in given:
-        lines.append("Date: " + _DateCache.now())
+        lines.append("Date: " + DateCache.now())
     message_id = given.get("message-id") or f"<{os.urandom(16).hex()}@{hostname}>"
     if "message-id" not in given:
         lines.append("Message-ID: " + message_id)
@@ -824,220 +751,10 @@ def build_message(req: SendRequest, *, hostname: str) -> OutgoingMessage:
     recipients = [m.address for m in (*req.to, *req.cc, *req.bcc)]
     return OutgoingMessage(
         sender=req.from_.address,
-        recipients=recipients if len(recipients) == 1 else _unique(recipients),
+        recipients=recipients if len(recipients) == 1 else unique_addresses(recipients),
         header_from=[req.from_.address],
         originators=[req.from_.address],
         data=data,
         message_id=message_id,
         smtputf8=any(m.utf8 for m in (req.from_, *req.to, *req.cc, *req.bcc, *req.reply_to)),
-    )
-
-
-# --------------------------------------------------------------------------- raw message/rfc822 bodies
-
-
-def crlf_text(data: bytes) -> bytes:
-    """``data`` with the line endings the upstream will receive: every CRLF, lone CR and lone LF becomes CRLF.
-
-    This is what aiosmtplib does to every message before DATA (the pool calls
-    the very same function), so checking these bytes is checking what the
-    upstream gets. Most messages already are CRLF text: three counting passes
-    prove it without copying.
-    """
-    if not data:
-        return data
-    crlf = data.count(b"\r\n")
-    if crlf == data.count(b"\r") == data.count(b"\n") and data.endswith(b"\r\n"):
-        return data
-    return normalize_message_line_endings(data)
-
-
-def split_header_section(text: bytes) -> tuple[bytes, bytes]:
-    """CRLF text -> (header lines, each ending in CRLF; the body after the empty line)."""
-    if text.startswith(b"\r\n"):
-        return b"", text[2:]
-    split = text.find(b"\r\n\r\n")
-    if split < 0:
-        return (text if text.endswith(b"\r\n") or not text else text + b"\r\n"), b""
-    return text[: split + 2], text[split + 4 :]
-
-
-def read_header_section(block: bytes, *, headerless: bool = False) -> list[tuple[str, bytes]]:
-    """Split CRLF header lines into (name as written, raw field bytes incl. continuation lines and CRLFs).
-
-    Refused, because readers would disagree about them: a control character
-    other than TAB (NUL, ESC, DEL...), a first line that is a continuation
-    (the upstream would fold it into the header above, our Received), and a
-    line that is neither a field nor a continuation (some readers end the
-    header section there, others skip the line and read on). With
-    ``headerless``, lines none of which is a field are the first paragraph of
-    a message without a header section, as every reader sees them.
-    """
-    control = _RAW_HEADER_CTL_RE.search(block)
-    if control is not None:
-        number = block.count(b"\r\n", 0, control.start()) + 1
-        raise MessageError("body", f"header line {number} holds the control character 0x{block[control.start()]:02x}")
-    fields: list[tuple[str, bytes]] = []
-    lines = block.split(b"\r\n")[:-1]
-    for number, line in enumerate(lines, start=1):
-        if line[:1] in (b" ", b"\t"):
-            if not fields:
-                raise MessageError("body", "the header section starts with a continuation line")
-            fields[-1] = (fields[-1][0], fields[-1][1] + line + b"\r\n")
-            continue
-        match = _RAW_FIELD_RE.match(line)
-        if match is None:
-            if headerless and not fields and not any(map(_RAW_FIELD_RE.match, lines)):
-                return []
-            raise MessageError("body", f"header line {number} is not a 'Name: value' field")
-        fields.append((match.group(1).decode("ascii"), line + b"\r\n"))
-    return fields
-
-
-def _field_text(name: str, raw: bytes) -> str:
-    """The value as written after the colon, folds (CRLF + WSP) included; only UTF-8 is read (RFC 6532)."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise MessageError(f"headers.{name}", "not valid UTF-8") from None
-    return text.split(":", 1)[1].strip(" \t\r\n")
-
-
-def _field_value(name: str, raw: bytes) -> str:
-    """The unfolded value (CRLFs removed, as RFC 5322 unfolds), without the name and the colon."""
-    return _field_text(name, raw).replace("\r\n", "").strip()
-
-
-def _comparable(address: str) -> str:
-    """``"app"@x`` and ``app@x`` are one mailbox: quotes and quoted-pairs dropped, case folded."""
-    local, at, domain = address.rpartition("@")
-    if len(local) >= 2 and local[0] == local[-1] == '"':
-        local = re.sub(r"\\(.)", r"\1", local[1:-1])
-    return f"{local}{at}{domain}".lower()
-
-
-def field_addresses(name: str, raw: bytes) -> list[str]:
-    """Every address in one address field (its addr-specs, as Python's modern parser reads them), or refused.
-
-    A one-line plain ``Name <local@domain>`` is read by a regex; anything
-    else is read by the modern parser (RFC 5322 with the obsolete syntax) and
-    by the legacy one (``getaddresses``, the reading of older tools), the
-    latter on the unfolded value and, for a folded field, also on the value
-    with its folds (as compat32 hands it over: a quoted string or a comment
-    there ends at the line break). It is refused when the modern reading
-    reports a defect (the parser skips what it cannot read: a missing comma
-    hides the next address) or the readings find different addresses (an
-    encoded word inside an address decodes in one and not in another). So no
-    reader finds an originator the sender check did not see.
-    """
-    text = _field_text(name, raw)
-    folded = "\r\n" in text
-    value = text.replace("\r\n", "").strip() if folded else text
-    fast = None if folded else _FAST_MAILBOX_RE.fullmatch(value)
-    if fast is not None:
-        return [fast.group(1) or fast.group(2)]
-    odd = _C1_OR_SEPARATOR_RE.search(value)
-    if odd is not None:
-        raise MessageError(f"headers.{name}", f"the control or separator character U+{ord(odd.group()):04X}")
-    try:
-        header = default_policy.header_factory(name, value)
-        modern = [address.addr_spec for address in header.addresses]
-        legacy_readings = [getaddresses([reading]) for reading in ((value, text) if folded else (value,))]
-    except Exception as exc:  # the parsers fail on some hostile input (3.11: "g:; x" raises AttributeError)
-        raise MessageError(f"headers.{name}", f"unreadable address list (the parser failed: {type(exc).__name__})") from None
-    if not (isinstance(header, AddressHeader) and isinstance(header, BaseHeader)):  # the registry guarantees it
-        raise MessageError(f"headers.{name}", "not an address field")
-    # Obsolete-but-readable syntax and RFC 6532 UTF-8 local parts are fine.
-    broken = [d for d in header.defects if not isinstance(d, ObsoleteHeaderDefect | NonASCIILocalPartDefect)]
-    if broken:
-        raise MessageError(f"headers.{name}", f"unreadable address list ({broken[0]})")
-    expected = sorted(map(_comparable, modern))
-    for reading in legacy_readings:
-        legacy = [address for _, address in reading if address]
-        if sorted(map(_comparable, legacy)) != expected:
-            raise MessageError(
-                f"headers.{name}",
-                f"ambiguous address list: mail readers disagree on its addresses ({', '.join(modern) or 'none'} or "
-                f"{', '.join(legacy) or 'none'}); encoded words (=?...?=) belong in display names only, "
-                "and a line may not be folded inside a quoted string, a comment or <...>",
-            )
-    return modern
-
-
-def _header_addresses(fields: list[tuple[str, bytes]], wanted: str) -> list[tuple[str, bool]]:
-    out: list[tuple[str, bool]] = []
-    for name, raw in fields:
-        if name.lower() != wanted:
-            continue
-        for address in field_addresses(name, raw):
-            try:
-                out.append(normalise_address(address))
-            except ValueError as exc:
-                raise MessageError(f"headers.{name}", str(exc)) from None
-    return out
-
-
-def _override(address: str, field: str) -> tuple[str, bool]:
-    try:
-        return normalise_address(address)
-    except ValueError as exc:
-        raise MessageError(field, str(exc)) from None
-
-
-def parse_raw_message(body: bytes, *, mail_from: str | None, rcpt_to: list[str] | None) -> OutgoingMessage:
-    """Take a client's own RFC 5322 message: derive the envelope, strip Bcc, add Message-ID/Date if absent.
-
-    Line endings become CRLF; every other byte is kept (the client may have
-    signed it). The envelope sender is ``mail_from``, else the Sender, else the
-    first From address; recipients are ``rcpt_to``, else To, Cc and Bcc.
-    ``originators`` holds the addresses of From, Sender, Resent-From and
-    Resent-Sender, for the relay's ``senders`` check; a header section no
-    reader may read differently is refused (``read_header_section``).
-    ``smtputf8`` is also set when the header section itself holds UTF-8 (RFC 6532).
-    """
-    data = crlf_text(body)
-    if not data.strip():
-        raise MessageError("body", "the message is empty")
-    block, rest = split_header_section(data)
-    fields = read_header_section(block)
-    names = [name.lower() for name, _ in fields]
-    if names.count("from") != 1:
-        raise MessageError("headers.From", "a message needs exactly one From header")
-    header_from = _header_addresses(fields, "from")
-    if not header_from:
-        raise MessageError("headers.From", "the From header holds no address")
-    originators = [a for kind in ORIGINATOR_FIELDS for a in (header_from if kind == "from" else _header_addresses(fields, kind))]
-    if mail_from is not None:
-        sender = _override(mail_from, "from")
-    else:
-        sender = (_header_addresses(fields, "sender") or header_from)[0]
-    if rcpt_to is not None:
-        recipients = [_override(address, f"to[{i}]") for i, address in enumerate(rcpt_to)]
-    else:
-        recipients = [a for kind in ("to", "cc", "bcc") for a in _header_addresses(fields, kind)]
-    if not recipients:
-        raise MessageError("to", "no recipients: no To, Cc or Bcc address in the message and no to parameter")
-    kept = [raw for name, raw in fields if name.lower() != "bcc"]
-    if "message-id" in names:
-        message_id = _field_value("Message-ID", fields[names.index("message-id")][1])
-    else:
-        domain = header_from[0][0].rpartition("@")[2]
-        if not domain.isascii():
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        message_id = f"<{os.urandom(16).hex()}@{domain}>"
-        kept.append(f"Message-ID: {message_id}\r\n".encode())
-    if "date" not in names:
-        kept.append(f"Date: {_DateCache.now()}\r\n".encode("ascii"))
-    everyone = [sender, *recipients, *originators]
-    out = b"".join(kept) + b"\r\n" + rest
-    if not out.endswith(b"\r\n"):
-        out += b"\r\n"
-    return OutgoingMessage(
-        sender=sender[0],
-        recipients=_unique([address for address, _ in recipients]),
-        header_from=[address for address, _ in header_from],
-        originators=[address for address, _ in originators],
-        data=out,
-        message_id=message_id,
-        smtputf8=not block.isascii() or any(utf8 for _, utf8 in everyone),
     )

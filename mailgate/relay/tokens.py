@@ -19,14 +19,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-
-import aiohttp
+from typing import TYPE_CHECKING
 
 from ..oauth2.config import grant_for, secret_keys
 from ..oauth2.endpoint import TokenEndpoints, token_fingerprint
 from ..oauth2.grants import Grant, GrantError
 from ..oauth2.keeper import TokenKeeper, TokenObserver, TokenUnavailable
 from ..snapshot import AccountConfig
+
+if TYPE_CHECKING:  # loaded with the first refresh request: the relay core imports this module
+    import aiohttp
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +163,8 @@ class TokenSources:
 
     async def _post_refresh(self, url: str, key: str, rejected: str) -> None:
         """Tell the operator the upstream refused a token; failures are logged (the caller then waits, bounded)."""
+        import aiohttp
+
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REFRESH_REQUEST_TIMEOUT))
         namespace, name = key.split("/", 1)

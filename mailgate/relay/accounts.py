@@ -33,7 +33,7 @@ from ..gcpause import collection_paused
 from ..oauth2.grants import GrantError
 from ..pool import AccountSettings, AuthMethod, PoolLimits, SMTPPool, TLSMode, TokenSource
 from ..snapshot import AccountConfig, ConfigSnapshot, config_digest
-from .auth import AccountRef
+from .identity import AccountRef
 from .ratelimit import TokenBucket
 from .senders import SenderIndex, SenderMatcher
 from .tokens import PreparedToken, TokenSources
