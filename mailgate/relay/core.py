@@ -1,30 +1,20 @@
 """The relay core: one envelope for one account in, one outcome out, whatever the front door.
 
-The HTTP send API (and later an SMTP listener) turns its input into an
-``OutgoingMessage`` and asks the relay; the relay checks access, suspension,
+Both doors (the HTTP send API, the SMTP ingress) turn their input into an
+``OutgoingMessage`` and ask the relay; the relay checks access, suspension,
 size, senders and the rate limit, sends through the pool and classifies what
-happened as exactly one of:
-
-- ``Sent``: the upstream accepted the message (some recipients may be refused);
-- ``Refused``: it will not be sent as it is; ``retryable`` says whether the
-  very same request can succeed later (an upstream 4xx, a timeout);
-- ``RetryLater``: a temporary condition on our side or the upstream's, with a
-  ``retry_after`` in seconds (rate limit, saturated pool, upstream down);
-  nothing reached the upstream, so a retry cannot send twice;
-- ``DeliveryUnknown``: the message text and its final dot went out and no
-  verdict came back (a drop, a timeout): the upstream may have it. A door
-  must not say "retry, nothing was sent", and an Idempotency-Key remembers it.
-
-Each front door maps ``Reason`` to its protocol (problem+json statuses in
-``problems.py``; SMTP reply codes for an SMTP front door), so limits, checks
-and metrics exist once.
+happened as exactly one ``Outcome`` (``outcomes.py``: sent, refused, retry
+later, delivery unknown). Each door maps it to its protocol
+(``gateway/problems.py``, ``ingress/replies.py``), so limits, checks and
+metrics exist once.
 
 Where a message goes is decided here too (``Relay.deliver``): through this
 gateway's pool, or, when this gateway holds no connection share of the
 account (docs/admin-api.md, "Shares"), through a peer that holds one. How a
-peer is reached is not the core's business (``Peers``; ``forward.Forwarder``
+peer is reached is not the core's business (``Peers``; ``gateway/forward.py``
 does it over the peers' admin API); the peer's outcome comes back as an
-``Outcome``, so a door answers it as it would answer a local send.
+``Outcome``, so a door answers it as it would answer a local send. A message
+whose account is removed while it waits is routed again (``rerouted``).
 """
 
 from __future__ import annotations
