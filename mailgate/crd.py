@@ -108,6 +108,21 @@ def render_crd() -> dict[str, Any]:
                         _condition_column("Synced", "Synced"),
                         _condition_column("Healthy", "UpstreamHealthy"),
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+                        # Queue-mode accounts only, so shown by `kubectl get -o wide` (priority 1).
+                        {
+                            "name": "Queued",
+                            "type": "integer",
+                            "priority": 1,
+                            "jsonPath": ".status.delivery.queued",
+                            "description": "Queued messages never attempted yet (largest count among gateways).",
+                        },
+                        {
+                            "name": "Deferred",
+                            "type": "integer",
+                            "priority": 1,
+                            "jsonPath": ".status.delivery.deferred",
+                            "description": "Queued messages waiting for their next attempt.",
+                        },
                     ],
                     "schema": {
                         "openAPIV3Schema": {

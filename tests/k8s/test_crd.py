@@ -165,6 +165,12 @@ def test_printer_columns(control_plane: ControlPlane, namespace: str) -> None:
     table = control_plane.kubectl("get", "smtpacct", "-n", namespace).stdout.splitlines()
     assert table[0].split() == ["NAME", "SERVER", "READY", "SYNCED", "HEALTHY", "AGE"]
     assert table[1].split()[:2] == ["valid", "smtp.example.com"]
+    # The queue's counts (status.delivery, written by the operator) only in the wide view.
+    patch = json.dumps({"status": {"delivery": {"queued": 7, "deferred": 3}}})
+    control_plane.kubectl("patch", "smtpaccount", "valid", "-n", namespace, "--subresource=status", "--type=merge", "-p", patch)
+    wide = control_plane.kubectl("get", "smtpacct", "-n", namespace, "-o", "wide").stdout.splitlines()
+    assert wide[0].split()[-2:] == ["QUEUED", "DEFERRED"]
+    assert wide[1].split()[-2:] == ["7", "3"]
 
 
 def test_status_changes_only_through_the_status_subresource(control_plane: ControlPlane, namespace: str) -> None:
