@@ -32,17 +32,26 @@ The contenders:
    with a sasldb of its own. Without ``saslpasswd2`` (Debian ``sasl2-bin``)
    Postfix is measured with STARTTLS and no AUTH, and the JSON says so in
    ``postfix_tls_auth``;
-3. ``direct``: smtp-source straight into smtp-sink (the ceiling, ``kept`` only).
+3. ``direct``: smtp-source straight into smtp-sink (the ceiling, ``kept`` only);
+4. references for ``per-connection`` and ``tls-auth``, relaying nothing (see
+   ``serve_bare``): ``aiosmtpd``, the library the ingress builds on, stock,
+   with a handler that answers 250 (is aiosmtpd the ceiling?), and
+   ``asyncio``, a minimal hand-written SMTP responder on the same event loop
+   (the least one Python process can spend per connection). Their rates are
+   taken at the client.
 
 Every contender is measured the same way, end to end at the sink: the time
 from the first message sent until the sink has counted all of them (Postfix
 acknowledges a message when it is queued, long before it is delivered).
 Each contender gets an unmeasured warm-up per pattern first. The machine may
-be shared: only ratios from the same run mean anything. Prints a table, then
-as the LAST line a JSON object with ``ingress_vs_postfix`` (kept connections),
-``per_connection_vs_postfix`` and ``tls_per_connection_vs_postfix``, the
-rates behind them, and ``ingress_vs_direct``. ``--quick`` finishes in about a
-minute.
+be shared: only ratios from the same run mean anything; the table shows how
+busy the whole machine was during each measurement (near 100 %: CPU-bound as
+a whole, and CPU per message decides). Progress goes to stderr; stdout gets a
+table, then as the LAST line a JSON object with ``ingress_vs_postfix`` (kept
+connections), ``per_connection_vs_postfix`` and
+``tls_per_connection_vs_postfix``, the rates behind them, the references'
+rates, CPU per message, and ``ingress_vs_direct``. ``--quick`` finishes in
+about a minute.
 
 Needs root for the Postfix instance (its daemons drop to the ``postfix`` user)
 and the Debian packages of ``hack/system-deps.sh`` (plus ``sasl2-bin`` for
@@ -50,7 +59,9 @@ Postfix's AUTH).
 
 ``python -m bench.smtp_ingress serve --sink-port P [--profile FILE]`` runs the
 gateway contender alone (it prints ``listening PORT``; with ``--tls-dir`` it
-also offers STARTTLS and the bench login), for profiling it under any load.
+also offers STARTTLS and the bench login), for profiling it under any load;
+``python -m bench.smtp_ingress profile PATTERN [--sampler cprofile|py-spy|perf]``
+does that with a sink and one pattern's load, and prints the top entries.
 """
 
 from __future__ import annotations
@@ -59,11 +70,14 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hmac
 import io
 import json
+import logging
 import multiprocessing
 import os
 import re
+import resource
 import shutil
 import socket
 import ssl
@@ -72,12 +86,17 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 from bench.common import LOOPBACK, REPO, find_smtp_sink, format_table, free_port, stop_process, wait_listening
+
+if TYPE_CHECKING:  # aiosmtpd is imported by the reference server only, not by the 16 client processes
+    from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 SESSIONS = 16
 CONNECTIONS = 4
@@ -90,9 +109,10 @@ SERVER_NAME = "relay.bench.test"  # in the certificate; the TLS clients verify i
 TARGETS = {"kept": 3.0, "per-connection": 2.5, "tls-auth": 2.0}  # ingress vs Postfix, from issue 17
 PATTERNS = {  # pattern: its contenders
     "kept": ("ingress", "postfix", "direct"),
-    "per-connection": ("ingress", "postfix"),
-    "tls-auth": ("ingress", "postfix"),
+    "per-connection": ("ingress", "postfix", "aiosmtpd", "asyncio"),
+    "tls-auth": ("ingress", "postfix", "aiosmtpd", "asyncio"),
 }
+REFERENCES = ("aiosmtpd", "asyncio")  # servers that answer 250 and relay nothing: measured at the client
 
 
 # -- the sink, counting what arrives -------------------------------------------------
@@ -155,13 +175,19 @@ def smtp_source_path() -> str:
     raise RuntimeError("Postfix smtp-source is not installed (run hack/system-deps.sh)")
 
 
-def run_source(port: int, count: int, *, keep: bool) -> None:
-    """smtp-source: 16 sessions, ``count`` 2 KB messages in all; ``keep``: one connection per session (``-d``)."""
+def run_source(port: int, count: int, *, keep: bool) -> float:
+    """smtp-source: 16 sessions, ``count`` 2 KB messages in all; ``keep``: one connection per session (``-d``).
+
+    Returns the CPU seconds smtp-source spent (the load has its share of the machine too).
+    """
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [smtp_source_path(), *(["-d"] if keep else []), "-s", str(SESSIONS), "-m", str(count)]
     command += ["-l", str(MESSAGE_BYTES), "-f", SENDER, "-t", RECIPIENT, "-M", "bench.test", f"{LOOPBACK}:{port}"]
     result = subprocess.run(command, capture_output=True, timeout=600)
     if result.returncode != 0:
         raise RuntimeError(f"smtp-source failed: {result.stderr.decode(errors='replace').strip()}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
 
 
 # -- load: STARTTLS + AUTH per connection, from client processes ------------------------------
@@ -202,8 +228,10 @@ def _command(sock: socket.socket | ssl.SSLSocket, reader: io.BufferedReader, lin
     _expect(reader, code)
 
 
-def _send_tls(client: TLSClient, count: int) -> int:
-    """``count`` messages, each on its own connection with STARTTLS and AUTH PLAIN; how many sessions resumed."""
+def _send_tls(client: TLSClient, count: int) -> tuple[int, float]:
+    """``count`` messages, each on its own connection with STARTTLS and AUTH PLAIN; how many sessions resumed,
+    and the CPU seconds this client spent."""
+    cpu = time.process_time()
     context = _contexts.get(client.ca_file)
     if context is None:
         context = _contexts[client.ca_file] = ssl.create_default_context(cafile=client.ca_file)
@@ -230,7 +258,7 @@ def _send_tls(client: TLSClient, count: int) -> int:
                     latest = tls.session  # each read of the property costs a copy of the session in OpenSSL
                     if latest is not None and latest.has_ticket:
                         _sessions[client.port] = latest
-    return resumed
+    return resumed, time.process_time() - cpu
 
 
 class TLSLoad:
@@ -240,12 +268,15 @@ class TLSLoad:
         self.pool: Pool = multiprocessing.get_context("spawn").Pool(SESSIONS)
         self.resumed: dict[int, list[int]] = {}  # port: [resumed, connections]
 
-    def run(self, client: TLSClient, count: int) -> None:
+    def run(self, client: TLSClient, count: int) -> float:
+        """``count`` messages over the 16 clients; the CPU seconds they spent."""
         shares = [count // SESSIONS + (1 if i < count % SESSIONS else 0) for i in range(SESSIONS)]
-        resumed = sum(self.pool.starmap(_send_tls, [(client, share) for share in shares], chunksize=1))
+        done = self.pool.starmap(_send_tls, [(client, share) for share in shares], chunksize=1)
+        resumed = sum(each for each, _ in done)
         tally = self.resumed.setdefault(client.port, [0, 0])
         tally[0] += resumed
         tally[1] += count
+        return sum(cpu for _, cpu in done)
 
     def close(self) -> None:
         self.pool.terminate()
@@ -315,41 +346,183 @@ async def serve_ingress(sink_port: int, profile: str | None, tls_dir: str | None
     )
     await gateway.apply_snapshot(ConfigSnapshot(revision=1, accounts=[account]))
 
-    async def announce(app: object) -> None:
+    async def announce() -> None:
+        """``listening PORT`` once the listener is bound, whenever in the gateway's start-up that happens."""
+        while "smtp" not in ingress.ports:  # noqa: ASYNC110  # the gateway signals no such moment: poll it
+            await asyncio.sleep(0.01)
         print(f"listening {ingress.ports['smtp']}", flush=True)
 
-    gateway.app.on_startup.append(announce)
+    announcing = asyncio.get_running_loop().create_task(announce())  # referenced until the gateway stops
     if profile is None:
         await run_until_signalled(gateway)
+        announcing.cancel()
         return
     import cProfile
 
-    profiler = cProfile.Profile()
+    # CPU time, not wall time: on a shared machine a woken peer process often takes the CPU right inside a
+    # send(), and a wall clock would charge that wait to the write.
+    profiler = cProfile.Profile(time.process_time)
     profiler.enable()
     try:
         await run_until_signalled(gateway)
     finally:
         profiler.disable()
         profiler.dump_stats(profile)
+        announcing.cancel()
 
 
 @contextlib.contextmanager
-def ingress_process(sink_port: int, tls: TLSFiles, event_loop: str) -> Iterator[tuple[int, int]]:
-    """The gateway contender in its own process; yields its port and process id (for its CPU time)."""
-    command = [sys.executable, "-m", "bench.smtp_ingress", "serve", "--sink-port", str(sink_port)]
-    command += ["--tls-dir", str(tls.cert.parent), "--event-loop", event_loop]
+def server_process(command: list[str], what: str) -> Iterator[tuple[int, int]]:
+    """A server of this module in its own process (it prints ``listening PORT``); yields its port and process id."""
     process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         assert process.stdout is not None and process.stderr is not None
         words = process.stdout.readline().decode().split()
         if len(words) != 2 or words[0] != "listening":
-            raise RuntimeError(f"the gateway did not start: {process.stderr.read().decode()}")
+            raise RuntimeError(f"{what} did not start: {process.stderr.read().decode()}")
         yield int(words[1]), process.pid
     finally:
-        stop_process(process, timeout=30)  # SIGTERM: the gateway drains and exits
+        stop_process(process, timeout=30)  # SIGTERM: the server drains and exits
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+def ingress_process(
+    sink_port: int, tls: TLSFiles, event_loop: str, profile: str | None = None
+) -> contextlib.AbstractContextManager[tuple[int, int]]:
+    """The gateway contender in its own process (under cProfile with ``profile``); yields its port and process id."""
+    command = [sys.executable, "-m", "bench.smtp_ingress", "serve", "--sink-port", str(sink_port)]
+    command += ["--tls-dir", str(tls.cert.parent), "--event-loop", event_loop]
+    if profile is not None:
+        command += ["--profile", profile]
+    return server_process(command, "the gateway")
+
+
+# -- references: servers that only answer 250, relaying nothing ---------------------------------
+#
+# They show where the ceiling of one Python process is under each pattern: ``aiosmtpd`` is the
+# library the ingress builds on, untouched (its own STARTTLS and AUTH, a handler that answers 250);
+# ``asyncio`` is a hand-written SMTP responder on the same event loop, the least a Python server
+# can do per connection (accept, TLS handshake, a dozen reads and writes). Nothing reaches the sink:
+# their rate is measured at the client, when the load has finished.
+
+
+def _bare_login(login: bytes, password: bytes) -> bool:
+    return hmac.compare_digest(login, LOGIN.encode()) and hmac.compare_digest(password, PASSWORD.encode())
+
+
+class _Answer250:
+    """aiosmtpd handler and authenticator: every message is taken (and dropped), the bench login logs in."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        return "250 OK"
+
+    def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: object) -> AuthResult:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        ok = isinstance(auth_data, LoginPassword) and _bare_login(auth_data.login, auth_data.password)
+        return AuthResult(success=ok)
+
+
+class _BareSMTP(asyncio.Protocol):
+    """Just enough SMTP for the bench's clients (smtp-source and ``_send_tls``), with STARTTLS and AUTH PLAIN."""
+
+    def __init__(self, tls: ssl.SSLContext | None) -> None:
+        self.tls = tls
+        self.secure = False
+        self.buffer = b""
+        self.in_data = False
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        self.transport.write(b"220 bare.bench.test ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.buffer, self.in_data = self.buffer[end + 5 :], False
+                self.transport.write(b"250 2.0.0 OK\r\n")
+                continue
+            line, found, rest = self.buffer.partition(b"\r\n")
+            if not found:
+                return
+            self.buffer = rest
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                offers = b"250-STARTTLS\r\n" if self.tls is not None and not self.secure else b""
+                offers += b"250-AUTH PLAIN\r\n" if self.secure else b""
+                self.transport.write(b"250-bare.bench.test\r\n250-PIPELINING\r\n" + offers + b"250 8BITMIME\r\n")
+            elif verb == b"STAR" and self.tls is not None and not self.secure:
+                self.transport.pause_reading()  # the next bytes are the TLS handshake's
+                self.transport.write(b"220 2.0.0 Ready to start TLS\r\n")
+                self.buffer = b""
+                asyncio.get_running_loop().create_task(self._start_tls(self.tls))
+                return
+            elif verb == b"AUTH":
+                blob = base64.b64decode(line.split()[-1])
+                parts = blob.split(b"\0")
+                ok = self.secure and len(parts) == 3 and _bare_login(parts[1], parts[2])
+                self.transport.write(b"235 2.7.0 OK\r\n" if ok else b"535 5.7.8 No\r\n")
+            elif verb == b"DATA":
+                self.in_data = True
+                self.buffer = b"\r\n" + self.buffer  # so that a text of no lines ends at CRLF.CRLF too
+                self.transport.write(b"354 Go ahead\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 2.0.0 Bye\r\n")
+                self.transport.close()
+                return
+            else:  # HELO, MAIL, RCPT, RSET, NOOP
+                self.transport.write(b"250 2.0.0 OK\r\n")
+
+    async def _start_tls(self, context: ssl.SSLContext) -> None:
+        assert self.transport is not None
+        loop = asyncio.get_running_loop()
+        try:
+            upgraded = await loop.start_tls(self.transport, self, context, server_side=True)
+        except OSError:  # ssl.SSLError, a reset
+            self.transport.abort()
+            return
+        self.transport, self.secure = cast(asyncio.Transport, upgraded), True
+
+
+async def serve_bare(kind: str, tls_dir: str) -> None:
+    """A reference server on 127.0.0.1 until SIGTERM: ``aiosmtpd`` or ``asyncio`` (see above)."""
+    import signal
+
+    from aiosmtpd.smtp import SMTP
+
+    from mailgate.ingress.tls import server_context
+
+    loop = asyncio.get_running_loop()
+    context = server_context(f"{tls_dir}/cert.pem", f"{tls_dir}/key.pem")  # the ingress's own server context
+    answer = _Answer250()
+    logging.getLogger("mail.log").setLevel(logging.ERROR)  # as the ingress has it (aiosmtpd logs every command)
+    warnings.simplefilter("ignore")  # aiosmtpd warns on every AUTH that its authenticator API may change
+
+    def session() -> asyncio.Protocol:
+        if kind == "asyncio":
+            return _BareSMTP(context)
+        return SMTP(answer, hostname="bare.bench.test", tls_context=context, authenticator=answer, loop=loop)
+
+    server = await loop.create_server(session, LOOPBACK, 0, backlog=1024)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def bare_process(kind: str, tls: TLSFiles, event_loop: str) -> contextlib.AbstractContextManager[tuple[int, int]]:
+    """A reference server in its own process, on the gateway's event loop; yields its port and process id."""
+    command = [sys.executable, "-m", "bench.smtp_ingress", "bare", kind, "--tls-dir", str(tls.cert.parent)]
+    return server_process([*command, "--event-loop", event_loop], f"the {kind} reference server")
 
 
 # -- contender 2: a private Postfix relay -------------------------------------------------------
@@ -485,6 +658,13 @@ def postfix_relay(sink_port: int, tls: TLSFiles, sasl: bool) -> Iterator[tuple[i
 # -- the run ---------------------------------------------------------------------------
 
 
+def drive(pattern: str, port: int, count: int, load: TLSLoad, client: TLSClient) -> float:
+    """``count`` messages to ``port`` the way ``pattern`` sends them, until the last was acknowledged; the load's CPU seconds."""
+    if pattern == "tls-auth":
+        return load.run(client, count)
+    return run_source(port, count, keep=pattern == "kept")
+
+
 def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as file:
         return file.read().rsplit(")", 1)[1].split()  # the fields after "(comm)", from the state on
@@ -510,6 +690,14 @@ def cpu_seconds(pid: int) -> float:
 
 
 
+def host_ticks() -> tuple[int, int]:
+    """The machine's busy and total CPU ticks so far, all cores (``/proc/stat``): whether a run was CPU-bound."""
+    with open("/proc/stat") as file:
+        values = [int(value) for value in file.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle, iowait
+    return sum(values[:8]) - idle, sum(values[:8])  # user .. steal; guest time is already in user
+
+
 class Bench:
     """The sink, both relays and the TLS clients, up for the whole run; ``measure`` drives one contender once."""
 
@@ -523,27 +711,42 @@ class Bench:
         self.load = TLSLoad()
         stack.callback(self.load.close)
         self.resume = resume
-        ingress = stack.enter_context(ingress_process(self.sink.port, self.tls, event_loop))
-        postfix = stack.enter_context(postfix_relay(self.sink.port, self.tls, sasl=self.sasl_note is None))
-        self.ports = {"ingress": ingress[0], "postfix": postfix[0], "direct": self.sink.port}
-        self.pids = {"ingress": ingress[1], "postfix": postfix[1]}
+        servers = {
+            "ingress": ingress_process(self.sink.port, self.tls, event_loop),
+            "postfix": postfix_relay(self.sink.port, self.tls, sasl=self.sasl_note is None),
+            **{kind: bare_process(kind, self.tls, event_loop) for kind in REFERENCES},
+        }
+        self.ports = {"direct": self.sink.port}
+        self.pids: dict[str, int] = {}
+        for name, server in servers.items():
+            self.ports[name], self.pids[name] = stack.enter_context(server)
         self.cpu: dict[tuple[str, str], list[float]] = {}  # CPU milliseconds per message, per measurement
+        self.host: dict[tuple[str, str], list[float]] = {}  # the machine's busy share (all cores), per measurement
+        self.load_cpu: dict[tuple[str, str], list[float]] = {}  # the load generator's CPU milliseconds per message
 
     def measure(self, pattern: str, contender: str, count: int) -> float:
         """Messages per second, end to end at the sink; the contender's CPU time per message goes to ``cpu``."""
         port, pid = self.ports[contender], self.pids.get(contender)
         start_count = self.sink.count
         cpu = cpu_seconds(pid) if pid is not None else 0.0
+        host = host_ticks()
         started = time.monotonic()
-        if pattern == "tls-auth":
-            auth = contender != "postfix" or self.sasl_note is None
-            self.load.run(TLSClient(port, str(self.tls.cert), self.resume, auth), count)
+        auth = contender != "postfix" or self.sasl_note is None
+        load_cpu = drive(pattern, port, count, self.load, TLSClient(port, str(self.tls.cert), self.resume, auth))
+        self.load_cpu.setdefault((pattern, contender), []).append(load_cpu * 1000 / count)
+        if contender in REFERENCES:
+            finished = time.monotonic()
         else:
-            run_source(port, count, keep=pattern == "kept")
-        finished = self.sink.wait_for(start_count + count, timeout=300)
+            finished = self.sink.wait_for(start_count + count, timeout=300)
+        busy, total = (after - before for after, before in zip(host_ticks(), host, strict=True))
+        share = busy / max(total, 1)
+        self.host.setdefault((pattern, contender), []).append(share)
         if pid is not None:
             self.cpu.setdefault((pattern, contender), []).append((cpu_seconds(pid) - cpu) * 1000 / count)
-        return count / (finished - started)
+        rate = count / (finished - started)
+        line = f"  {pattern:>14} {contender:>8}: {count:>6} messages, {rate:8.1f} msg/s, host {100 * share:3.0f}% busy"
+        print(line, file=sys.stderr, flush=True)
+        return rate
 
     def resumed_share(self, contender: str) -> float | None:
         resumed, total = self.load.resumed.get(self.ports[contender], [0, 0])
@@ -551,15 +754,20 @@ class Bench:
 
 
 Results = dict[tuple[str, str], list[float]]
+STARTED = time.monotonic()
 
 
 def run(bench: Bench, counts: dict[tuple[str, str], int], rounds: int, warmup: int) -> Results:
     """Warm every contender up on every pattern, then ``rounds`` rounds of everything, interleaved."""
     results: Results = {key: [] for key in counts}
+    print("warm-up", file=sys.stderr, flush=True)
     for pattern, contender in counts:
         bench.measure(pattern, contender, warmup)
     bench.cpu.clear()
-    for _ in range(rounds):
+    bench.host.clear()
+    bench.load_cpu.clear()
+    for round_number in range(rounds):
+        print(f"round {round_number + 1} of {rounds}", file=sys.stderr, flush=True)
         for pattern, contender in counts:
             results[pattern, contender].append(bench.measure(pattern, contender, counts[pattern, contender]))
     return results
@@ -568,12 +776,16 @@ def run(bench: Bench, counts: dict[tuple[str, str], int], rounds: int, warmup: i
 def report(results: Results, bench: Bench) -> dict[str, object]:
     best = {key: max(values) for key, values in results.items()}
     cpu = {key: min(values) for key, values in bench.cpu.items()}  # the least disturbed measurement
+    host = {key: max(values) for key, values in bench.host.items()}
+    load_cpu = {key: min(values) for key, values in bench.load_cpu.items()}
     rows = [
         [pattern, contender, best[pattern, contender], min(values), len(values),
-         round(best[pattern, contender] / best[pattern, "postfix"], 2), round(cpu.get((pattern, contender), 0.0), 3)]
+         round(best[pattern, contender] / best[pattern, "postfix"], 2), round(cpu.get((pattern, contender), 0.0), 3),
+         round(load_cpu[pattern, contender], 3), round(100 * host[pattern, contender])]
         for (pattern, contender), values in results.items()
     ]
     headers = ["pattern", "contender", "msgs/s (best)", "msgs/s (worst)", "rounds", "vs postfix", "CPU ms/msg"]
+    headers += ["load CPU ms/msg", "host busy %"]
     print(format_table(headers, rows))
 
     def ratio(pattern: str) -> float:
@@ -600,6 +812,10 @@ def report(results: Results, bench: Bench) -> dict[str, object]:
         "cpu_ms_per_msg": {
             pattern: {name: round(cpu[pattern, name], 3) for name in ("ingress", "postfix")} for pattern in PATTERNS
         },
+        # what the load generator itself spent (smtp-source, or the 16 TLS clients): on two cores it competes
+        "load_cpu_ms_per_msg": {
+            pattern: {name: round(load_cpu[pattern, name], 3) for name in ("ingress", "postfix")} for pattern in PATTERNS
+        },
         "postfix_cpu_vs_ingress": {pattern: round(cpu[pattern, "postfix"] / cpu[pattern, "ingress"], 2) for pattern in PATTERNS},
         "sessions": SESSIONS,
         "upstream_connections": CONNECTIONS,
@@ -607,9 +823,108 @@ def report(results: Results, bench: Bench) -> dict[str, object]:
         "target_ingress_vs_postfix": TARGETS["kept"],
         "target_per_connection_vs_postfix": TARGETS["per-connection"],
         "target_tls_per_connection_vs_postfix": TARGETS["tls-auth"],
+        # The ceilings of one Python process on the same event loop (see serve_bare), rates at the client:
+        "reference_msgs_per_s": {
+            pattern: {kind: round(best[pattern, kind], 1) for kind in REFERENCES} for pattern in ("per-connection", "tls-auth")
+        },
+        "reference_cpu_ms_per_msg": {
+            pattern: {kind: round(cpu[pattern, kind], 3) for kind in REFERENCES} for pattern in ("per-connection", "tls-auth")
+        },
+        "per_connection_vs_bare_aiosmtpd": round(best["per-connection", "ingress"] / best["per-connection", "aiosmtpd"], 2),
+        "tls_per_connection_vs_bare_aiosmtpd": round(best["tls-auth", "ingress"] / best["tls-auth", "aiosmtpd"], 2),
+        "elapsed_s": round(time.monotonic() - STARTED, 1),
     }
     print(json.dumps(summary))
     return summary
+
+
+# -- profiling the gateway under one pattern -------------------------------------------------
+
+
+def profile(
+    pattern: str, count: int, top: int, sampler: str, event_loop: str, resume: bool, native: bool, save: str | None
+) -> None:
+    """The gateway alone (sink, no Postfix) under ``count`` messages of ``pattern``, after a warm-up.
+
+    ``cprofile``: the whole gateway process under cProfile, timed in CPU time
+    (exact call counts, but its overhead inflates Python-heavy paths, and a
+    coroutine counts one call per resumption); ``py-spy``: sampled from
+    outside at 250 Hz without stopping it (needs ``py-spy``, ``pip install
+    py-spy``), with ``native`` the C frames too; it samples wall time, so a
+    process preempted inside a system call (a send() waking the peer on a
+    busy machine) is charged to that call. ``perf``: ``perf record`` on CPU
+    time, shares by library (kernel, libpython, uvloop, OpenSSL) and symbol.
+    Prints the top entries by own time and by cumulative time.
+    """
+    with contextlib.ExitStack() as stack:
+        sink = Sink()
+        stack.callback(sink.close)
+        folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailgate-bench-profile-")))
+        folder.chmod(0o755)
+        tls = TLSFiles.create(folder)
+        load = TLSLoad()
+        stack.callback(load.close)
+        stats = folder / "ingress.prof"
+        with ingress_process(sink.port, tls, event_loop, profile=str(stats) if sampler == "cprofile" else None) as (port, pid):
+            client = TLSClient(port, str(tls.cert), resume, auth=True)
+            drive(pattern, port, 300, load, client)
+            sink.wait_for(300, timeout=120)
+            spy = None
+            if sampler == "py-spy":
+                py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+                command = [py_spy, "record", "-p", str(pid), "-r", "250", "--nonblocking", "--format", "raw", "-o", str(stats)]
+                command += ["--native"] if native else []
+            elif sampler == "perf":
+                command = ["perf", "record", "-e", "cpu-clock", "-F", "999", "-p", str(pid), "-o", str(stats)]
+            if sampler != "cprofile":
+                spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1.0)  # the sampler attaches
+            cpu = cpu_seconds(pid)
+            started = time.monotonic()
+            drive(pattern, port, count, load, client)
+            finished = sink.wait_for(300 + count, timeout=300)
+            cpu = cpu_seconds(pid) - cpu
+            if spy is not None:
+                spy.send_signal(2)  # SIGINT: the sampler writes its file and exits
+                _, errors = spy.communicate(timeout=60)
+                if not stats.exists():
+                    raise RuntimeError(f"py-spy wrote nothing: {errors.decode(errors='replace')[-2000:]}")
+        rate = count / (finished - started)
+        print(f"{pattern}: {count} messages, {rate:.1f} msg/s, {cpu * 1000 / count:.3f} ms CPU/msg ({sampler})")
+        if save is not None:
+            shutil.copyfile(stats, save)
+        if sampler == "cprofile":
+            import pstats
+
+            for order in ("tottime", "cumulative"):
+                pstats.Stats(str(stats), stream=sys.stdout).strip_dirs().sort_stats(order).print_stats(top)
+        elif sampler == "perf":
+            for keys in ("dso", "dso,sym"):
+                report = ["perf", "report", "-i", str(stats), "--stdio", "--sort", keys, "--percent-limit", "0.7"]
+                lines = subprocess.run(report, capture_output=True, text=True, check=True).stdout.splitlines()
+                print("\n".join(line for line in lines if line.strip() and not line.startswith("#")))
+        else:
+            _print_samples(stats.read_text(), top)
+
+
+def _print_samples(collapsed: str, top: int) -> None:
+    """py-spy's collapsed stacks (``frame;frame;... count``): the top frames by own and by cumulative samples."""
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in collapsed.splitlines():
+        stack, _, number = line.rpartition(" ")
+        if not stack or not number.isdigit():
+            continue
+        frames = [re.sub(r" \((?:.*/)?([^/:]+)(?::\d+)?\)$", r" (\1)", frame) for frame in stack.split(";")]  # no line
+        samples += int(number)
+        own[frames[-1]] = own.get(frames[-1], 0) + int(number)
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + int(number)
+    for title, table in (("own", own), ("cumulative", total)):
+        print(f"\n{samples} samples; top {top} by {title} share")
+        for frame, hits in sorted(table.items(), key=lambda item: -item[1])[:top]:
+            print(f"{100 * hits / samples:6.1f}%  {frame}")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -624,18 +939,38 @@ def main(argv: Sequence[str] | None = None) -> None:
     serve.add_argument("--profile", metavar="FILE", help="write cProfile stats of the gateway process here on exit")
     serve.add_argument("--tls-dir", metavar="DIR", help="offer STARTTLS with DIR/cert.pem and DIR/key.pem, and the bench login")
     serve.add_argument("--event-loop", choices=loops, default="auto")
+    bare = sub.add_parser("bare", help="run one reference server (prints `listening PORT`)")
+    bare.add_argument("kind", choices=REFERENCES)
+    bare.add_argument("--tls-dir", metavar="DIR", required=True)
+    bare.add_argument("--event-loop", choices=loops, default="auto")
+    prof = sub.add_parser("profile", help="the gateway alone under one pattern's load; prints its top entries")
+    prof.add_argument("pattern", choices=list(PATTERNS))
+    prof.add_argument("--count", type=int, default=3000)
+    prof.add_argument("--top", type=int, default=15)
+    prof.add_argument("--sampler", choices=["cprofile", "py-spy", "perf"], default="cprofile")
+    prof.add_argument("--native", action="store_true", help="py-spy: C frames too (OpenSSL, uvloop)")
+    prof.add_argument("--save", metavar="FILE", help="keep the sampler's raw output here")
     args = parser.parse_args(argv)
-    if args.command == "serve":
+    if args.command in ("serve", "bare"):
         from mailgate.gateway.main import loop_factory
 
         with asyncio.Runner(loop_factory=loop_factory(args.event_loop)) as runner:
-            runner.run(serve_ingress(args.sink_port, args.profile, args.tls_dir))
+            if args.command == "serve":
+                runner.run(serve_ingress(args.sink_port, args.profile, args.tls_dir))
+            else:
+                runner.run(serve_bare(args.kind, args.tls_dir))
         return
+    if args.command == "profile":
+        resume = not args.full_handshakes
+        profile(args.pattern, args.count, args.top, args.sampler, args.event_loop, resume, args.native, args.save)
+        return
+    # messages per measurement, per contender in the order of PATTERNS
     if args.quick:
-        per_pattern = {"kept": (3000, 1500, 8000), "per-connection": (2000, 1000), "tls-auth": (1000, 500)}
+        per_pattern = {"kept": (3000, 1500, 8000), "per-connection": (2000, 1000, 1500, 2500), "tls-auth": (1000, 500, 600, 1000)}
         rounds, warmup = 2, 150
     else:
-        per_pattern = {"kept": (12000, 6000, 40000), "per-connection": (6000, 3000), "tls-auth": (3000, 2000)}
+        per_pattern = {"kept": (12000, 6000, 40000), "per-connection": (6000, 3000, 4000, 8000)}
+        per_pattern["tls-auth"] = (3000, 2000, 2000, 3000)
         rounds, warmup = 3, 1000
     counts = {
         (pattern, contender): count

@@ -3,8 +3,12 @@ and nothing about it may make guessing cheaper or keep a rotated password workin
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import smtplib
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 
@@ -24,6 +28,14 @@ def login(gw: IngressGateway, user: str, password: str) -> int:
         return client.docmd("AUTH", "PLAIN " + plain(user, password))[0]
 
 
+async def concurrently(func: Callable[..., int], calls: list[tuple[Any, ...]]) -> list[int]:
+    """Blocking clients, all at once, on threads of their own: the gateway's scrypt checks use the loop's
+    default executor, which clients parked there would starve."""
+    loop = asyncio.get_running_loop()
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(await asyncio.gather(*(loop.run_in_executor(pool, func, *args) for args in calls)))
+
+
 def full_checks(gw: IngressGateway) -> int:
     return gw.ingress.context.authenticator.full_checks
 
@@ -32,6 +44,26 @@ async def test_a_repeated_login_runs_the_password_hash_once(gw: IngressGateway, 
     gw.configure(account(upstream, "shop", senders=["*@shop.example"], clients={"app": "pw"}))
     assert [await in_thread(login, gw, "app", "pw") for _ in range(3)] == [OK, OK, OK]
     assert full_checks(gw) == 1
+
+
+async def test_simultaneous_logins_with_one_credential_run_the_password_hash_once(gw: IngressGateway, upstream: Upstream) -> None:
+    """Apps open many connections at once (and all miss the cache together when it expires): one scrypt
+    check answers every connection that presents the same credential while it runs."""
+    gw.configure(account(upstream, "shop", senders=["*@shop.example"], clients={"app": "pw"}))
+    codes = await concurrently(login, [(gw, "app", "pw")] * 8)
+    assert codes == [OK] * 8
+    assert full_checks(gw) == 1
+
+
+async def test_simultaneous_different_guesses_each_pay_for_their_check(gw: IngressGateway, upstream: Upstream) -> None:
+    """Sharing a check never makes guessing cheaper: only an identical credential shares one."""
+    gw.configure(account(upstream, "shop", senders=["*@shop.example"], clients={"app": "pw"}))
+    guesses = [f"guess-{n}" for n in range(4)]
+    codes = await concurrently(login, [(gw, "app", guess) for guess in [*guesses, *guesses]])
+    assert codes == [INVALID] * 8
+    assert 4 <= full_checks(gw) <= 8  # a repeated wrong guess may share a check, but is never cached
+    assert await in_thread(login, gw, "app", "guess-0") == INVALID
+    assert full_checks(gw) >= 5
 
 
 async def test_a_cached_login_still_refuses_a_wrong_password_after_a_full_check(gw: IngressGateway, upstream: Upstream) -> None:
