@@ -52,7 +52,7 @@ from ..queue import QueueError
 from ..relay.accounts import Account
 from ..relay.core import Relay, rerouted
 from ..relay.envelope import MessageError, OutgoingMessage
-from ..relay.identity import AccountRef, Identity
+from ..relay.identity import Identity
 from ..relay.outbox import Outbox
 from ..relay.outcomes import Outcome, Reason, Refused
 from ..relay.routing import NoRoute, Router
@@ -601,10 +601,10 @@ class Handler:
         if isinstance(decision, NoRoute):
             log.info("SMTP sender %s refused: %s", sender, decision.detail)
             return replies.for_no_route(decision)
-        identity = Identity(
-            name=f"smtp:{login.username}" if login else f"smtp:[{server.peer_ip}]",
-            may_use=_only(decision.account.key),
-        )
+        # The client may use the account it routed to (its login's, or any for a trusted network): ``admit``
+        # still checks that the account exists here and is not suspended.
+        name = f"smtp:{login.username}" if login else f"smtp:[{server.peer_ip}]"
+        identity = Identity.for_accounts(name, (decision.account.key,))
         admitted = self.context.relay.admit(identity, decision.account.key)
         return admitted if isinstance(admitted, Account) else replies.for_outcome(admitted, "-")
 
@@ -748,11 +748,6 @@ class Handler:
         """A bug must not leak its text to the client, nor be acknowledged: 451, and the traceback in the log."""
         log.error("SMTP ingress session failed", exc_info=error)
         return "451 4.3.0 Internal error, try again later"
-
-
-def _only(key: str) -> Callable[[AccountRef], bool]:
-    """Routing already chose the account; ``admit`` still checks that it exists and is not suspended."""
-    return lambda ref: ref.key == key
 
 
 def _unusable_address(address: str) -> str | None:
