@@ -24,8 +24,14 @@ The contenders, all with their queues on the same disk (``/tmp``):
   connection reuse through ``tlsproxy``; its queue files are fsync'd before
   it answers 250, as always.
 
-The patterns, each contender measured in turn within every round (the order
-rotates from round to round, so the machine's noise spreads over all):
+The patterns, one after the other, ``e2e`` and ``drain`` first; within a
+pattern, each contender in turn in every round (the order rotates from round
+to round, so the machine's noise spreads over all). The accept patterns come
+last because what they leave behind differs: Postfix's queue is emptied
+(``postsuper -d``) after each, while the gateways have no bulk delete and keep
+every message accepted for the dead upstream as deferred, so they carry that
+growing backlog (their delivery loop's look-ups cost more with it) through
+the accept patterns, never into ``e2e`` or ``drain``:
 
 - ``accept-smtp``: ``smtp-source`` (16 sessions that keep their connection)
   sends N messages from a sender whose account's upstream is down (a port
@@ -34,27 +40,36 @@ rotates from round to round, so the machine's noise spreads over all):
   durable commit (for the gateways the enqueued count is checked against N,
   for Postfix the messages deleted from its queue afterwards). Between
   measurements the gateway's delivery loop is let finish its failed attempts
-  (every message deferred) and Postfix's queue is emptied, so no contender's
-  leftovers run during another's measurement;
+  (every message deferred; ``attempted_s`` is how long that took after the
+  last 250) and Postfix's queue is emptied, so no contender's leftovers run
+  during another's measurement;
 - ``accept-http``: ``wrk`` (16 connections) POSTs the same message as JSON
   to the same account for S seconds; each ``202 Accepted`` is a durable
-  commit. Compared with Postfix's ``accept-smtp`` of the same round (Postfix
-  has no HTTP door);
+  commit (the enqueued count is checked against wrk's). Compared with
+  Postfix's best ``accept-smtp`` (Postfix has no HTTP door);
 - ``e2e``: the issue's measure: ``smtp-source`` sends N messages through a
   live account; the rate is N over the time until the upstream counted all
-  of them. ``accept`` is the same N over the time until smtp-source's last 250;
+  of them. ``accept`` is the same N over the time until smtp-source's last 250
+  (for the gateways the enqueued count is checked: every message went through
+  the durable queue, none was relayed directly);
 - ``drain``: N messages wait in the queue, never attempted, when the upstream
   "comes back"; the rate is N over the time from that moment until the
   upstream counted all of them. Postfix: smtp-source sends them from a sender
   its ``check_sender_access`` puts on HOLD, then ``postsuper -H ALL`` and
   ``postqueue -f`` (timed). Gateways: the bench enqueues them into the
   gateway's own store (``open_store``, what another replica's door does) for
-  an account the gateway does not serve yet, then adds the account over the
-  admin API (timed; the delivery loop notices due work it may now take within
-  its one-second poll). ``first ms`` is when the first one arrived.
+  an account the gateway does not serve yet, sends one message through its
+  door (a SQLite gateway hears of enqueues in its own process only; a
+  PostgreSQL one hears the backlog's NOTIFY too), then adds the account over
+  the admin API (timed: the delivery loop notices due work it may now take
+  at its next one-second poll). ``first_ms`` is when the first message
+  arrived, ``steady`` the rate from then on.
 
-Each (pattern, contender) gets an unmeasured warm-up first. Reported per
-pattern: the best round (the least disturbed on a shared machine), the worst,
+After every measurement the sink's count must equal the messages the bench
+has had delivered so far, warm-ups included: a duplicate, or a leftover of an
+earlier measurement, fails the run. Each (pattern, contender) gets an
+unmeasured warm-up first (``accept-http`` in ``--quick``: one request only).
+Reported per pattern: the best round (the least disturbed on a shared machine), the worst,
 and CPU milliseconds per message (the gateway process, plus the PostgreSQL
 server for ``postgres``; Postfix's master and all its daemons; the upstream's
 and the load generators' CPU counts for nobody). Prints a table, then as the
@@ -63,13 +78,17 @@ LAST line one JSON object: ``accept_vs_postfix_sqlite`` and
 ``smtp_accept_vs_postfix_sqlite``/``_postgres``, ``drain_vs_postfix`` (SQLite;
 ``drain_vs_postfix_postgres``), the issue's ``sqlite_accept_msgs_per_s``,
 ``sqlite_delivered_msgs_per_s``, ``postgres_*``, ``postfix_msgs_per_s``,
-``sqlite_vs_postfix``, ``postgres_vs_postfix`` (e2e, delivered), and the
-absolute rates. ``--quick`` stays under 90 s on two cores.
+``sqlite_vs_postfix``, ``postgres_vs_postfix`` (e2e, delivered), the
+absolute rates, the drain's first-delivery times and steady rates, and what
+a dead upstream costs the gateways (``dead_upstream_attempted_s``,
+``dead_upstream_log_lines_per_msg``). Progress goes to stderr. ``--quick``
+stays under 90 s on two cores; ``--patterns drain,e2e`` runs a subset.
 
 Needs root (Postfix's daemons switch to the postfix user; PostgreSQL runs as
 the postgres user) and the Debian packages of ``hack/system-deps.sh``
 (postfix, sasl2-bin, wrk, postgresql). Loopback only; every wait has a
-deadline. ``--profile DIR`` runs each gateway under cProfile and leaves
+deadline; every process it starts is stopped on the way out, on an error or
+SIGTERM too. ``--profile DIR`` runs each gateway under cProfile and leaves
 ``DIR/gateway-<backend>.prof`` behind.
 """
 
@@ -83,6 +102,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -108,11 +128,11 @@ UPSTREAM_LOGIN = "relay@upstream.bench.test"
 UPSTREAM_PASSWORD = "bench-upstream-password-0123456789"  # a bench secret only
 ADMIN_TOKEN = "bench-queue-admin-token"
 TARGET = 1.5  # issue 15: both backends at least 1.5x Postfix, end to end
-PATTERNS: dict[str, tuple[str, ...]] = {
-    "accept-smtp": ("postfix", "sqlite", "postgres"),
-    "accept-http": ("sqlite", "postgres"),
+PATTERNS: dict[str, tuple[str, ...]] = {  # in the order they run (the docstring says why)
     "e2e": ("postfix", "sqlite", "postgres"),
     "drain": ("postfix", "sqlite", "postgres"),
+    "accept-smtp": ("postfix", "sqlite", "postgres"),
+    "accept-http": ("sqlite", "postgres"),
 }
 BASELINE = {"accept-smtp": "accept-smtp", "accept-http": "accept-smtp", "e2e": "e2e", "drain": "drain"}  # Postfix's
 WAIT = 120.0  # the deadline of any one wait
@@ -121,15 +141,17 @@ WAIT = 120.0  # the deadline of any one wait
 @dataclass(frozen=True)
 class Sizes:
     accept: int  # messages per accept-smtp measurement
-    http_seconds: float
+    http_seconds: int  # wrk takes whole seconds
     e2e: int
     drain: int
     rounds: int
-    warmup: int
+    warmup: int  # messages per warm-up
+    http_warmup: int  # seconds of wrk per warm-up; 0: none, the one request of ``check_http`` only (a second of
+    # wrk is a thousand or two messages the delivery loop must then attempt: --quick cannot afford it)
 
 
-QUICK = Sizes(accept=1000, http_seconds=2.0, e2e=800, drain=800, rounds=2, warmup=100)
-FULL = Sizes(accept=5000, http_seconds=5.0, e2e=4000, drain=4000, rounds=3, warmup=300)
+QUICK = Sizes(accept=500, http_seconds=1, e2e=500, drain=500, rounds=2, warmup=50, http_warmup=0)
+FULL = Sizes(accept=5000, http_seconds=5, e2e=4000, drain=4000, rounds=3, warmup=300, http_warmup=1)
 
 
 def deadline_wait(ready: Callable[[], bool], what: str, timeout: float = WAIT, step: float = 0.05) -> None:
@@ -151,7 +173,7 @@ def smtp_source(port: int, count: int, sender: str) -> None:
 
 
 def backlog_message(n: int) -> bytes:
-    """A 2 KB message as smtp-source would send it, for the backlog the bench enqueues itself."""
+    """A 2 KB message, as big as smtp-source's, for the backlog the bench enqueues itself."""
     head = f"From: {SENDERS['drain']}\r\nTo: {RECIPIENT}\r\nSubject: backlog {n}\r\n\r\n".encode()
     body = (b"x" * 76 + b"\r\n") * (MESSAGE_BYTES // 78 + 1)
     return head + body[: MESSAGE_BYTES - len(head)]
@@ -410,7 +432,7 @@ def account_config(name: str, upstream_port: int, ca_pem: str) -> dict[str, Any]
     }
 
 
-_METRIC = re.compile(r'^(mailgate_queue_enqueued_total)\{account="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
+_ENQUEUED = re.compile(r'^mailgate_queue_enqueued_total\{account="([^"]+)"\} ([0-9.e+]+)$', re.MULTILINE)
 
 
 @dataclass
@@ -449,7 +471,7 @@ class GatewayProcess:
         status, text = http_call(self.port, "GET", "/metrics")
         if status != 200:
             raise RuntimeError(f"GET /metrics answered {status}")
-        counts = {key: float(value) for _, key, value in _METRIC.findall(text.decode())}
+        counts = {key: float(value) for key, value in _ENQUEUED.findall(text.decode())}
         return int(counts.get(f"{NAMESPACE}/{account}", 0))
 
     def pending(self, account: str) -> bool:
@@ -537,6 +559,7 @@ class Bench:
             "live": account_config("live", self.upstream.port, ca_pem),
             "drain": account_config("drain", self.upstream.port, ca_pem),
         }
+        self.delivered = 0  # what the sink must have counted: every message of e2e and drain so far
         self.postgres_note: str | None = None
         urls = {"sqlite": f"sqlite://{folder / 'queue.db'}"}
         pg_pids: tuple[int, ...] = ()
@@ -554,7 +577,9 @@ class Bench:
         if self.postgres_note:
             print(f"postgres: {self.postgres_note}", file=sys.stderr)
         self.gateways: dict[str, GatewayProcess] = {}
-        stack.callback(self._report_logs)  # runs once the gateways stopped
+        self.log_lines: dict[str, int] = {}
+        self.dead_enqueued: dict[str, int] = {}  # messages accepted for the dead account, warm-ups included
+        stack.callback(self._read_logs)  # runs once the gateways stopped
         for backend, url in urls.items():
             gateway = stack.enter_context(gateway_process(backend, url, folder, profile))
             if backend == "postgres":
@@ -581,18 +606,36 @@ class Bench:
     def _cpu(self, contender: str) -> float:
         return cpu_seconds(self.postfix.pid) if contender == "postfix" else self.gateways[contender].cpu()
 
-    def measure(self, pattern: str, contender: str, size: int | float) -> Measurement:
+    def measure(self, pattern: str, contender: str, size: int) -> Measurement:
+        """One measurement: ``size`` messages (seconds for accept-http); fails if the sink counted one too many or few."""
+        started = time.monotonic()
         cpu = self._cpu(contender)
         if pattern == "accept-http":
-            result = self._accept_http(self.gateways[contender], float(size))
+            result = self._accept_http(self.gateways[contender], size)
             count = result.extra["count"]
         else:
             count = int(size)
             run = {"accept-smtp": self._accept_smtp, "e2e": self._e2e, "drain": self._drain}[pattern]
             result = run(contender, count)
         result.cpu_ms = (self._cpu(contender) - cpu) * 1000 / count
+        measured = time.monotonic()
         self._settle(pattern, contender, int(count))
+        if pattern.startswith("accept") and contender != "postfix":
+            result.extra["attempted_s"] = time.monotonic() - measured
+        if pattern in ("e2e", "drain"):
+            self.delivered += int(count)
+        self.check_sink(f"{pattern} {contender}")
+        print(
+            f"{pattern} {contender}: {count:.0f} messages, {result.rate:,.1f} msgs/s "
+            f"({measured - started:.1f} s with the set-up, then {time.monotonic() - measured:.1f} s to settle)",
+            file=sys.stderr,
+        )
         return result
+
+    def check_sink(self, after: str) -> None:
+        """The sink counted exactly what the bench had delivered: no message lost, none twice, no leftover."""
+        if self.sink.count != self.delivered:
+            raise RuntimeError(f"after {after} the sink counted {self.sink.count} messages, not {self.delivered}")
 
     def _accept_smtp(self, contender: str, count: int) -> Measurement:
         port = self.postfix.port if contender == "postfix" else self.gateways[contender].smtp_port
@@ -606,13 +649,13 @@ class Bench:
                 raise RuntimeError(f"the {contender} gateway answered {count} 250s but enqueued {enqueued}")
         return Measurement(rate)
 
-    def _accept_http(self, gateway: GatewayProcess, seconds: float) -> Measurement:
+    def _accept_http(self, gateway: GatewayProcess, seconds: int) -> Measurement:
         before = gateway.enqueued("dead")
         wrk = shutil.which("wrk")
         if wrk is None:
             raise RuntimeError("wrk is not installed (hack/system-deps.sh)")
         target = f"http://{LOOPBACK}:{gateway.port}/v1/accounts/{NAMESPACE}/dead/messages"
-        command = [wrk, "-t1", f"-c{SESSIONS}", f"-d{seconds:g}s", "--latency", "--timeout", "30s"]
+        command = [wrk, "-t1", f"-c{SESSIONS}", f"-d{seconds}s", "--latency", "--timeout", "30s"]
         command += ["-s", str(self.wrk_script), target]
         out = subprocess.run(command, check=True, capture_output=True, text=True, timeout=seconds + WAIT)
         result = parse_wrk(out.stdout, seconds)
@@ -625,11 +668,16 @@ class Bench:
 
     def _e2e(self, contender: str, count: int) -> Measurement:
         port = self.postfix.port if contender == "postfix" else self.gateways[contender].smtp_port
+        before = 0 if contender == "postfix" else self.gateways[contender].enqueued("live")
         base = self.sink.count
         started = time.monotonic()
         smtp_source(port, count, SENDERS["live"])
         accepted = time.monotonic()
-        finished = self.sink.wait_for(base + count, timeout=WAIT)
+        finished = self._delivered(contender, "live", base + count)
+        if contender != "postfix":
+            enqueued = self.gateways[contender].enqueued("live") - before
+            if enqueued != count:
+                raise RuntimeError(f"the {contender} gateway delivered {count} messages but enqueued {enqueued}")
         return Measurement(count / (finished - started), extra={"accept_msgs_per_s": count / (accepted - started)})
 
     def _drain(self, contender: str, count: int) -> Measurement:
@@ -652,9 +700,29 @@ class Bench:
             gateway.wait_quiet("dead")
             started = time.monotonic()
             gateway.put_account(self.accounts["drain"])
-        first = self.sink.wait_for(base + 1, timeout=WAIT)
-        finished = self.sink.wait_for(base + count, timeout=WAIT)
-        return Measurement(count / (finished - started), extra={"first_ms": (first - started) * 1000})
+        first = self._delivered(contender, "drain", base + 1)
+        finished = self._delivered(contender, "drain", base + count)
+        steady = (count - 1) / max(finished - first, 1e-6)
+        return Measurement(count / (finished - started), extra={"first_ms": (first - started) * 1000, "steady": steady})
+
+    def _delivered(self, contender: str, account: str, total: int) -> float:
+        """When the sink counted ``total`` messages; on a timeout, fail with what the contender still holds."""
+        try:
+            return self.sink.wait_for(total, timeout=WAIT)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; {contender} holds: {self._holding(contender, account)}") from None
+
+    def _holding(self, contender: str, account: str) -> str:
+        """The contender's undelivered messages, a few of each state with their last reply, for a failure report."""
+        if contender == "postfix":
+            listing = subprocess.run(["postqueue", "-c", str(self.postfix.conf), "-p"], capture_output=True, text=True)
+            return listing.stdout[-1500:]
+        gateway, found = self.gateways[contender], []
+        for state in ("queued", "sending", "deferred"):
+            path = f"/v1/accounts/{NAMESPACE}/{account}/messages?state={state}&limit=3"
+            status, body = http_call(gateway.port, "GET", path)
+            found.append(f"{state}: {body[:600].decode(errors='replace') if status == 200 else status}")
+        return "; ".join(found)
 
     def _settle(self, pattern: str, contender: str, count: int) -> None:
         """Let a contender finish what the measurement left it, so it does not run during the next one."""
@@ -671,11 +739,16 @@ class Bench:
         if pattern == "drain":
             gateway.delete_account("drain")
 
-    def _report_logs(self) -> None:
+    def _read_logs(self) -> None:
+        """Count each gateway's log lines (warnings and errors) and show the last few."""
         for gateway in self.gateways.values():
-            text = gateway.log.read_text(errors="replace").strip() if gateway.log.exists() else ""
-            if text:
-                print(f"{gateway.backend} gateway log (warnings and errors, last lines):\n{text[-1500:]}", file=sys.stderr)
+            lines = gateway.log.read_text(errors="replace").splitlines() if gateway.log.exists() else []
+            self.log_lines[gateway.backend] = len(lines)
+            if lines:
+                tail = "\n".join(line[:300] for line in lines[-3:])
+                print(
+                    f"{gateway.backend} gateway: {len(lines)} log lines (warnings and errors); the last:\n{tail}", file=sys.stderr
+                )
 
 
 def http_body() -> dict[str, Any]:
@@ -689,19 +762,23 @@ Results = dict[tuple[str, str], list[Measurement]]
 
 
 def run(bench: Bench, sizes: Sizes, patterns: Sequence[str]) -> Results:
-    """Warm every (pattern, contender) up, then ``rounds`` rounds; within a round the contenders' order rotates."""
+    """Pattern by pattern in ``PATTERNS`` order: warm every contender up, then ``rounds`` rounds in which the
+    contenders' order rotates."""
     size_of = {"accept-smtp": sizes.accept, "accept-http": sizes.http_seconds, "e2e": sizes.e2e, "drain": sizes.drain}
     bench.check_http()
-    for pattern in patterns:
-        for contender in bench.contenders(pattern):
-            bench.measure(pattern, contender, 1.0 if pattern == "accept-http" else sizes.warmup)
     results: Results = {}
-    for index in range(sizes.rounds):
-        for pattern in patterns:
-            names = bench.contenders(pattern)
+    for pattern in (name for name in PATTERNS if name in patterns):
+        warmup = sizes.http_warmup if pattern == "accept-http" else sizes.warmup
+        for contender in bench.contenders(pattern) if warmup else ():
+            bench.measure(pattern, contender, warmup)
+        names = bench.contenders(pattern)
+        for index in range(sizes.rounds):
             shift = index % len(names)
             for contender in names[shift:] + names[:shift]:
                 results.setdefault((pattern, contender), []).append(bench.measure(pattern, contender, size_of[pattern]))
+    time.sleep(1.0)  # a late duplicate of the last measurement
+    bench.check_sink("the last measurement")
+    bench.dead_enqueued = {name: gateway.enqueued("dead") for name, gateway in bench.gateways.items()}
     return results
 
 
@@ -719,10 +796,10 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
 
     rows = []
     for (pattern, contender), found in best.items():
-        extra = ", ".join(f"{key} {value:,.0f}" for key, value in found.extra.items() if key != "count")
+        extra = ", ".join(f"{key} {value:,.1f}" for key, value in found.extra.items() if key not in ("count", "p99_ms"))
         cpu = min((m.cpu_ms for m in results[pattern, contender] if m.cpu_ms is not None), default=0.0)
         rows.append([pattern, contender, found.rate, worst[pattern, contender], len(results[pattern, contender]),
-                     ratio(pattern, contender) or 1.0, round(cpu, 3), extra or "-"])  # fmt: skip
+                     ratio(pattern, contender) or "-", round(cpu, 3), extra or "-"])  # fmt: skip
     print(
         f"{SESSIONS} client sessions, {CONNECTIONS} upstream connections (STARTTLS + AUTH), {MESSAGE_BYTES} B messages, "
         f"{sizes.rounds} rounds, {os.cpu_count()} CPUs"
@@ -732,12 +809,14 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
     print(format_table(headers, rows))
 
     def e2e_accept(contender: str) -> float | None:
-        found = best.get(("e2e", contender))
-        return round(found.extra["accept_msgs_per_s"], 1) if found else None
+        return noted("e2e", contender, "accept_msgs_per_s")
 
     def first_ms(contender: str) -> float | None:
-        found = best.get(("drain", contender))
-        return round(found.extra["first_ms"], 1) if found else None
+        return noted("drain", contender, "first_ms")
+
+    def noted(pattern: str, contender: str, key: str) -> float | None:
+        found = best.get((pattern, contender))
+        return round(found.extra[key], 1) if found and key in found.extra else None
 
     summary: dict[str, Any] = {
         "accept_vs_postfix_sqlite": ratio("accept-http", "sqlite"),
@@ -758,6 +837,13 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
         "smtp_accept_msgs_per_s": {name: rate("accept-smtp", name) for name in ("sqlite", "postgres", "postfix")},
         "drain_msgs_per_s": {name: rate("drain", name) for name in ("sqlite", "postgres", "postfix")},
         "drain_first_delivery_ms": {name: first_ms(name) for name in ("sqlite", "postgres", "postfix")},
+        "drain_steady_msgs_per_s": {name: noted("drain", name, "steady") for name in ("sqlite", "postgres", "postfix")},
+        # After accepting for a dead upstream, the gateways try every message once (and log each failure):
+        # seconds from the last answer to the last attempt, and log lines per message accepted for it.
+        "dead_upstream_attempted_s": {name: noted("accept-smtp", name, "attempted_s") for name in ("sqlite", "postgres")},
+        "dead_upstream_log_lines_per_msg": {
+            name: round(bench.log_lines.get(name, 0) / count, 2) for name, count in bench.dead_enqueued.items() if count
+        },
         "cpu_ms_per_msg": {
             pattern: {
                 name: round(min(m.cpu_ms or 0.0 for m in results[pattern, name]), 3)
@@ -777,6 +863,13 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
     return summary
 
 
+def _exit_on_signal(number: int, frame: object) -> None:
+    """SIGTERM or SIGHUP: unwind like an error, so every server started is stopped; a second signal cannot cut that short."""
+    for ignored in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        signal.signal(ignored, signal.SIG_IGN)
+    raise SystemExit(128 + number)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two short rounds (under 90 s)")
@@ -793,6 +886,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     sizes = QUICK if args.quick else FULL
     if args.profile is not None:
         args.profile.mkdir(parents=True, exist_ok=True)
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, _exit_on_signal)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         bench = Bench(stack, postgres=not args.no_postgres, profile=args.profile)

@@ -216,6 +216,14 @@ class DeliveryWorker:
         """Ask ``run`` to return: it claims nothing more and waits for the sends in flight."""
         self._stopping.set()
 
+    def wake(self) -> None:
+        """What this worker may take changed (an account now served, a share raised): look again now.
+
+        Without it, messages waiting for such an account start only after the
+        wait (``min_wait``) the worker took when it found nothing it could take.
+        """
+        self._slot_freed.set()
+
     async def run(self) -> None:
         """Deliver until ``stop``. Cancelling this task instead abandons the sends in flight
         without recording them (as a crash would): their leases expire and another worker retries."""
@@ -332,7 +340,7 @@ class DeliveryWorker:
             return
         keeper = asyncio.create_task(self._keep_lease(lease))
         try:
-            outcome = await self._send(message)
+            outcome = await self._send(message, claimed.data)
         finally:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -349,10 +357,11 @@ class DeliveryWorker:
             self._throttles.pop(message.account, None)
         await self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
 
-    async def _send(self, message: QueuedMessage) -> SendOutcome:
+    async def _send(self, message: QueuedMessage, data: bytes | None) -> SendOutcome:
         started = time.monotonic()
         try:
-            data = await self.store.data(message.id)
+            if data is None:
+                data = await self.store.data(message.id)
             outcome = await self.send(message.account, message.sender, message.pending_recipients, data, message.smtputf8)
         except QueueError:
             raise

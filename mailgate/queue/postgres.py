@@ -33,6 +33,7 @@ import contextlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -131,6 +132,12 @@ def redact(dsn: str) -> str:
         netloc = f"{parts.username or ''}:***@{netloc.rsplit('@', 1)[1]}"
     query = [(k, "***" if k == "password" else v) for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*")))
+
+
+# Delivery bookkeeping (claims, results) commits without waiting for the WAL flush: lost in a server crash, it means
+# a redelivery, never a lost message; the next synchronous commit (an enqueue) flushes it with its own WAL.
+LAZY_COMMIT = "SET LOCAL synchronous_commit = off"
+_BODIES = "SELECT message_id, data FROM mailgate_bodies WHERE message_id = ANY($1)"
 
 
 class PostgresStore(QueueStore):
@@ -326,7 +333,8 @@ class PostgresStore(QueueStore):
         at = clock(now)
         only = "" if accounts is None else " AND account = ANY($5::text[])"
         params: list[Any] = [at, limit, owner, at + lease_seconds] + ([] if accounts is None else [list(accounts)])
-        async with self._connection() as conn:
+        async with self._connection() as conn, conn.transaction():
+            await conn.execute(LAZY_COMMIT)
             rows = await conn.fetch(
                 f"""WITH due AS (
                         SELECT id, next_attempt_at AS due_at FROM mailgate_messages
@@ -340,7 +348,8 @@ class PostgresStore(QueueStore):
             )
             ids = [row["id"] for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))]
             messages = await _load(conn, ids)
-        return [ClaimedMessage(m, Lease(m.id, owner, m.attempts, m.next_attempt_at)) for m in messages]
+            bodies = {row[0]: bytes(row[1]) for row in await conn.fetch(_BODIES, ids)} if ids else {}
+        return [ClaimedMessage(m, Lease(m.id, owner, m.attempts, m.next_attempt_at), bodies.get(m.id)) for m in messages]
 
     async def extend_lease(self, lease: Lease, *, lease_seconds: float, now: float | None = None) -> Lease:
         until = clock(now) + lease_seconds
@@ -368,12 +377,17 @@ class PostgresStore(QueueStore):
     ) -> QueuedMessage:
         at = clock(now)
         async with self._connection() as conn, conn.transaction():
-            row = await conn.fetchrow(
-                "SELECT state, lease_owner, attempts FROM mailgate_messages WHERE id = $1 FOR UPDATE", lease.message_id
-            )
-            if row is None or tuple(row) != ("sending", lease.owner, lease.attempt):
+            await conn.execute(LAZY_COMMIT)
+            # The message row (locked) and its recipients: what the plan needs, and, with the plan applied, what
+            # this returns; no second read.
+            locked = f"SELECT {MESSAGE_COLUMNS} FROM mailgate_messages WHERE id = $1 FOR UPDATE"
+            row = await conn.fetchrow(locked, lease.message_id)
+            if row is None or (row["state"], row["lease_owner"], row["attempts"]) != ("sending", lease.owner, lease.attempt):
                 raise _lease_lost(lease)
-            (current,) = await _load(conn, [lease.message_id])
+            recipients = await conn.fetch(
+                f"SELECT {RECIPIENT_COLUMNS} FROM mailgate_recipients WHERE message_id = $1 ORDER BY position", lease.message_id
+            )
+            current = message_from_row(row, recipients_by_message(recipients).get(lease.message_id, ()))
             plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
             await conn.executemany(
                 "UPDATE mailgate_recipients SET state = $3, code = $4, message = $5, attempts = $6"
@@ -387,6 +401,7 @@ class PostgresStore(QueueStore):
             last = plan.last_reply or current.last_reply
             code, text = (last.code, last.message) if last else (None, None)
             if plan.state is MessageState.DEFERRED:
+                assert next_attempt_at is not None
                 await conn.execute(
                     "UPDATE mailgate_messages SET state = 'deferred', lease_owner = NULL, next_attempt_at = $2,"
                     " last_code = $3, last_message = $4 WHERE id = $1",
@@ -396,6 +411,7 @@ class PostgresStore(QueueStore):
                     text,
                 )
                 await conn.execute(f"NOTIFY {CHANNEL}")
+                stored = replace(current, next_attempt_at=next_attempt_at)
             else:
                 await conn.execute(
                     "UPDATE mailgate_messages SET state = $2, lease_owner = NULL, finished_at = $3,"
@@ -406,8 +422,8 @@ class PostgresStore(QueueStore):
                     code,
                     text,
                 )
-            (message,) = await _load(conn, [lease.message_id])
-        return message
+                stored = replace(current, finished_at=at)
+        return replace(stored, state=plan.state, recipients=plan.recipients, last_reply=last, lease_owner=None)
 
     async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
         set_reply = "" if reply is None else ", last_code = $4, last_message = $5"

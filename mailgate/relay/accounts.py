@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import ssl
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from ..gcpause import collection_paused
@@ -188,6 +188,8 @@ class AccountRegistry:
     tokens: TokenSources = field(default_factory=TokenSources)
     revision: int = 0
     received: bool = False  # a snapshot arrived since start: the gateway may turn ready
+    # Called after every change that was applied (the outbox's worker looks for messages it may now take).
+    listeners: list[Callable[[], None]] = field(default_factory=list)
     _accounts: dict[str, Account] = field(default_factory=dict)
     _index: SenderIndex = field(default_factory=lambda: SenderIndex({}))
 
@@ -206,6 +208,10 @@ class AccountRegistry:
 
     # -- applying pushes ----------------------------------------------------
 
+    def _changed(self) -> None:
+        for listener in self.listeners:
+            listener()
+
     def apply_snapshot(self, snapshot: ConfigSnapshot) -> bool:
         """Replace the whole configuration; ``False`` when it was a no-op (same revision)."""
         if self.received and snapshot.revision < self.revision:
@@ -221,6 +227,7 @@ class AccountRegistry:
         self.revision = snapshot.revision
         self.received = True
         self._reindex()
+        self._changed()
         return True
 
     def put_account(self, config: AccountConfig, revision: int) -> None:
@@ -230,6 +237,7 @@ class AccountRegistry:
         self._install(account)
         self.revision = revision
         self._index.update(account.key, account.senders)  # one account: not a rebuild over all of them
+        self._changed()
 
     def delete_account(self, key: str, revision: int) -> bool:
         """``False`` when the account is unknown (nothing changes, the revision included)."""

@@ -96,6 +96,7 @@ class Outbox:
             serves=self._serves,
             observer=self,
         )
+        registry.listeners.append(self.worker.wake)  # messages waiting for an account now served go at once
         self._tasks: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
 

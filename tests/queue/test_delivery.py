@@ -57,7 +57,8 @@ class Recorder:
 @contextlib.asynccontextmanager
 async def running(store: QueueStore, pool: SMTPPool, **options: Any) -> AsyncIterator[DeliveryWorker]:
     options = {"owner": "worker-a", "concurrency": 4, "lease_seconds": 30.0, "policy": FAST, "min_wait": 0.02, **options}
-    worker = DeliveryWorker(store, pool_send(pool, acquire_timeout=5.0), max_wait=0.5, **options)
+    options.setdefault("max_wait", 0.5)
+    worker = DeliveryWorker(store, pool_send(pool, acquire_timeout=5.0), **options)
     task = asyncio.create_task(worker.run())
     try:
         yield worker
@@ -244,6 +245,22 @@ async def test_capacity_bounds_sends_per_account(store: QueueStore, pool: SMTPPo
     async with running(store, pool, concurrency=4, serves=lambda account: account == ACCOUNT, capacity=lambda account: 1):
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 6 and upstream.sessions_peak == 1
+
+
+async def test_an_account_that_appears_is_delivered_without_waiting_for_the_next_poll(
+    store: QueueStore, pool: SMTPPool, upstream: Upstream
+) -> None:
+    """Messages wait for an account this replica does not serve yet (a share arriving, a restart); once it
+    serves the account, ``wake`` starts their delivery at once instead of at the next poll (here 60 s)."""
+    served: set[str] = set()
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(3)]
+    async with running(store, pool, serves=served.__contains__, min_wait=60.0, max_wait=60.0) as worker:
+        await asyncio.sleep(0.3)  # its first cycle finds nothing it may take and waits
+        pool.configure(ACCOUNT, settings_for(upstream))
+        served.add(ACCOUNT)
+        worker.wake()
+        await until(lambda: all_in(store, ids), timeout=15.0)
+    assert len(upstream.messages) == 3
 
 
 def test_default_schedule_is_postfix_like() -> None:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mailgate.queue import SchemaTooNew, open_store, store_for_url
-from mailgate.queue.sqlite import SCHEMA_VERSION, SQLiteStore
-from tests.queue.support import message
+from mailgate.queue import AttemptResult, Outcome, SchemaTooNew, open_store, store_for_url
+from mailgate.queue.sqlite import DUE_ACCOUNTS, SCHEMA_VERSION, SQLiteStore
+from tests.queue.support import T0, message
 
 
 async def test_the_file_is_wal_with_full_sync_and_versioned(tmp_path: Path) -> None:
@@ -56,3 +56,51 @@ def test_queue_urls() -> None:
     for bad in ("sqlite://host/queue.db", "sqlite://", "mysql://db/mail", "sqlite:///q.db?mode=memory"):
         with pytest.raises(ValueError):
             store_for_url(bad)
+
+
+def _steps(path: Path, sql: str, params: tuple[object, ...]) -> tuple[list[str], int]:
+    """The rows and how many virtual-machine steps SQLite took for them (a progress handler every step)."""
+    steps = 0
+
+    def count() -> int:
+        nonlocal steps
+        steps += 1
+        return 0
+
+    db = sqlite3.connect(path)
+    try:
+        db.set_progress_handler(count, 1)
+        rows = [row[0] for row in db.execute(sql, params)]
+    finally:
+        db.close()
+    return rows, steps
+
+
+async def test_finding_due_accounts_does_not_read_every_pending_message(tmp_path: Path) -> None:
+    """The delivery loop asks on every freed slot and every enqueue: one account's deferred backlog (an
+    upstream down for a day) must not make that question cost more for every other account."""
+    path = tmp_path / "queue.db"
+    async with SQLiteStore(path) as store:
+        for account in ("mail/a", "mail/b", "mail/c"):
+            await store.enqueue(message(account), now=T0)
+        small = _steps(path, DUE_ACCOUNTS, (T0 + 1, 1000))
+        await asyncio.gather(*(store.enqueue(message("mail/backlog"), now=T0 + 0.5) for _ in range(3000)))
+        large = _steps(path, DUE_ACCOUNTS, (T0 + 1, 1000))
+        assert await store.due_accounts(now=T0 + 1) == ["mail/a", "mail/b", "mail/c", "mail/backlog"]
+    assert small[0] == ["mail/a", "mail/b", "mail/c"]
+    assert large[1] < 3 * small[1], (small[1], large[1])  # per account, not per message
+
+
+async def test_acceptance_stays_fully_synchronous_after_lazy_delivery_bookkeeping(tmp_path: Path) -> None:
+    """Claims, lease extensions and results commit without an fsync of their own (a lost one means a redelivery,
+    never a lost message); every acceptance after them must still fsync before it is acknowledged."""
+    path = tmp_path / "queue.db"
+    async with SQLiteStore(path) as store:
+        await store.enqueue(message(), now=T0)
+        (claimed,) = await store.claim("w1", limit=10, lease_seconds=60, now=T0)
+        lease = await store.extend_lease(claimed.lease, lease_seconds=60, now=T0 + 1)
+        results = [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")]
+        await store.finish_attempt(lease, results, next_attempt_at=None, now=T0 + 2)
+        await store.enqueue(message(), now=T0 + 3)
+        synchronous = await store._call(lambda: store._db.execute("PRAGMA synchronous").fetchone()[0])
+    assert synchronous == 2  # FULL
