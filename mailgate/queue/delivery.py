@@ -404,7 +404,9 @@ class DeliveryWorker:
         self, message: QueuedMessage, lease: Lease, results: Sequence[AttemptResult], next_attempt: float, reply: Reply | None
     ) -> None:
         try:
-            stored = await self.store.finish_attempt(lease, results, next_attempt_at=next_attempt, reply=reply, now=self.clock())
+            stored = await self.store.finish_attempt(
+                lease, results, next_attempt_at=next_attempt, reply=reply, now=self.clock(), current=message
+            )
         except LeaseLost:
             log.warning("message %s was taken over or changed during its delivery; result dropped", message.id)
             return

@@ -138,6 +138,20 @@ def redact(dsn: str) -> str:
 # a redelivery, never a lost message; the next synchronous commit (an enqueue) flushes it with its own WAL.
 LAZY_COMMIT = "SET LOCAL synchronous_commit = off"
 _BODIES = "SELECT message_id, data FROM mailgate_bodies WHERE message_id = ANY($1)"
+LAZY_BEGIN = f"BEGIN; {LAZY_COMMIT}"  # one round trip (the simple query protocol takes both)
+# The lease check, the message and its changed recipients in one statement; NOTIFY (at COMMIT) when deferred.
+FINISH_AS_CLAIMED = """WITH m AS (
+        UPDATE mailgate_messages SET state = $4, lease_owner = NULL, next_attempt_at = COALESCE($5, next_attempt_at),
+            finished_at = $6, last_code = $7, last_message = $8
+        WHERE id = $1 AND state = 'sending' AND lease_owner = $2 AND attempts = $3
+        RETURNING id),
+    r AS (
+        UPDATE mailgate_recipients t SET state = u.state, code = u.code, message = u.message, attempts = u.attempts
+        FROM m, unnest($9::int[], $10::text[], $11::int[], $12::text[], $13::int[]) AS u(position, state, code, message, attempts)
+        WHERE t.message_id = m.id AND t.position = u.position
+        RETURNING 1),
+    n AS (SELECT pg_notify($14, '') FROM m WHERE $14::text IS NOT NULL)
+    SELECT (SELECT count(*) FROM m) + 0 * (SELECT count(*) FROM r) + 0 * (SELECT count(*) FROM n)"""
 
 
 class PostgresStore(QueueStore):
@@ -374,8 +388,11 @@ class PostgresStore(QueueStore):
         next_attempt_at: float | None,
         reply: Reply | None = None,
         now: float | None = None,
+        current: QueuedMessage | None = None,
     ) -> QueuedMessage:
         at = clock(now)
+        if current is not None and current.id == lease.message_id:
+            return await self._finish_as_claimed(lease, current, results, next_attempt_at, reply, at)
         async with self._connection() as conn, conn.transaction():
             await conn.execute(LAZY_COMMIT)
             # The message row (locked) and its recipients: what the plan needs, and, with the plan applied, what
@@ -424,6 +441,58 @@ class PostgresStore(QueueStore):
                 )
                 stored = replace(current, finished_at=at)
         return replace(stored, state=plan.state, recipients=plan.recipients, last_reply=last, lease_owner=None)
+
+    async def _finish_as_claimed(
+        self,
+        lease: Lease,
+        current: QueuedMessage,
+        results: Sequence[AttemptResult],
+        next_attempt_at: float | None,
+        reply: Reply | None,
+        at: float,
+    ) -> QueuedMessage:
+        """``finish_attempt`` planned from the claimed message: one statement checks the lease and writes
+        the message and its recipients (three round trips with the transaction, instead of seven)."""
+        plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
+        last = plan.last_reply or current.last_reply
+        deferred = plan.state is MessageState.DEFERRED
+        changed = [(i, plan.recipients[i]) for i in plan.changed]
+        async with self._connection() as conn:
+            await conn.execute(LAZY_BEGIN)
+            try:
+                updated = await conn.fetchval(
+                    FINISH_AS_CLAIMED,
+                    lease.message_id,
+                    lease.owner,
+                    lease.attempt,
+                    plan.state.value,
+                    next_attempt_at if deferred else None,
+                    None if deferred else at,
+                    last.code if last else None,
+                    last.message if last else None,
+                    [i for i, _ in changed],
+                    [r.state.value for _, r in changed],
+                    [r.code for _, r in changed],
+                    [r.message for _, r in changed],
+                    [r.attempts for _, r in changed],
+                    CHANNEL if deferred else None,
+                )
+                if not updated:
+                    raise _lease_lost(lease)
+            except BaseException:
+                with contextlib.suppress(*CONNECTION_ERRORS):
+                    await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
+        return replace(
+            current,
+            state=plan.state,
+            recipients=plan.recipients,
+            last_reply=last,
+            lease_owner=None,
+            next_attempt_at=next_attempt_at if deferred and next_attempt_at is not None else lease.expires_at,
+            finished_at=None if deferred else at,
+        )
 
     async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
         set_reply = "" if reply is None else ", last_code = $4, last_message = $5"

@@ -364,6 +364,7 @@ class SQLiteStore(QueueStore):
         next_attempt_at: float | None,
         reply: Reply | None = None,
         now: float | None = None,
+        current: QueuedMessage | None = None,  # unused: reading it again is a local call here
     ) -> QueuedMessage:
         message = await self._write_lazy(self._finish, lease, results, next_attempt_at, reply, clock(now))
         if message.state is MessageState.DEFERRED:

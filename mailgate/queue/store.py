@@ -102,8 +102,12 @@ class QueueStore(Protocol):
         next_attempt_at: float | None,
         reply: Reply | None = None,
         now: float | None = None,
+        current: QueuedMessage | None = None,
     ) -> QueuedMessage:
         """Record an attempt and release the lease; returns the message as now stored.
+
+        ``current`` is the message as claimed under ``lease``: nobody else changes a leased
+        message's recipients, so a store may plan from it instead of reading it again.
 
         Recipients still pending (deferred or not attempted) wait for ``next_attempt_at``, or
         fail when it is None. ``reply`` is the message-level reply (e.g. a ``421`` greeting);

@@ -242,6 +242,38 @@ async def test_finish_attempt_records_each_recipient(store: QueueStore) -> None:
     assert await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10_000) == []
 
 
+@pytest.mark.parametrize("with_claim", [False, True], ids=["read", "as-claimed"])
+async def test_finish_attempt_returns_exactly_what_it_stored(store: QueueStore, with_claim: bool) -> None:
+    """With ``current`` (the message as claimed: its recipients cannot change under the lease) a store may skip
+    reading the message again; what it returns must still be what a later ``get`` reads."""
+    claimed = await enqueue_claimed(store, recipients=["sent@x.org", "later@x.org", "refused@x.org"])
+    results = [
+        AttemptResult("sent@x.org", Outcome.SENT, 250, "ok"),
+        AttemptResult("later@x.org", Outcome.DEFERRED, 451, "4.7.1 later"),
+        AttemptResult("refused@x.org", Outcome.FAILED, 550, "5.1.1 unknown"),
+    ]
+    deferred = await store.finish_attempt(
+        claimed.lease, results, next_attempt_at=T0 + 300, now=T0 + 5, current=claimed.message if with_claim else None
+    )
+    assert deferred == await store.get(claimed.message.id)
+    assert deferred.state is MessageState.DEFERRED
+
+    (again,) = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 300)
+    extended = await store.extend_lease(again.lease, lease_seconds=LEASE, now=T0 + 310)
+    stale = type(again.lease)(again.lease.message_id, "worker-b", again.lease.attempt, again.lease.expires_at)
+    with pytest.raises(LeaseLost):
+        await store.finish_attempt(stale, [], next_attempt_at=T0 + 1, current=again.message if with_claim else None)
+    final = await store.finish_attempt(
+        extended,
+        [AttemptResult("later@x.org", Outcome.SENT, 250, "ok")],
+        next_attempt_at=None,
+        now=T0 + 320,
+        current=again.message if with_claim else None,
+    )
+    assert final == await store.get(claimed.message.id)
+    assert (final.state, final.finished_at, final.lease_owner) == ("failed", T0 + 320, None)
+
+
 async def test_all_recipients_accepted_is_sent(store: QueueStore) -> None:
     claimed = await enqueue_claimed(store, recipients=["a@x.org", "b@x.org"])
     results = [AttemptResult(a, Outcome.SENT, 250, "ok") for a in ("a@x.org", "b@x.org")]

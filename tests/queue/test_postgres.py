@@ -32,6 +32,16 @@ async def test_wait_for_work_wakes_another_store(postgres_dsn: str) -> None:
         )
         assert await woken is True
 
+        (claimed,) = await writing.claim("w", limit=1, lease_seconds=60, now=T0 + 5)
+        woken = asyncio.create_task(waiting.wait_for_work(30))
+        await writing.finish_attempt(  # the one-statement path (as claimed) notifies too
+            claimed.lease,
+            [AttemptResult("ops@example.com", Outcome.DEFERRED, 451, "later")],
+            next_attempt_at=T0 + 10,
+            current=claimed.message,
+        )
+        assert await woken is True
+
 
 async def test_a_claim_carries_the_bodies(postgres_dsn: str) -> None:
     """One query reads the bodies of a whole claimed batch: the worker asks for no body one message at a time."""
