@@ -110,7 +110,7 @@ DUE_ACCOUNTS = f"""WITH RECURSIVE accounts(account) AS (
         SELECT account, (SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING} AND account = accounts.account)
             AS first_due
         FROM accounts WHERE account IS NOT NULL)
-    SELECT account FROM due WHERE first_due <= ? ORDER BY first_due LIMIT ?"""
+    SELECT account FROM due WHERE first_due <= ? ORDER BY first_due, account LIMIT ?"""
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
+from typing import Any
 
 import pytest
 
 from mailgate.queue import AttemptResult, NewMessage, Outcome, QueueError, QueueUnavailable, SchemaTooNew, open_store
-from mailgate.queue.postgres import SCHEMA_VERSION
+from mailgate.queue.postgres import DUE_ACCOUNTS, SCHEMA_VERSION
 from tests.pool.support import eventually
 from tests.queue.postgres import PASSWORD, PostgresServer
 from tests.queue.support import T0, message
@@ -160,3 +162,29 @@ async def test_enqueue_across_a_server_restart_loses_nothing(
         await asyncio.sleep(0.05)
         await other.enqueue(message())
         assert await woken is True
+
+
+async def test_finding_due_accounts_does_not_read_every_due_message(postgres_dsn: str) -> None:
+    """One account's backlog (an upstream down for a day, its messages due again) must not make the delivery
+    loop's question cost more for every other account: the rows the plan reads grow with accounts, not messages."""
+
+    async def rows_read(store: Any) -> int:
+        async with store._connection() as conn:
+            await conn.execute("ANALYZE mailgate_messages")
+            (plan,) = json.loads(await conn.fetchval("EXPLAIN (ANALYZE, FORMAT JSON) " + DUE_ACCOUNTS, T0 + 1, 1000))
+        return _scanned(plan["Plan"])
+
+    async with await open_store(postgres_dsn) as store:
+        for account in ("mail/a", "mail/b", "mail/c"):
+            await store.enqueue(message(account), now=T0)
+        small = await rows_read(store)
+        await asyncio.gather(*(store.enqueue(message("mail/backlog"), now=T0 + 0.5) for _ in range(3000)))
+        large = await rows_read(store)
+        assert await store.due_accounts(now=T0 + 1) == ["mail/a", "mail/b", "mail/c", "mail/backlog"]
+    assert large < 100, (small, large)
+
+
+def _scanned(node: dict[str, Any]) -> int:
+    """Rows the scans of a plan produced (each node's rows times its loops), over the whole tree."""
+    own = node["Actual Rows"] * node["Actual Loops"] if "Scan" in node["Node Type"] else 0
+    return own + sum(_scanned(child) for child in node.get("Plans", []))
