@@ -25,6 +25,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 import idna
 
@@ -121,6 +122,8 @@ class SenderIndex:
     def __init__(self, matchers: dict[str, SenderMatcher]) -> None:
         self._matchers: dict[str, SenderMatcher] = {}
         self._by_domain: dict[str, set[str]] = {}
+        # The accounts listing each pattern (by meaning): a status report asks every account for its conflicts.
+        self._by_pattern: dict[tuple[str | None, str, Specificity], set[str]] = {}
         for key, matcher in matchers.items():
             self.update(key, matcher)
 
@@ -129,16 +132,14 @@ class SenderIndex:
         old = self._matchers.pop(key, None)
         if old is not None:
             for pattern in old.patterns:
-                holders = self._by_domain.get(pattern.domain)
-                if holders is not None:
-                    holders.discard(key)
-                    if not holders:
-                        del self._by_domain[pattern.domain]
+                _forget(self._by_domain, pattern.domain, key)
+                _forget(self._by_pattern, (pattern.local, pattern.domain, pattern.kind), key)
         if matcher is None or not matcher.patterns:
             return
         self._matchers[key] = matcher
         for pattern in matcher.patterns:
             self._by_domain.setdefault(pattern.domain, set()).add(key)
+            self._by_pattern.setdefault((pattern.local, pattern.domain, pattern.kind), set()).add(key)
 
     def route(self, address: str) -> list[str]:
         """Account keys whose best match is the most specific one; more than one means a conflict."""
@@ -160,5 +161,15 @@ class SenderIndex:
         own = self._matchers.get(key)
         if own is None:
             return []
-        others = {(p.local, p.domain, p.kind) for k, m in self._matchers.items() if k != key for p in m.patterns}
-        return [p.text for p in own.patterns if (p.local, p.domain, p.kind) in others]
+        return [p.text for p in own.patterns if len(self._by_pattern.get((p.local, p.domain, p.kind), ())) > 1]
+
+
+_K = TypeVar("_K")
+
+
+def _forget(index: dict[_K, set[str]], entry: _K, key: str) -> None:
+    holders = index.get(entry)
+    if holders is not None:
+        holders.discard(key)
+        if not holders:
+            del index[entry]

@@ -150,3 +150,37 @@ def test_routing_through_the_domain_index_equals_scanning_every_account(
     ranked = [(rank, key) for key, m in matchers.items() if m.patterns and (rank := m.best(address)) is not None]
     top = max((rank for rank, _ in ranked), default=None)
     assert SenderIndex(matchers).route(address) == sorted(key for rank, key in ranked if rank == top)
+
+
+def _conflicts_by_scanning(matchers: dict[str, SenderMatcher], key: str) -> list[str]:
+    own = matchers.get(key)
+    if own is None or not own.patterns:
+        return []
+    others = {(p.local, p.domain, p.kind) for k, m in matchers.items() if k != key for p in m.patterns}
+    return [p.text for p in own.patterns if (p.local, p.domain, p.kind) in others]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.sampled_from([f"ns/a{i}" for i in range(8)]), st.lists(PATTERNS, max_size=3), max_size=8),
+    st.lists(
+        st.tuples(st.sampled_from([f"ns/a{i}" for i in range(8)]), st.none() | st.lists(PATTERNS, max_size=3)), max_size=6
+    ),
+)
+def test_sender_conflicts_through_the_index_equal_scanning_every_account(
+    senders: dict[str, list[str]], changes: list[tuple[str, list[str] | None]]
+) -> None:
+    """``conflicts`` is asked for every account in each status report: answered from an index, not by scanning
+    all accounts per account (10,000 accounts made that 10^8 steps per GET /v1/status), with the same answer,
+    through one-account updates and removals too."""
+    matchers = {key: SenderMatcher(patterns) for key, patterns in senders.items()}
+    index = SenderIndex(matchers)
+    for key, patterns in changes:
+        if patterns is None:
+            matchers.pop(key, None)
+            index.update(key, None)
+        else:
+            matchers[key] = SenderMatcher(patterns)
+            index.update(key, matchers[key])
+    for key in [f"ns/a{i}" for i in range(8)]:
+        assert index.conflicts(key) == _conflicts_by_scanning(matchers, key)
