@@ -402,57 +402,14 @@ class PostgresStore(QueueStore):
         now: float | None = None,
         current: QueuedMessage | None = None,
     ) -> QueuedMessage:
-        at = clock(now)
-        if current is not None and current.id == lease.message_id:
-            return await self._finish_as_claimed(lease, current, results, next_attempt_at, reply, at)
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(LAZY_COMMIT)
-            # The message row (locked) and its recipients: what the plan needs, and, with the plan applied, what
-            # this returns; no second read.
-            locked = f"SELECT {MESSAGE_COLUMNS} FROM mailgate_messages WHERE id = $1 FOR UPDATE"
-            row = await conn.fetchrow(locked, lease.message_id)
-            if row is None or (row["state"], row["lease_owner"], row["attempts"]) != ("sending", lease.owner, lease.attempt):
+        if current is None or current.id != lease.message_id:
+            async with self._connection() as conn:
+                loaded = await _load(conn, [lease.message_id])
+            held = (MessageState.SENDING, lease.owner, lease.attempt)
+            if not loaded or (loaded[0].state, loaded[0].lease_owner, loaded[0].attempts) != held:
                 raise _lease_lost(lease)
-            recipients = await conn.fetch(
-                f"SELECT {RECIPIENT_COLUMNS} FROM mailgate_recipients WHERE message_id = $1 ORDER BY position", lease.message_id
-            )
-            current = message_from_row(row, recipients_by_message(recipients).get(lease.message_id, ()))
-            plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
-            await conn.executemany(
-                "UPDATE mailgate_recipients SET state = $3, code = $4, message = $5, attempts = $6"
-                " WHERE message_id = $1 AND position = $2",
-                [
-                    (lease.message_id, i, r.state.value, r.code, r.message, r.attempts)
-                    for i in plan.changed
-                    for r in (plan.recipients[i],)
-                ],
-            )
-            last = plan.last_reply or current.last_reply
-            code, text = (last.code, last.message) if last else (None, None)
-            if plan.state is MessageState.DEFERRED:
-                assert next_attempt_at is not None
-                await conn.execute(
-                    "UPDATE mailgate_messages SET state = 'deferred', lease_owner = NULL, next_attempt_at = $2,"
-                    " last_code = $3, last_message = $4 WHERE id = $1",
-                    lease.message_id,
-                    next_attempt_at,
-                    code,
-                    text,
-                )
-                await conn.execute(f"NOTIFY {CHANNEL}")
-                stored = replace(current, next_attempt_at=next_attempt_at)
-            else:
-                await conn.execute(
-                    "UPDATE mailgate_messages SET state = $2, lease_owner = NULL, finished_at = $3,"
-                    " last_code = $4, last_message = $5 WHERE id = $1",
-                    lease.message_id,
-                    plan.state.value,
-                    at,
-                    code,
-                    text,
-                )
-                stored = replace(current, finished_at=at)
-        return replace(stored, state=plan.state, recipients=plan.recipients, last_reply=last, lease_owner=None)
+            current = loaded[0]
+        return await self._finish_as_claimed(lease, current, results, next_attempt_at, reply, clock(now))
 
     async def _finish_as_claimed(
         self,
@@ -463,8 +420,9 @@ class PostgresStore(QueueStore):
         reply: Reply | None,
         at: float,
     ) -> QueuedMessage:
-        """``finish_attempt`` planned from the claimed message: one statement checks the lease and writes
-        the message and its recipients (three round trips with the transaction, instead of seven)."""
+        """``finish_attempt`` planned from ``current``: one statement checks the lease and writes the message
+        and its recipients (three round trips with the transaction). Nobody else changes a leased message's
+        recipients, and the statement writes nothing if the lease was lost since ``current`` was read."""
         plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
         last = plan.last_reply or current.last_reply
         deferred = plan.state is MessageState.DEFERRED
