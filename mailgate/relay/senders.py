@@ -82,6 +82,11 @@ class SenderPattern:
             return cls(text, None, _ascii_domain(domain), Specificity.DOMAIN)
         return cls(text, local.lower(), _ascii_domain(domain), Specificity.EXACT)
 
+    @property
+    def meaning(self) -> tuple[str | None, str, Specificity]:
+        """What the pattern matches, whatever its spelling (``*@X.example`` means ``*@x.example``)."""
+        return self.local, self.domain, self.kind
+
     def rank(self, local: str, domain: str) -> tuple[int, int] | None:
         """``None`` when the canonical address does not match, else a sortable (kind, suffix length)."""
         if self.kind is Specificity.EXACT:
@@ -133,13 +138,13 @@ class SenderIndex:
         if old is not None:
             for pattern in old.patterns:
                 _forget(self._by_domain, pattern.domain, key)
-                _forget(self._by_pattern, (pattern.local, pattern.domain, pattern.kind), key)
+                _forget(self._by_pattern, pattern.meaning, key)
         if matcher is None or not matcher.patterns:
             return
         self._matchers[key] = matcher
         for pattern in matcher.patterns:
             self._by_domain.setdefault(pattern.domain, set()).add(key)
-            self._by_pattern.setdefault((pattern.local, pattern.domain, pattern.kind), set()).add(key)
+            self._by_pattern.setdefault(pattern.meaning, set()).add(key)
 
     def route(self, address: str) -> list[str]:
         """Account keys whose best match is the most specific one; more than one means a conflict."""
@@ -161,7 +166,7 @@ class SenderIndex:
         own = self._matchers.get(key)
         if own is None:
             return []
-        return [p.text for p in own.patterns if len(self._by_pattern.get((p.local, p.domain, p.kind), ())) > 1]
+        return [p.text for p in own.patterns if len(self._by_pattern.get(p.meaning, ())) > 1]
 
 
 _K = TypeVar("_K")
