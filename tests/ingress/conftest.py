@@ -158,14 +158,21 @@ async def ingress_factory(upstream_factory: object, tls_files: TLSFiles) -> Asyn
     started: list[Gateway] = []
 
     async def make(
-        *, upstream_timeout: float = 2.0, admin_token: str | None = None, queue: OutboxOptions | None = None, **overrides: Any
+        *,
+        upstream_timeout: float = 2.0,
+        admin_token: str | None = None,
+        queue: OutboxOptions | None = None,
+        name: str = "gw.test.example",
+        gateway: dict[str, Any] | None = None,
+        **overrides: Any,
     ) -> IngressGateway:
+        """``overrides`` are IngressOptions; ``gateway`` more GatewayOptions (peer_admin_port, admin TLS...)."""
         values: dict[str, Any] = {
             "port": 0,
             "host": HOST,
             "tls_cert": str(tls_files.cert),
             "tls_key": str(tls_files.key),
-            "hostname": "gw.test.example",
+            "hostname": name,
             "shutdown_grace": 5.0,
         }
         if "trusted_networks" in overrides:
@@ -176,20 +183,21 @@ async def ingress_factory(upstream_factory: object, tls_files: TLSFiles) -> Asyn
             port=0,
             admin_port=0 if admin_token else None,
             admin_token=admin_token,
-            hostname="gw.test.example",
+            hostname=name,
             upstream_timeout=upstream_timeout,
             shutdown_grace=5.0,
             queue=queue,
+            **(gateway or {}),
         )
-        gateway = Gateway(AllowAnyone(), gateway_options)
-        ingress = attach(gateway, IngressOptions(**values))
-        await gateway.start()
-        started.append(gateway)
-        return IngressGateway(gateway, ingress, tls_files)
+        process = Gateway(AllowAnyone(), gateway_options)
+        ingress = attach(process, IngressOptions(**values))
+        await process.start()
+        started.append(process)
+        return IngressGateway(process, ingress, tls_files)
 
     yield make
-    for gateway in started:
-        await gateway.stop()
+    for process in reversed(started):  # the last started first: a gateway may name an earlier one as its peer
+        await process.stop()
 
 
 @pytest.fixture

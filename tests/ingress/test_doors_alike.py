@@ -16,18 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
 import pytest
 
-from mailgate.gateway.app import Gateway, GatewayOptions
-from mailgate.gateway.auth import AllowAnyone
-from mailgate.ingress.attach import attach
-from mailgate.ingress.options import IngressOptions, parse_networks
 from mailgate.snapshot import AccountConfig, AccountShare
-from tests.ingress.conftest import HOST, IngressFactory, IngressGateway, TLSFiles, account, in_thread, transaction, until
+from tests.ingress.conftest import IngressFactory, IngressGateway, account, in_thread, transaction, until
 from tests.smtp_servers import Upstream
 
 RECIPIENT = "ops@example.org"
@@ -195,28 +191,13 @@ Start = Callable[..., Awaitable[IngressGateway]]
 
 
 @pytest.fixture
-async def start(tls_files: TLSFiles) -> AsyncIterator[Start]:
+def start(ingress_factory: IngressFactory) -> Start:
     """Gateways with an admin API (peers relay SMTP messages through it) and the SMTP ingress trusting loopback."""
-    started: list[Gateway] = []
 
     async def make(name: str, **options: Any) -> IngressGateway:
-        gateway_options = GatewayOptions(
-            host=HOST, port=0, admin_port=0, admin_token=ADMIN_TOKEN, hostname=name, upstream_timeout=2.0,
-            shutdown_grace=5.0, **options,
-        )  # fmt: skip
-        gateway = Gateway(AllowAnyone(), gateway_options)
-        ingress_options = IngressOptions(
-            port=0, host=HOST, tls_cert=str(tls_files.cert), tls_key=str(tls_files.key), hostname=name,
-            trusted_networks=parse_networks("127.0.0.0/8"),
-        )  # fmt: skip
-        ingress = attach(gateway, ingress_options)
-        await gateway.start()
-        started.append(gateway)
-        return IngressGateway(gateway, ingress, tls_files)
+        return await ingress_factory(name=name, admin_token=ADMIN_TOKEN, trusted_networks="127.0.0.0/8", gateway=options)
 
-    yield make
-    for gateway in reversed(started):
-        await gateway.stop()
+    return make
 
 
 @pytest.mark.parametrize("door", DOORS)

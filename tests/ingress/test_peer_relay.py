@@ -10,20 +10,16 @@ same one) with the admin token both share.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 
-from mailgate.gateway.app import Gateway, GatewayOptions
-from mailgate.gateway.auth import AllowAnyone
-from mailgate.ingress.attach import attach
-from mailgate.ingress.options import IngressOptions
 from mailgate.relay.outbox import OutboxOptions
 from mailgate.snapshot import AccountConfig, AccountShare
-from tests.ingress.conftest import HOST, IngressGateway, TLSFiles, account, in_thread, transaction
+from tests.ingress.conftest import HOST, IngressFactory, IngressGateway, TLSFiles, account, in_thread, transaction
 from tests.smtp_servers import TestCA, Upstream, _free_port
 
 LOGIN = ("grafana", "grafana-pass")
@@ -39,31 +35,16 @@ Start = Callable[..., Awaitable[IngressGateway]]
 
 
 @pytest.fixture
-async def start(upstream_factory: object, tls_files: TLSFiles) -> AsyncIterator[Start]:
-    """Gateways with the SMTP ingress and an admin API; each is stopped at the end."""
-    started: list[Gateway] = []
+def start(ingress_factory: IngressFactory) -> Start:
+    """Gateways with the SMTP ingress and an admin API (``ingress_factory`` stops them at the end)."""
 
     async def make(name: str, *, admin_tls: TLSFiles | None = None, **options: Any) -> IngressGateway:
         """``admin_tls``: the admin API's certificate and key (also what its peers are trusted by)."""
-        tls: dict[str, Any] = {}
         if admin_tls is not None:
-            tls = {"admin_tls_cert": str(admin_tls.cert), "admin_tls_key": str(admin_tls.key)}
-        gateway_options = GatewayOptions(
-            host=HOST, port=0, admin_port=0, admin_token=TOKEN, hostname=name, upstream_timeout=2.0, shutdown_grace=5.0,
-            **tls, **options,
-        )  # fmt: skip
-        gateway = Gateway(AllowAnyone(), gateway_options)
-        ingress = attach(
-            gateway,
-            IngressOptions(port=0, host=HOST, tls_cert=str(tls_files.cert), tls_key=str(tls_files.key), hostname=name),
-        )
-        await gateway.start()
-        started.append(gateway)
-        return IngressGateway(gateway, ingress, tls_files)
+            options = {"admin_tls_cert": str(admin_tls.cert), "admin_tls_key": str(admin_tls.key), **options}
+        return await ingress_factory(name=name, admin_token=TOKEN, queue=options.pop("queue", None), gateway=options)
 
-    yield make
-    for gateway in reversed(started):
-        await gateway.stop()
+    return make
 
 
 def alerts(upstream: Upstream, *, peers: list[str] | None = None, **spec: Any) -> AccountConfig:
