@@ -22,6 +22,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -154,7 +155,7 @@ class SQLiteStore(QueueStore):
     def _connect(self) -> None:
         conn = sqlite3.connect(self.path, isolation_level=None, timeout=self._busy_timeout)
         try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            mode = self._enter_wal(conn)
             if mode != "wal":
                 raise QueueUnavailable(f"SQLite refused WAL mode for the queue file (journal_mode={mode})")
             conn.execute("PRAGMA synchronous=FULL")
@@ -164,6 +165,23 @@ class SQLiteStore(QueueStore):
             conn.close()
             raise
         self._conn = conn
+
+    def _enter_wal(self, conn: sqlite3.Connection) -> str:
+        """``PRAGMA journal_mode=WAL``, waiting out another process's lock as every other statement does.
+
+        SQLite answers "database is locked" at once, without its busy handler, when another
+        connection holds a lock on a file not yet in WAL mode: replicas opening one new file
+        together (one of them migrating it) would otherwise fail to start.
+        """
+        deadline = time.monotonic() + self._busy_timeout
+        while True:
+            try:
+                mode: str = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                return mode
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _disconnect(self) -> None:
         if self._conn is not None:
