@@ -31,6 +31,8 @@ query however many accounts are configured) and claims per account, never more t
 account's free capacity, and never for an account it paused; without it, one claim across all
 accounts and ``capacity`` is not consulted. A message of a paused account claimed
 anyway (enqueued during the pause) is put back to the end of the pause without being sent.
+A slot that finished a message claims its account's next due one itself (one claim, no loop
+cycle) while some slot is free for the loop; once every slot is taken it hands its slot back.
 
 Leases: each send's lease is extended every third of ``lease_seconds``, so a slow upstream
 does not lose it; a worker that dies (or whose ``run`` task is cancelled) leaves its leases to
@@ -308,7 +310,7 @@ class DeliveryWorker:
     def _start(self, claimed: ClaimedMessage) -> None:
         account = claimed.message.account
         self._in_flight[account] = self._in_flight.get(account, 0) + 1
-        task = asyncio.create_task(self._deliver(claimed), name=f"deliver-{claimed.message.id}")
+        task = asyncio.create_task(self._deliver_while_due(claimed), name=f"deliver-{account}")
         self._tasks.add(task)
         task.add_done_callback(lambda done: self._done(done, account))
 
@@ -323,6 +325,34 @@ class DeliveryWorker:
             log.warning("delivery loop: could not record an attempt (%s); the message will be retried", type(error).__name__)
         elif error is not None:
             log.error("delivery of a message failed unexpectedly", exc_info=error)
+
+    async def _deliver_while_due(self, claimed: ClaimedMessage) -> None:
+        """Deliver ``claimed``, then, while its account has due messages, the next one, in the same slot.
+
+        A backlog then costs one claim per message, not a whole loop cycle (which accounts are due,
+        claim, when is the next due: three round trips to PostgreSQL, one after the other for
+        every slot). The slot is handed back to the loop instead when every slot is taken: the loop
+        gives it to the longest-waiting account, so a busy account cannot starve the others.
+        """
+        account = claimed.message.account
+        next_message: ClaimedMessage | None = claimed
+        while next_message is not None:
+            await self._deliver(next_message)
+            next_message = await self._claim_next(account)
+
+    async def _claim_next(self, account: str) -> ClaimedMessage | None:
+        if self._stopping.is_set() or self.serves is None or len(self._tasks) >= self.concurrency:
+            return None
+        if account in self._paused or not self.serves(account) or self._free_capacity(account) < 0:
+            return None  # paused, no longer served here, or its share shrank below what is in flight
+        try:
+            claimed = await self.store.claim(
+                self.owner, limit=1, lease_seconds=self.lease_seconds, now=self.clock(), accounts=[account]
+            )
+        except QueueError as exc:  # the loop claims again once the store is back
+            log.debug("delivery slot: claim failed (%s)", type(exc).__name__)
+            return None
+        return claimed[0] if claimed else None
 
     async def _deliver(self, claimed: ClaimedMessage) -> None:
         message = claimed.message

@@ -7,9 +7,13 @@ to a callback. It is maintained by MagicStack, ships wheels for every supported 
 is the fastest Python driver in its own and third-party benchmarks. psycopg 3 would also do;
 asyncpg needs no system libpq and its pool reconnects after a server restart by itself.
 
-Durability: every connection runs with ``synchronous_commit=on`` whatever the database
-default, so COMMIT returns after the WAL is flushed (and, when the server has synchronous
-standbys, after they have it too). Concurrent enqueues share one transaction (``batching.py``).
+Durability: every connection of the main pool runs with ``synchronous_commit=on`` whatever
+the database default, so COMMIT returns after the WAL is flushed (and, when the server has
+synchronous standbys, after they have it too). Concurrent enqueues share one transaction
+(``batching.py``). Delivery bookkeeping (claims, lease extensions, attempt results) runs on a
+second, smaller pool whose sessions have ``synchronous_commit=off``: each is one statement in
+its own implicit transaction (one round trip), and losing it in a server crash means a
+redelivery, never a lost message; the next synchronous commit flushes it with its own WAL.
 
 Claims are one ``UPDATE ... FROM (SELECT ... FOR UPDATE SKIP LOCKED)`` statement: replicas
 never wait for each other's rows and never get the same message. Statements that move many
@@ -49,6 +53,8 @@ from mailgate.queue.model import (
     NewMessage,
     Page,
     QueuedMessage,
+    RecipientState,
+    RecipientStatus,
     Reply,
     StoreCounters,
 )
@@ -151,12 +157,28 @@ def redact(dsn: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*")))
 
 
-# Delivery bookkeeping (claims, results) commits without waiting for the WAL flush: lost in a server crash, it means
-# a redelivery, never a lost message; the next synchronous commit (an enqueue) flushes it with its own WAL.
-LAZY_COMMIT = "SET LOCAL synchronous_commit = off"
-_BODIES = "SELECT message_id, data FROM mailgate_bodies WHERE message_id = ANY($1)"
-LAZY_BEGIN = f"BEGIN; {LAZY_COMMIT}"  # one round trip (the simple query protocol takes both)
-# The lease check, the message and its changed recipients in one statement; NOTIFY (at COMMIT) when deferred.
+BOOKKEEPING_POOL_SIZE = 4  # connections for claims and results: one statement each, held for one round trip
+# Claim due messages and read them back, recipients and body included, in one statement: replicas skip each
+# other's locked rows; ``only`` narrows it to some accounts ($5).
+CLAIM = f"""WITH due AS (
+        SELECT id, next_attempt_at AS due_at FROM mailgate_messages
+        WHERE {PENDING} AND next_attempt_at <= $1{{only}}
+        ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED),
+    claimed AS (
+        UPDATE mailgate_messages m
+        SET state = 'sending', lease_owner = $3, next_attempt_at = $4, attempts = m.attempts + 1
+        FROM due WHERE m.id = due.id
+        RETURNING {", ".join(f"m.{column.strip()}" for column in MESSAGE_COLUMNS.split(","))}, due.due_at)
+    SELECT c.*, b.data, r.addresses, r.states, r.codes, r.messages, r.attempts
+    FROM claimed c
+    LEFT JOIN mailgate_bodies b ON b.message_id = c.id
+    CROSS JOIN LATERAL (
+        SELECT array_agg(address ORDER BY position) AS addresses, array_agg(state ORDER BY position) AS states,
+            array_agg(code ORDER BY position) AS codes, array_agg(message ORDER BY position) AS messages,
+            array_agg(attempts ORDER BY position) AS attempts
+        FROM mailgate_recipients WHERE message_id = c.id) r
+    ORDER BY c.due_at, c.id"""
+# The lease check, the message and its changed recipients in one statement; NOTIFY (at commit) when deferred.
 FINISH_AS_CLAIMED = """WITH m AS (
         UPDATE mailgate_messages SET state = $4, lease_owner = NULL, next_attempt_at = COALESCE($5, next_attempt_at),
             finished_at = $6, last_code = $7, last_message = $8
@@ -178,7 +200,8 @@ class PostgresStore(QueueStore):
         self._pool_size = pool_size
         self._command_timeout = command_timeout
         self._connect_timeout = connect_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._pool: asyncpg.Pool | None = None  # synchronous commits: enqueues, cancels, everything but bookkeeping
+        self._bookkeeping: asyncpg.Pool | None = None  # claims and results, committed without waiting for the flush
         self._writer: GroupCommit | None = None
         self._listener: asyncio.Task[None] | None = None
         self._work = WaitForWork()
@@ -188,11 +211,11 @@ class PostgresStore(QueueStore):
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def _connect_options(self) -> dict[str, Any]:
+    def _connect_options(self, *, synchronous_commit: bool = True) -> dict[str, Any]:
         return {
             "timeout": self._connect_timeout,
             "command_timeout": self._command_timeout,
-            "server_settings": {"application_name": "mailgate", "synchronous_commit": "on"},
+            "server_settings": {"application_name": "mailgate", "synchronous_commit": "on" if synchronous_commit else "off"},
         }
 
     async def open(self) -> None:
@@ -205,10 +228,15 @@ class PostgresStore(QueueStore):
         try:
             async with self._connection() as conn, conn.transaction():
                 await _migrate(conn)
+            self._bookkeeping = await asyncpg.create_pool(
+                self._dsn,
+                min_size=1,
+                max_size=min(self._pool_size, BOOKKEEPING_POOL_SIZE),
+                **self._connect_options(synchronous_commit=False),
+            )
             conn, lost = await self._subscribe()  # LISTEN is on before open returns: no wake-up is missed after it
         except BaseException as exc:
-            await self._pool.close()
-            self._pool = None
+            await self._close_pools()
             if isinstance(exc, CONNECTION_ERRORS):
                 raise _unavailable(exc) from exc
             raise
@@ -225,20 +253,25 @@ class PostgresStore(QueueStore):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self._close_pools()
+
+    async def _close_pools(self) -> None:
+        for pool in (self._bookkeeping, self._pool):
+            if pool is not None:
+                await pool.close()
+        self._pool = self._bookkeeping = None
 
     @contextlib.asynccontextmanager
-    async def _connection(self) -> AsyncIterator[asyncpg.Connection]:
-        """A pooled connection; connection-level failures become QueueUnavailable and recycle the pool.
+    async def _connection(self, *, bookkeeping: bool = False) -> AsyncIterator[asyncpg.Connection]:
+        """A pooled connection (``bookkeeping``: from the pool without synchronous commits); connection-level
+        failures become QueueUnavailable and recycle the pool.
 
         A failure while handing the connection back (its reset after a COMMIT that succeeded, as
         the server shuts down) is not the caller's: the work is done, and the pool drops that connection.
         """
-        if self._pool is None:
+        pool = self._bookkeeping if bookkeeping else self._pool
+        if pool is None:
             raise QueueUnavailable("the queue store is not open")
-        pool = self._pool
         try:
             conn = await pool.acquire(timeout=self._command_timeout)
         except CONNECTION_ERRORS as exc:
@@ -359,27 +392,13 @@ class PostgresStore(QueueStore):
         at = clock(now)
         only = "" if accounts is None else " AND account = ANY($5::text[])"
         params: list[Any] = [at, limit, owner, at + lease_seconds] + ([] if accounts is None else [list(accounts)])
-        async with self._connection() as conn, conn.transaction():
-            await conn.execute(LAZY_COMMIT)
-            rows = await conn.fetch(
-                f"""WITH due AS (
-                        SELECT id, next_attempt_at AS due_at FROM mailgate_messages
-                        WHERE {PENDING} AND next_attempt_at <= $1{only}
-                        ORDER BY next_attempt_at, id LIMIT $2 FOR UPDATE SKIP LOCKED)
-                    UPDATE mailgate_messages m
-                    SET state = 'sending', lease_owner = $3, next_attempt_at = $4, attempts = m.attempts + 1
-                    FROM due WHERE m.id = due.id
-                    RETURNING m.id, due.due_at""",
-                *params,
-            )
-            ids = [row["id"] for row in sorted(rows, key=lambda r: (r["due_at"], r["id"]))]
-            messages = await _load(conn, ids)
-            bodies = {row[0]: bytes(row[1]) for row in await conn.fetch(_BODIES, ids)} if ids else {}
-        return [ClaimedMessage(m, Lease(m.id, owner, m.attempts, m.next_attempt_at), bodies.get(m.id)) for m in messages]
+        async with self._connection(bookkeeping=True) as conn:
+            rows = await conn.fetch(CLAIM.format(only=only), *params)
+        return [_claimed(row, owner) for row in rows]
 
     async def extend_lease(self, lease: Lease, *, lease_seconds: float, now: float | None = None) -> Lease:
         until = clock(now) + lease_seconds
-        async with self._connection() as conn:
+        async with self._connection(bookkeeping=True) as conn:
             status = await conn.execute(
                 "UPDATE mailgate_messages SET next_attempt_at = $4"
                 " WHERE id = $1 AND state = 'sending' AND lease_owner = $2 AND attempts = $3",
@@ -420,40 +439,33 @@ class PostgresStore(QueueStore):
         reply: Reply | None,
         at: float,
     ) -> QueuedMessage:
-        """``finish_attempt`` planned from ``current``: one statement checks the lease and writes the message
-        and its recipients (three round trips with the transaction). Nobody else changes a leased message's
-        recipients, and the statement writes nothing if the lease was lost since ``current`` was read."""
+        """``finish_attempt`` planned from ``current``: one statement (one round trip) checks the lease and writes
+        the message and its recipients. Nobody else changes a leased message's recipients, and the statement
+        writes nothing if the lease was lost since ``current`` was read."""
         plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
         last = plan.last_reply or current.last_reply
         deferred = plan.state is MessageState.DEFERRED
         changed = [(i, plan.recipients[i]) for i in plan.changed]
-        async with self._connection() as conn:
-            await conn.execute(LAZY_BEGIN)
-            try:
-                updated = await conn.fetchval(
-                    FINISH_AS_CLAIMED,
-                    lease.message_id,
-                    lease.owner,
-                    lease.attempt,
-                    plan.state.value,
-                    next_attempt_at if deferred else None,
-                    None if deferred else at,
-                    last.code if last else None,
-                    last.message if last else None,
-                    [i for i, _ in changed],
-                    [r.state.value for _, r in changed],
-                    [r.code for _, r in changed],
-                    [r.message for _, r in changed],
-                    [r.attempts for _, r in changed],
-                    CHANNEL if deferred else None,
-                )
-                if not updated:
-                    raise _lease_lost(lease)
-            except BaseException:
-                with contextlib.suppress(*CONNECTION_ERRORS):
-                    await conn.execute("ROLLBACK")
-                raise
-            await conn.execute("COMMIT")
+        async with self._connection(bookkeeping=True) as conn:
+            updated = await conn.fetchval(
+                FINISH_AS_CLAIMED,
+                lease.message_id,
+                lease.owner,
+                lease.attempt,
+                plan.state.value,
+                next_attempt_at if deferred else None,
+                None if deferred else at,
+                last.code if last else None,
+                last.message if last else None,
+                [i for i, _ in changed],
+                [r.state.value for _, r in changed],
+                [r.code for _, r in changed],
+                [r.message for _, r in changed],
+                [r.attempts for _, r in changed],
+                CHANNEL if deferred else None,
+            )
+        if not updated:
+            raise _lease_lost(lease)
         return replace(
             current,
             state=plan.state,
@@ -487,7 +499,7 @@ class PostgresStore(QueueStore):
 
     async def release_leases(self, owner: str, *, now: float | None = None) -> int:
         at = clock(now)
-        async with self._connection() as conn:
+        async with self._connection(bookkeeping=True) as conn:
             status = await conn.execute(
                 "UPDATE mailgate_messages SET next_attempt_at = $1 WHERE state = 'sending' AND lease_owner = $2"
                 " AND next_attempt_at > $1",
@@ -615,6 +627,19 @@ async def _load(conn: asyncpg.Connection, ids: Sequence[str]) -> list[QueuedMess
         )
     )
     return [message_from_row(rows[i], recipients.get(i, ())) for i in ids if i in rows]
+
+
+def _claimed(row: asyncpg.Record, owner: str) -> ClaimedMessage:
+    """A row of ``CLAIM``: the message's columns, its due time, body, and its recipients' columns as arrays."""
+    width = MESSAGE_COLUMNS.count(",") + 1
+    message = message_from_row(
+        row[:width],
+        (RecipientState(a, RecipientStatus(s), c, m, n) for a, s, c, m, n in zip(*row[width + 2 :], strict=True)),
+    )
+    data = row[width + 1]
+    return ClaimedMessage(
+        message, Lease(message.id, owner, message.attempts, message.next_attempt_at), None if data is None else bytes(data)
+    )
 
 
 def _lease_lost(lease: Lease) -> LeaseLost:

@@ -285,3 +285,36 @@ def test_default_schedule_is_postfix_like() -> None:
 )
 def test_throttling_replies(reply: Reply, throttling: bool) -> None:
     assert is_throttling(reply) is throttling
+
+
+class CountingStore:
+    """The real store, counting the delivery loop's look-ups (each one a round trip to PostgreSQL)."""
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+        self.lookups = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def due_accounts(self, **options: Any) -> list[str]:
+        self.lookups += 1
+        return await self._store.due_accounts(**options)
+
+    async def next_due(self) -> float | None:
+        self.lookups += 1
+        return await self._store.next_due()
+
+
+async def test_a_busy_account_keeps_its_slots_without_a_lookup_per_message(
+    store: QueueStore, pool: SMTPPool, upstream: Upstream
+) -> None:
+    """A slot that finished a message takes its account's next due message itself: a backlog drains without
+    the loop asking which accounts are due (and when the next falls due) once per message."""
+    pool.configure(ACCOUNT, settings_for(upstream))
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(40)]
+    counting = CountingStore(store)
+    async with running(counting, pool, concurrency=8, serves=lambda account: True, capacity=lambda account: 2):  # type: ignore[arg-type]
+        await until(lambda: all_in(store, ids))
+    assert len(upstream.messages) == 40 and upstream.sessions_peak <= 2
+    assert counting.lookups < 20, counting.lookups
