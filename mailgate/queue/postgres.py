@@ -157,6 +157,28 @@ def redact(dsn: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc, query=urllib.parse.urlencode(query, safe="*")))
 
 
+# A batch of enqueues: messages, bodies and recipients (those of messages whose idempotency key was free), and the
+# NOTIFY that wakes every replica's delivery loop at commit.
+INSERT_BATCH = f"""WITH new AS (
+        INSERT INTO mailgate_messages (id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown,
+            size, state, created_at, next_attempt_at, expires_at)
+        SELECT id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown, size, 'queued', created,
+            created, expires
+        FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bool[], $8::int[],
+            $9::float8[], $10::float8[])
+            AS t (id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown, size, created, expires)
+        ON CONFLICT (account, idempotency_key) DO NOTHING
+        RETURNING id),
+    bodies AS (
+        INSERT INTO mailgate_bodies (message_id, data)
+        SELECT b.id, b.data FROM unnest($1::text[], $11::bytea[]) AS b (id, data) WHERE b.id IN (SELECT id FROM new)),
+    recipients AS (
+        INSERT INTO mailgate_recipients (message_id, position, address, state)
+        SELECT r.id, r.position, r.address, 'pending' FROM unnest($12::text[], $13::int[], $14::text[])
+            AS r (id, position, address)
+        WHERE r.id IN (SELECT id FROM new)),
+    notified AS (SELECT pg_notify('{CHANNEL}', '') WHERE EXISTS (SELECT FROM new))
+    SELECT id FROM new WHERE (SELECT count(*) FROM notified) >= 0"""
 BOOKKEEPING_POOL_SIZE = 4  # connections for claims and results: one statement each, held for one round trip
 # Claim due messages and read them back, recipients and body included, in one statement: replicas skip each
 # other's locked rows; ``only`` narrows it to some accounts ($5).
@@ -328,7 +350,7 @@ class PostgresStore(QueueStore):
         return await self._writer.submit(message, clock(now))
 
     async def _commit_batch(self, batch: Sequence[Pending]) -> list[str]:
-        async with self._connection() as conn, conn.transaction():
+        async with self._connection() as conn:
             return await _insert(conn, batch)
 
     # -- reads -------------------------------------------------------------------------------
@@ -561,20 +583,15 @@ async def _migrate(conn: asyncpg.Connection) -> None:
 
 
 async def _insert(conn: asyncpg.Connection, batch: Sequence[Pending]) -> list[str]:
-    """One batch of enqueues: three multi-row statements whatever the batch size."""
+    """One batch of enqueues: one statement (its own transaction, one round trip) whatever the batch size; a
+    message whose idempotency key is taken is skipped with its body and recipients, and answered with the
+    existing message's id."""
     messages = [item.message for item in batch]
+    recipients = [(item.id, position, address) for item in batch for position, address in enumerate(item.message.recipients)]
     inserted = {
         row[0]
         for row in await conn.fetch(
-            """INSERT INTO mailgate_messages (id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown,
-                   size, state, created_at, next_attempt_at, expires_at)
-               SELECT id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown, size, 'queued', created,
-                   created, expires
-               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bool[], $6::text[], $7::bool[], $8::int[],
-                   $9::float8[], $10::float8[])
-                   AS t (id, account, sender, message_id, smtputf8, idempotency_key, retry_unknown, size, created, expires)
-               ON CONFLICT (account, idempotency_key) DO NOTHING
-               RETURNING id""",
+            INSERT_BATCH,
             [item.id for item in batch],
             [m.account for m in messages],
             [m.sender for m in messages],
@@ -585,24 +602,12 @@ async def _insert(conn: asyncpg.Connection, batch: Sequence[Pending]) -> list[st
             [len(m.data) for m in messages],
             [item.created_at for item in batch],
             [item.created_at + item.message.max_age_seconds for item in batch],
-        )
-    }
-    new = [item for item in batch if item.id in inserted]
-    if new:
-        recipients = [(item.id, position, address) for item in new for position, address in enumerate(item.message.recipients)]
-        await conn.execute(
-            f"""WITH bodies AS (
-                    INSERT INTO mailgate_bodies (message_id, data) SELECT * FROM unnest($1::text[], $2::bytea[])),
-                recipients AS (
-                    INSERT INTO mailgate_recipients (message_id, position, address, state)
-                    SELECT m, p, a, 'pending' FROM unnest($3::text[], $4::int[], $5::text[]) AS t (m, p, a))
-                SELECT pg_notify('{CHANNEL}', '')""",
-            [item.id for item in new],
-            [item.message.data for item in new],
+            [m.data for m in messages],
             [r[0] for r in recipients],
             [r[1] for r in recipients],
             [r[2] for r in recipients],
         )
+    }
     existing = {}
     taken = [item for item in batch if item.id not in inserted]
     if taken:
