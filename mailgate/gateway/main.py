@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from ..gcpause import freeze_after_slow_collections
 from ..ingress.attach import attach_if_enabled
 from ..ingress.options import IngressOptions, from_args
 from ..logs import configure_logging
@@ -127,11 +128,19 @@ def main(args: argparse.Namespace) -> int:
     configure_logging(args.log_format or ("json" if args.in_cluster else "text"), args.log_level.upper())
     try:
         with asyncio.Runner(loop_factory=factory) as runner:
-            runner.run(_serve(gateway_options, authenticator, args.kubeconfig, smtp))
+            runner.run(_serve_freezing(gateway_options, authenticator, args.kubeconfig, smtp))
     except OSError as exc:  # the port is taken, the address does not exist
         log.error("cannot serve: %s", exc)
         return 1
     return 0
+
+
+async def _serve_freezing(
+    gateway_options: GatewayOptions, authenticator: Authenticator | None, kubeconfig: str | None, smtp: IngressOptions
+) -> None:
+    """Accounts added one at a time by the operator grow a long-lived state no snapshot freezes (gcpause)."""
+    with freeze_after_slow_collections():
+        await _serve(gateway_options, authenticator, kubeconfig, smtp)
 
 
 async def _serve(

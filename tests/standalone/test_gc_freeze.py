@@ -18,7 +18,7 @@ import pytest
 
 from mailgate.gateway.app import Gateway, GatewayOptions
 from mailgate.gateway.auth import AllowAnyone
-from mailgate.gcpause import collection_paused
+from mailgate.gcpause import collection_paused, freeze_after_slow_collections
 from mailgate.standalone.serve import apply_first, load_first, start_watching
 from mailgate.standalone.watcher import ConfigFiles
 from tests.smtp_servers import Upstream
@@ -88,3 +88,43 @@ async def test_a_reload_after_the_freeze_frees_the_old_configuration(tmp_path: P
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
         await gateway.stop()
+
+
+async def test_a_slow_full_collection_freezes_what_survived_it() -> None:
+    """A long-lived process (the operator, a gateway fed one account at a time) freezes the survivors of a full
+    collection that took long, so later full collections walk only what was created since."""
+    with freeze_after_slow_collections(threshold=0.0):  # every full collection counts as slow here
+        gc.collect()
+        assert gc.get_freeze_count() == 0, "not from inside the collector: on the loop's next turn"
+        await asyncio.sleep(0)
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        gc.collect(1)  # a younger generation's collection freezes nothing more (frozen objects may still be freed)
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() <= frozen
+    gc.collect()
+    await asyncio.sleep(0)
+    assert gc.get_freeze_count() <= frozen, "uninstalled: collections no longer freeze"
+
+
+async def test_a_quick_full_collection_freezes_nothing() -> None:
+    with freeze_after_slow_collections(threshold=3600.0):
+        gc.collect()
+        await asyncio.sleep(0)
+    assert gc.get_freeze_count() == 0
+
+
+async def test_cycles_made_after_the_freeze_are_still_collected() -> None:
+    class Node:
+        pass
+
+    with freeze_after_slow_collections(threshold=0.0):
+        gc.collect()
+        await asyncio.sleep(0)
+        assert gc.get_freeze_count() > 0
+        node = Node()
+        node.self = node  # type: ignore[attr-defined]
+        gone = weakref.ref(node)
+        del node
+        gc.collect()
+        assert gone() is None
