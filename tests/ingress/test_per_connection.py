@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import socket
+import ssl
 import time
 
 from aiosmtpd.smtp import SMTP
 
 from mailgate.ingress.session import AUTH_ATTEMPTS, IngressSMTP
-from tests.ingress.conftest import HOST, IngressFactory, IngressGateway, account, in_thread
+from tests.ingress.conftest import HOST, IngressFactory, IngressGateway, TLSFiles, account, in_thread
 from tests.ingress.test_sessions import RawClient
 from tests.smtp_servers import Upstream
 
@@ -153,3 +154,37 @@ async def test_starttls_inside_tls_is_refused_and_the_session_goes_on(gw: Ingres
             return client.docmd("STARTTLS"), client.noop()
 
     assert await in_thread(go) == ((503, b"5.5.1 TLS already active"), (250, b"OK"))
+
+
+async def test_a_tls_session_hands_out_one_ticket_and_resumes_with_it(gw: IngressGateway, tls_files: TLSFiles) -> None:
+    """TLS 1.3 servers send two session tickets by default, each encrypted and written on every handshake;
+    a client resumes with one, so the ingress sends one (``num_tickets``), and resumption still works."""
+    tickets = 0
+
+    def count_tickets(conn: object, direction: str, version: object, content_type: object, msg_type: object, data: bytes) -> None:
+        nonlocal tickets
+        if direction == "read" and msg_type == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets += 1
+
+    client = ssl.create_default_context(cafile=str(tls_files.ca))
+    client.minimum_version = ssl.TLSVersion.TLSv1_3
+    client._msg_callback = count_tickets  # type: ignore[attr-defined]
+
+    def starttls_session(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+        with socket.create_connection((HOST, gw.port), timeout=10) as raw:
+            reader = raw.makefile("rb")
+            reader.readline()
+            raw.sendall(b"EHLO client.example\r\n")
+            while reader.readline()[3:4] == b"-":
+                pass
+            raw.sendall(b"STARTTLS\r\n")
+            assert reader.readline().startswith(b"220")
+            with client.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+                tls.sendall(b"NOOP\r\n")
+                assert tls.recv(1024).startswith(b"250")  # the tickets arrive before this reply
+                return tls.session, tls.session_reused
+
+    first, reused = await in_thread(starttls_session, None)
+    assert tickets == 1 and not reused
+    _, reused = await in_thread(starttls_session, first)
+    assert reused and tickets == 2
