@@ -14,6 +14,8 @@ TLS account costs; ``--tls none`` for the old, cheaper shape):
 - ``snapshot``: the time from a new gateway Pod getting its IP to that
   gateway answering ``/readyz`` 200, i.e. holding the full N-account snapshot.
 
+Changes slower than a second are named on stderr as they happen;
+``--keep-logs DIR`` keeps the operator's and gateways' logs to look them up.
 Prints a table, then as the LAST line a JSON object with ``accounts``,
 ``gateways``, ``changes``, ``p50_s``, ``p99_s`` and ``snapshot_s``. The
 target is ``p99_s`` < 1.0 with 10,000 accounts (issue 13). ``--quick`` stays
@@ -24,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
 import tempfile
 import time
 import uuid
@@ -39,6 +43,7 @@ from tests.k8s.operator.harness import GATEWAY_LABELS, GatewayProcess, Mesh, eve
 
 CRD_DIR = Path(__file__).resolve().parents[1] / "crds"
 GATEWAYS = 3
+SLOW_CHANGE_SECONDS = 1.0  # issue 13's p99 target: slower changes are named on stderr
 
 
 class _Upstream:
@@ -97,6 +102,13 @@ def _served_everywhere(logs: Sequence[AppliedLog], key: str) -> float:
 
 
 def _change(mesh: Mesh, logs: Sequence[AppliedLog], name: str, index: int) -> tuple[str, float]:
+    kind, seconds = _timed_change(mesh, logs, name, index)
+    if seconds > SLOW_CHANGE_SECONDS:  # the tail is the target: say which change and when, to find it in the logs
+        print(f"slow {kind} of {name}: {seconds:.2f} s (accepted {datetime.now().isoformat()})", file=sys.stderr)
+    return kind, seconds
+
+
+def _timed_change(mesh: Mesh, logs: Sequence[AppliedLog], name: str, index: int) -> tuple[str, float]:
     for log in logs:
         log.mark()
     if index % 2 == 0:
@@ -136,7 +148,7 @@ def _fresh_gateway_snapshot(mesh: Mesh, count: int) -> float:
     return elapsed
 
 
-def run(accounts: int, changes: int, tls: str = "starttls") -> dict[str, Any]:
+def run(accounts: int, changes: int, tls: str = "starttls", keep_logs: Path | None = None) -> dict[str, Any]:
     began = time.monotonic()
     with ControlPlane() as cp, tempfile.TemporaryDirectory(prefix="mailgate-bench-") as workdir:
         cp.install_crds(CRD_DIR)
@@ -165,6 +177,10 @@ def run(accounts: int, changes: int, tls: str = "starttls") -> dict[str, Any]:
             snapshot_s = _fresh_gateway_snapshot(mesh, accounts)
         finally:
             mesh.close()
+            if keep_logs is not None:
+                keep_logs.mkdir(parents=True, exist_ok=True)
+                for log in Path(workdir).glob("*.log"):
+                    shutil.copy(log, keep_logs / log.name)
     latencies = [seconds for _, seconds in samples]
     by_kind = {kind: [s for k, s in samples if k == kind] for kind in ("spec edit", "secret rotation")}
     rows: list[list[object]] = [
@@ -195,9 +211,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--accounts", type=int, help="SmtpAccounts to create (default 100 quick, 10000 full)")
     parser.add_argument("--changes", type=int, default=50, help="changes to time (at least 50)")
     parser.add_argument("--tls", choices=("starttls", "none"), default="starttls", help="the accounts' TLS mode")
+    parser.add_argument("--keep-logs", type=Path, metavar="DIR", help="copy the operator's and gateways' logs to DIR")
     args = parser.parse_args(argv)
     accounts = args.accounts or (100 if args.quick else 10_000)
-    print(json.dumps(run(accounts, max(args.changes, 2), args.tls)))
+    print(json.dumps(run(accounts, max(args.changes, 2), args.tls, args.keep_logs)))
 
 
 if __name__ == "__main__":
