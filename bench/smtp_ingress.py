@@ -10,12 +10,23 @@ Three ways of sending, each measured against both relays under the same load
   message, QUIT, as Grafana, Keycloak, GitLab, Alertmanager and msmtp do,
   from the trusted network without TLS;
 - ``tls-auth``: the same with STARTTLS and AUTH PLAIN on every connection
-  (what those apps really do). smtp-source speaks no TLS, so this load comes
-  from 16 client processes of this module (``_send_tls``): EHLO, STARTTLS,
-  EHLO, AUTH PLAIN, MAIL, RCPT, DATA, QUIT, one message per connection, the
-  certificate verified, and TLS sessions resumed when the server hands out
-  tickets (``--full-handshakes`` turns resumption off, as in a client that
-  keeps no session cache).
+  (what those apps really do): EHLO, STARTTLS, EHLO, AUTH PLAIN, MAIL, RCPT,
+  DATA, QUIT, one message per connection, the certificate verified, and TLS
+  sessions resumed when the server hands out tickets (``--full-handshakes``
+  turns resumption off, as in a client that keeps no session cache).
+  smtp-source speaks no TLS, so this load comes from ``bench/tlsload``, a
+  small Go program (standard library only) with the 16 sessions as
+  goroutines of one process sharing one session cache, built at the start of
+  a run and cached under ``~/.cache/mailgate/bench/tlsload/`` by its source's
+  hash. It exists because the load competes with the relays for the
+  machine's CPU: the Python clients it replaced spent more CPU per message
+  than the ingress itself (about 2 ms against 0.5 ms for the Go program) and
+  held the measured ratio down. It runs once per measurement, so each
+  measurement starts with an empty session cache: up to 16 full handshakes
+  before the sessions resume. Where ``go`` is missing, 16 client processes
+  of this module (``_send_tls``) send instead, and the JSON says so
+  (``tls_load_generator``: ``"python"`` instead of ``"go"``); their ratio
+  understates the ingress.
 
 The contenders:
 
@@ -50,12 +61,12 @@ a whole, and CPU per message decides). Progress goes to stderr; stdout gets a
 table, then as the LAST line a JSON object with ``ingress_vs_postfix`` (kept
 connections), ``per_connection_vs_postfix`` and
 ``tls_per_connection_vs_postfix``, the rates behind them, the references'
-rates, CPU per message, and ``ingress_vs_direct``. ``--quick`` finishes in
-about a minute.
+rates, CPU per message (the relays' and the load generator's), and
+``ingress_vs_direct``. ``--quick`` finishes in about a minute.
 
 Needs root for the Postfix instance (its daemons drop to the ``postfix`` user)
 and the Debian packages of ``hack/system-deps.sh`` (plus ``sasl2-bin`` for
-Postfix's AUTH).
+Postfix's AUTH), and Go for the ``tls-auth`` load (see above).
 
 ``python -m bench.smtp_ingress serve --sink-port P [--profile FILE]`` runs the
 gateway contender alone (it prints ``listening PORT``; with ``--tls-dir`` it
@@ -70,6 +81,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import hashlib
 import hmac
 import io
 import json
@@ -95,7 +107,7 @@ from typing import TYPE_CHECKING, cast
 
 from bench.common import LOOPBACK, REPO, find_smtp_sink, format_table, free_port, stop_process, wait_listening
 
-if TYPE_CHECKING:  # aiosmtpd is imported by the reference server only, not by the 16 client processes
+if TYPE_CHECKING:  # aiosmtpd is imported by the reference server only, not by the Python client processes
     from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
 
 SESSIONS = 16
@@ -175,33 +187,38 @@ def smtp_source_path() -> str:
     raise RuntimeError("Postfix smtp-source is not installed (run hack/system-deps.sh)")
 
 
+def run_load(command: list[str], what: str, *, stdin: bytes = b"", env: dict[str, str] | None = None) -> tuple[str, float]:
+    """A load generator process, to its end: its stdout and the CPU seconds it spent (the load has its share of the
+    machine too). A failure is raised with the generator's stderr."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    result = subprocess.run(command, input=stdin, env=env, capture_output=True, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr.decode(errors='replace').strip()}")
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return result.stdout.decode(errors="replace"), after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+
+
 def run_source(port: int, count: int, *, keep: bool) -> float:
     """smtp-source: 16 sessions, ``count`` 2 KB messages in all; ``keep``: one connection per session (``-d``).
 
-    Returns the CPU seconds smtp-source spent (the load has its share of the machine too).
+    Returns the CPU seconds smtp-source spent.
     """
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     command = [smtp_source_path(), *(["-d"] if keep else []), "-s", str(SESSIONS), "-m", str(count)]
     command += ["-l", str(MESSAGE_BYTES), "-f", SENDER, "-t", RECIPIENT, "-M", "bench.test", f"{LOOPBACK}:{port}"]
-    result = subprocess.run(command, capture_output=True, timeout=600)
-    if result.returncode != 0:
-        raise RuntimeError(f"smtp-source failed: {result.stderr.decode(errors='replace').strip()}")
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return run_load(command, "smtp-source")[1]
 
 
-# -- load: STARTTLS + AUTH per connection, from client processes ------------------------------
+# -- load: STARTTLS + AUTH per connection: bench/tlsload (Go), else Python client processes ---------------
 
-_MESSAGE = (
-    f"From: {SENDER}\r\nTo: {RECIPIENT}\r\nSubject: bench\r\n\r\n".encode()
-    + b"".join(b"x" * 76 + b"\r\n" for _ in range(MESSAGE_BYTES // 78))
+_MESSAGE = f"From: {SENDER}\r\nTo: {RECIPIENT}\r\nSubject: bench\r\n\r\n".encode() + b"".join(
+    b"x" * 76 + b"\r\n" for _ in range(MESSAGE_BYTES // 78)
 )
 _AUTH_PLAIN = base64.b64encode(f"\0{LOGIN}\0{PASSWORD}".encode()).decode()
 
 
 @dataclass(frozen=True)
 class TLSClient:
-    """What a client process needs to reach one contender: its port, the CA to verify it, resumption, AUTH."""
+    """What the load generator needs to reach one contender: its port, the CA to verify it, resumption, AUTH."""
 
     port: int
     ca_file: str
@@ -209,6 +226,41 @@ class TLSClient:
     auth: bool  # False only for a Postfix without SASL (see ``postfix_sasl_note``): 127.0.0.0/8 may relay anyway
 
 
+TLSLOAD_SOURCE = REPO / "bench" / "tlsload"
+
+
+def tlsload_binary() -> Path | None:
+    """``bench/tlsload`` built from this checkout's source, cached under ~/.cache by the source's hash.
+
+    ``None`` when it is not cached and ``go`` is not installed. Built with the
+    standard library only: no module is downloaded (``GOPROXY=off``), and the
+    machine's own toolchain is used (``GOTOOLCHAIN=local``). A build that
+    fails is an error, not a reason to fall back.
+    """
+    digest = hashlib.sha256()
+    for source in sorted(TLSLOAD_SOURCE.iterdir()):
+        if source.suffix == ".go" or source.name == "go.mod":
+            digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mailgate" / "bench"
+    binary = cache / "tlsload" / digest.hexdigest()[:16] / "tlsload"
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOWORK": "off"}
+    env.setdefault("GOCACHE", str(cache / "go-build"))
+    partial = binary.with_name(f"tlsload.{os.getpid()}")  # renamed when complete: a concurrent run sees all or nothing
+    command = [go, "build", "-trimpath", "-o", str(partial), "."]
+    built = subprocess.run(command, cwd=TLSLOAD_SOURCE, env=env, capture_output=True, text=True, timeout=600)
+    if built.returncode != 0:
+        raise RuntimeError(f"building {TLSLOAD_SOURCE} failed: {built.stderr.strip()}")
+    partial.replace(binary)
+    return binary
+
+
+# The fallback without Go: client processes of this module, one session each.
 _contexts: dict[str, ssl.SSLContext] = {}  # per client process: one context per CA, as a real client keeps it
 _sessions: dict[int, ssl.SSLSession] = {}  # per client process and port: the last session, for resumption
 
@@ -262,25 +314,51 @@ def _send_tls(client: TLSClient, count: int) -> tuple[int, float]:
 
 
 class TLSLoad:
-    """16 client processes, started once (spawned, so no thread of this process is copied into them)."""
+    """The ``tls-auth`` load, 16 concurrent sessions: ``bench/tlsload``, one Go process per measurement, or
+    without Go, 16 client processes of this module started once (spawned, so no thread of this process is copied
+    into them), which spend more CPU per message than the relays they load and so cap the ratio measured."""
 
     def __init__(self) -> None:
-        self.pool: Pool = multiprocessing.get_context("spawn").Pool(SESSIONS)
+        self.binary = tlsload_binary()
+        self.generator = "python" if self.binary is None else "go"
+        self.pool: Pool | None = None
+        if self.binary is None:
+            print("go is not installed: the tls-auth load comes from Python client processes", file=sys.stderr, flush=True)
+            self.pool = multiprocessing.get_context("spawn").Pool(SESSIONS)
         self.resumed: dict[int, list[int]] = {}  # port: [resumed, connections]
 
     def run(self, client: TLSClient, count: int) -> float:
-        """``count`` messages over the 16 clients; the CPU seconds they spent."""
-        shares = [count // SESSIONS + (1 if i < count % SESSIONS else 0) for i in range(SESSIONS)]
-        done = self.pool.starmap(_send_tls, [(client, share) for share in shares], chunksize=1)
-        resumed = sum(each for each, _ in done)
+        """``count`` messages over the 16 sessions; the CPU seconds the load generator spent."""
+        resumed, cpu = self._run_python(client, count) if self.pool is not None else self._run_go(client, count)
         tally = self.resumed.setdefault(client.port, [0, 0])
         tally[0] += resumed
         tally[1] += count
-        return sum(cpu for _, cpu in done)
+        return cpu
+
+    def _run_go(self, client: TLSClient, count: int) -> tuple[int, float]:
+        assert self.binary is not None
+        command = [str(self.binary), "-host", LOOPBACK, "-port", str(client.port), "-ca", client.ca_file]
+        command += ["-server-name", SERVER_NAME, "-sessions", str(SESSIONS), "-count", str(count)]
+        command += [f"-resume={str(client.resume).lower()}", "-from", SENDER, "-to", RECIPIENT]
+        env = {name: value for name, value in os.environ.items() if name != "TLSLOAD_AUTH_PLAIN"}
+        if client.auth:
+            env["TLSLOAD_AUTH_PLAIN"] = _AUTH_PLAIN  # not on the command line, which every process can read
+        output, cpu = run_load(command, "bench/tlsload", stdin=_MESSAGE, env=env)
+        done = re.search(r"^tlsload sent=(\d+) resumed=(\d+) seconds=", output, re.MULTILINE)
+        if done is None or int(done[1]) != count:
+            raise RuntimeError(f"bench/tlsload was to send {count} messages and printed {output.strip()!r}")
+        return int(done[2]), cpu
+
+    def _run_python(self, client: TLSClient, count: int) -> tuple[int, float]:
+        assert self.pool is not None
+        shares = [count // SESSIONS + (1 if i < count % SESSIONS else 0) for i in range(SESSIONS)]
+        done = self.pool.starmap(_send_tls, [(client, share) for share in shares], chunksize=1)
+        return sum(each for each, _ in done), sum(cpu for _, cpu in done)
 
     def close(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool.join()
 
 
 @dataclass(frozen=True)
@@ -295,9 +373,24 @@ class TLSFiles:
         cert, key = folder / "cert.pem", folder / "key.pem"
         subprocess.run(
             [
-                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={SERVER_NAME}",
-                "-addext", f"subjectAltName=DNS:{SERVER_NAME}",
+                "openssl",
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                str(key),
+                "-out",
+                str(cert),
+                "-days",
+                "2",
+                "-subj",
+                f"/CN={SERVER_NAME}",
+                "-addext",
+                f"subjectAltName=DNS:{SERVER_NAME}",
             ],
             check=True,
             capture_output=True,
@@ -329,8 +422,13 @@ async def serve_ingress(sink_port: int, profile: str | None, tls_dir: str | None
     ingress = attach(
         gateway,
         IngressOptions(
-            port=port, host=LOOPBACK, hostname="gw.bench.test", trusted_networks=parse_networks("127.0.0.0/8"),
-            default_account="bench/sink", max_connections=256, **tls,  # type: ignore[arg-type]
+            port=port,
+            host=LOOPBACK,
+            hostname="gw.bench.test",
+            trusted_networks=parse_networks("127.0.0.0/8"),
+            default_account="bench/sink",
+            max_connections=256,
+            **tls,  # type: ignore[arg-type]
         ),
     )
     account = AccountConfig.model_validate(
@@ -689,7 +787,6 @@ def cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
-
 def host_ticks() -> tuple[int, int]:
     """The machine's busy and total CPU ticks so far, all cores (``/proc/stat``): whether a run was CPU-bound."""
     with open("/proc/stat") as file:
@@ -779,9 +876,17 @@ def report(results: Results, bench: Bench) -> dict[str, object]:
     host = {key: max(values) for key, values in bench.host.items()}
     load_cpu = {key: min(values) for key, values in bench.load_cpu.items()}
     rows = [
-        [pattern, contender, best[pattern, contender], min(values), len(values),
-         round(best[pattern, contender] / best[pattern, "postfix"], 2), round(cpu.get((pattern, contender), 0.0), 3),
-         round(load_cpu[pattern, contender], 3), round(100 * host[pattern, contender])]
+        [
+            pattern,
+            contender,
+            best[pattern, contender],
+            min(values),
+            len(values),
+            round(best[pattern, contender] / best[pattern, "postfix"], 2),
+            round(cpu.get((pattern, contender), 0.0), 3),
+            round(load_cpu[pattern, contender], 3),
+            round(100 * host[pattern, contender]),
+        ]
         for (pattern, contender), values in results.items()
     ]
     headers = ["pattern", "contender", "msgs/s (best)", "msgs/s (worst)", "rounds", "vs postfix", "CPU ms/msg"]
@@ -807,12 +912,13 @@ def report(results: Results, bench: Bench) -> dict[str, object]:
         if bench.sasl_note is None
         else f"STARTTLS only, no AUTH: {bench.sasl_note}",
         "tls_resumed_share": {name: bench.resumed_share(name) for name in ("ingress", "postfix")},
+        "tls_load_generator": bench.load.generator,  # "go" (bench/tlsload), or "python" where Go is missing
         # CPU time per message (the gateway process; Postfix's master and all its daemons): steadier than
         # throughput on a shared machine, and what a deployment pays for.
         "cpu_ms_per_msg": {
             pattern: {name: round(cpu[pattern, name], 3) for name in ("ingress", "postfix")} for pattern in PATTERNS
         },
-        # what the load generator itself spent (smtp-source, or the 16 TLS clients): on two cores it competes
+        # what the load generator itself spent (smtp-source, or the TLS load): on two cores it competes
         "load_cpu_ms_per_msg": {
             pattern: {name: round(load_cpu[pattern, name], 3) for name in ("ingress", "postfix")} for pattern in PATTERNS
         },

@@ -1,0 +1,3 @@
+module mailgate.bench/tlsload
+
+go 1.22
