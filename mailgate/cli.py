@@ -227,6 +227,12 @@ def _add_operator(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resync-seconds", type=float, default=30.0, help="read every gateway's status this often and repair drift"
     )
+    parser.add_argument(
+        "--account-resync-seconds",
+        metavar="SECONDS",
+        help="list every SmtpAccount this often and repair what lost events left unhandled"
+        " (default $MAILGATE_ACCOUNT_RESYNC_SECONDS, else 300)",
+    )
     replicas = parser.add_mutually_exclusive_group(required=True)
     replicas.add_argument(
         "--peering", metavar="NAME", help="elect one active replica with the Lease NAME in the gateway namespace"

@@ -87,6 +87,8 @@ class AccountEntry:
     problem: CredentialProblem | None = None
     deleting: bool = False
     uid: str | None = None
+    seen_generation: int | None = None
+    """The generation ``upsert`` last got, valid or not: what the resync compares the object with."""
     status: SmtpAccountStatus | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -138,23 +140,53 @@ class Engine:
         """Create or update an account from its object; returns how its credential problem changed."""
         meta = body["metadata"]
         key = f"{meta['namespace']}/{meta['name']}"
+        uid, generation = meta.get("uid"), meta.get("generation")
         entry = self._accounts.get(key)
+        if entry is not None and entry.uid == uid and _older(generation, entry.seen_generation):
+            return CredentialChange(entry.problem, entry.problem)  # a resync's read lost a race with a handler
         if entry is None:
             entry = self._accounts[key] = AccountEntry(meta["namespace"], meta["name"])
             entry.status = _status_of(body)
             self.queue_status.seed(key, entry.status.delivery if entry.status is not None else None)
             self._metrics.accounts.set(len(self._accounts))
         self._seen(key)
+        entry.uid, entry.seen_generation = uid, generation
         try:
             spec = SmtpAccountSpec.model_validate(body.get("spec") or {})
         except ValidationError as error:
             problems = field_problems(error, whole="spec", within=("spec",))
             raise InvalidSpec("invalid spec: " + "; ".join(f"{p.field}: {p.message}" for p in problems)) from None
-        entry.generation = meta.get("generation")
-        entry.uid = meta.get("uid")
+        entry.generation = generation
         self._index_secrets(entry, spec)
         entry.spec = spec
         return await self._resolve(entry, lookup)
+
+    def behind(self, key: str, uid: str, generation: int | None) -> bool:
+        """Whether object ``uid`` at ``generation`` is newer than what account ``key`` was last reconciled from.
+
+        An account being deleted is never behind: kopf's delete handler owns it
+        until it is forgotten (then it is unknown, hence behind, if an object of
+        that name exists again).
+        """
+        entry = self._accounts.get(key)
+        if entry is None:
+            return True
+        if entry.deleting:
+            return False
+        return entry.uid != uid or _older(entry.seen_generation, generation)
+
+    def known(self) -> dict[str, str | None]:
+        """Every account key with the uid of its object (None if none was reconciled yet)."""
+        return {key: entry.uid for key, entry in self._accounts.items()}
+
+    def knows(self, key: str, uid: str | None) -> bool:
+        """Whether account ``key`` exists here, for object ``uid``."""
+        entry = self._accounts.get(key)
+        return entry is not None and entry.uid == uid
+
+    def has(self, key: str) -> bool:
+        """Whether account ``key`` exists here at all (a repair of it is then of a stale one, not a missing one)."""
+        return key in self._accounts
 
     def referencing(self, namespace: str, secret: str) -> list[str]:
         """Accounts that read Secret ``namespace/secret``."""
@@ -569,6 +601,13 @@ def _raises(connections: int, rate: int | None, own: Hold) -> bool:
     if connections > own.max_connections:
         return True
     return rate is not None and own.messages_per_minute is not None and rate > own.messages_per_minute
+
+
+def _older(generation: int | None, than: int | None) -> bool:
+    """``generation`` is known to precede ``than`` (an unknown one precedes any known one)."""
+    if than is None:
+        return False
+    return generation is None or generation < than
 
 
 def _status_of(body: Any) -> SmtpAccountStatus | None:

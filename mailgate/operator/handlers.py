@@ -78,6 +78,15 @@ def _handler(fn: Callable[..., Any]) -> Any:
 
 async def reconcile(body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any) -> None:
     """Resolve and push, once the Secrets are listed: before that, a missing Secret may only be not listed yet."""
+    _announce(body, await apply_account(body, reason, memo))
+
+
+async def apply_account(body: Any, reason: str, memo: kopf.Memo) -> CredentialChange:
+    """What a reconcile does whoever asks (kopf's handlers, the resync); the caller posts ``credential_event``.
+
+    Raises kopf's errors, which kopf turns into retries (``TemporaryError``) or
+    a failed handler (``PermanentError``); the resync tries again next period.
+    """
     engine: Engine = memo.engine
     metrics: OperatorMetrics = memo.metrics
     secrets: SecretCache = memo.secrets
@@ -89,8 +98,8 @@ async def reconcile(body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any) -> 
     except InvalidSpec as error:
         metrics.reconciles.labels(trigger=reason, result="invalid").inc()
         raise kopf.PermanentError(str(error)) from None
-    _announce(body, change)
     metrics.reconciles.labels(trigger=reason, result="ok").inc()
+    return change
 
 
 async def remove(namespace: str, name: str, uid: str, memo: kopf.Memo, **_: Any) -> None:
@@ -137,9 +146,17 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
     await memo.shutdown()
 
 
-def _announce(obj: Any, change: CredentialChange) -> None:
-    """An Event when the credential problem appears, changes or goes away."""
+def credential_event(change: CredentialChange) -> tuple[str, str, str] | None:
+    """The Event (type, reason, message) to post when the credential problem appears, changes or goes away."""
     if change.after is not None and change.after != change.before:
-        kopf.event(obj, type="Warning", reason=change.after.reason, message=change.after.message)
-    elif change.after is None and change.before is not None:
-        kopf.event(obj, type="Normal", reason="CredentialsResolved", message="credentials resolved again")
+        return "Warning", change.after.reason, change.after.message
+    if change.after is None and change.before is not None:
+        return "Normal", "CredentialsResolved", "credentials resolved again"
+    return None
+
+
+def _announce(obj: Any, change: CredentialChange) -> None:
+    """Post ``credential_event`` from inside a kopf handler."""
+    event = credential_event(change)
+    if event is not None:
+        kopf.event(obj, type=event[0], reason=event[1], message=event[2])

@@ -12,6 +12,7 @@ from pathlib import Path
 import kubernetes_asyncio.config
 
 from .refresh_api import PATH as REFRESH_PATH
+from .resync import DEFAULT_INTERVAL as DEFAULT_RESYNC_INTERVAL
 from .runner import OperatorOptions, default_identity, run
 
 
@@ -29,6 +30,17 @@ def token_refresh_url(address: str | None, port: int) -> str | None:
     return f"http://{host}:{port}{REFRESH_PATH}"
 
 
+def account_resync_seconds(value: str | None) -> float:
+    """``--account-resync-seconds`` or ``$MAILGATE_ACCOUNT_RESYNC_SECONDS`` (``value``): seconds between account
+    resyncs, a positive number."""
+    if not value:
+        return DEFAULT_RESYNC_INTERVAL
+    seconds = float(value)  # ValueError names the text, which is no secret
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"must be a positive number of seconds, not {value!r}")
+    return seconds
+
+
 def main(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
@@ -43,6 +55,11 @@ def main(args: argparse.Namespace) -> int:
     if token is None:
         print("mailgate operator: no admin token (--admin-token-file or $MAILGATE_ADMIN_TOKEN)", file=sys.stderr)
         return 2
+    try:
+        account_resync = account_resync_seconds(args.account_resync_seconds or os.environ.get("MAILGATE_ACCOUNT_RESYNC_SECONDS"))
+    except ValueError as error:
+        print(f"mailgate operator: --account-resync-seconds: {error}", file=sys.stderr)
+        return 2
     options = OperatorOptions(
         gateway_namespace=args.gateway_namespace,
         gateway_selector=args.gateway_selector,
@@ -55,6 +72,7 @@ def main(args: argparse.Namespace) -> int:
         metrics_port=args.metrics_port,
         bind_address=args.bind_address,
         resync_seconds=args.resync_seconds,
+        account_resync_seconds=account_resync,
         lease_name=None if args.standalone else args.peering,
         identity=args.identity or default_identity(),
         token_refresh_url=token_refresh_url(args.advertise_address or os.environ.get("POD_IP"), args.metrics_port),

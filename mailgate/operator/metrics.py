@@ -21,7 +21,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry()
         self.reconciles = Counter(
             "mailgate_operator_reconciles_total",
-            "SmtpAccount reconciles, by trigger (create, update, resume, delete, secret) and result.",
+            "SmtpAccount reconciles, by trigger (create, update, delete, secret, resync) and result.",
             ["trigger", "result"],
             registry=self.registry,
         )
@@ -42,6 +42,24 @@ class OperatorMetrics:
             "mailgate_operator_status_patches_total",
             "SmtpAccount status patches, by result.",
             ["result"],
+            registry=self.registry,
+        )
+        self.resyncs = Counter(
+            "mailgate_operator_account_resyncs_total",
+            "Periodic SmtpAccount resync passes, by result (ok, failed, skipped: start-up listings not done).",
+            ["result"],
+            registry=self.registry,
+        )
+        self.resync_repairs = Counter(
+            "mailgate_operator_account_resync_repairs_total",
+            "SmtpAccounts the periodic resync repaired, by kind (missing: never reconciled, stale: an older "
+            "generation reconciled, gone: served after its object vanished, finalizer: finalizer added).",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.resync_listed = Gauge(
+            "mailgate_operator_account_resync_listed",
+            "SmtpAccounts the last resync pass listed (compare with mailgate_operator_accounts).",
             registry=self.registry,
         )
         self.gateways = Gauge("mailgate_operator_gateways", "Gateway pods that receive configuration.", registry=self.registry)
