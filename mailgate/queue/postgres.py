@@ -641,7 +641,9 @@ async def _session_unchanged(conn: asyncpg.Connection) -> None:
     """A pool connection's reset on release: nothing to undo, as no statement here changes the session (no SET,
     no session advisory lock, LISTEN only on the listener's own connection). asyncpg's default reset is one more
     round trip per use (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``), half of the
-    statements a delivered message cost; an open transaction is still rolled back before this runs."""
+    statements a delivered message cost; an open transaction is still rolled back before this runs. The price: a
+    connection the server dropped while it sat in the pool is found dead at its next statement instead of at
+    release (``QueueUnavailable`` once, and the pool reconnects), when the socket's close has not arrived yet."""
 
 
 def _claimed(row: asyncpg.Record, owner: str) -> ClaimedMessage:

@@ -104,17 +104,20 @@ class FatalInjector:
 async def test_a_connection_killed_between_statements_is_a_queue_outage_not_a_crash(
     postgres_server: PostgresServer, postgres_schema: str
 ) -> None:
-    """A FATAL read while a pooled connection is idle: the release that follows fails (the statement
-    itself had its answer), and so does any statement on that connection. Both are the queue being
-    unreachable for a moment, never an error the store's callers do not expect; the next call works."""
+    """A FATAL read while a pooled connection is idle (before the server closes the socket): the next
+    statement on that connection fails (connections go back to the pool without a reset query, which
+    would have met it first). That is the queue being unreachable for a moment, never an error the
+    store's callers do not expect; the pool is recycled and the next call works."""
     async with FatalInjector(postgres_server.port) as proxy:
         dsn = postgres_server.dsn().replace(f":{postgres_server.port}/", f":{proxy.port}/")
         store = await open_store(f"{dsn}?search_path={postgres_schema}&sslmode=disable", pool_size=1)
         try:
             message_id = await store.enqueue(message())
             proxy.armed = True
-            assert await store.next_due() is not None  # answered; the release after it finds the connection dead
+            assert await store.next_due() is not None  # answered; the FATAL after it leaves the connection dead
             assert proxy.injected == 1
+            with pytest.raises(QueueUnavailable):
+                await store.next_due()  # its next statement meets the dead connection
             await store.next_due()  # a new connection
             proxy.armed = True
             with pytest.raises(QueueUnavailable):
