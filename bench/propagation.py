@@ -58,7 +58,9 @@ def _create_accounts(mesh: Mesh, count: int, tls: str) -> list[str]:
 
     def create(name: str) -> None:
         mesh.secret(f"{name}-smtp", {"username": name, "password": "initial"})
-        mesh.apply_account(name, _Upstream, server=server, pool={"maxConnections": 3})
+        # One sender each, as real accounts have (the harness's default lists one pattern for every account,
+        # which makes all of them conflict with each other).
+        mesh.apply_account(name, _Upstream, server=server, pool={"maxConnections": 3}, senders=[f"{name}@shop.example"])
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(create, names))

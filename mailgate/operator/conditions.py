@@ -7,12 +7,17 @@ Conditions follow the Kubernetes API conventions (metav1.Condition): ``type``,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from ..spec import Condition, ConditionStatus, DeliveryStatus, EffectiveLimits, GatewaySync, SmtpAccountStatus
 from .credentials import CredentialProblem
+
+if TYPE_CHECKING:
+    from .admin import GatewayReport
 
 READY = "Ready"
 CREDENTIALS_RESOLVED = "CredentialsResolved"
@@ -44,7 +49,42 @@ class SenderConflict:
 
     pattern: str
     accounts: tuple[str, ...] = ()
-    """The other accounts (namespace/name) reported with the same pattern; empty if none is known yet."""
+    """The first other accounts (namespace/name, sorted) reported with the same pattern; empty if none is known yet."""
+    more: int = 0
+    """How many other accounts list it beyond ``accounts`` (a manifest copied a thousand times names a few)."""
+
+
+SHOWN_CONFLICTING_ACCOUNTS = 5  # other accounts named per pattern in a status; the rest are counted
+
+
+def conflict_index(reports: Iterable[GatewayReport | None]) -> dict[str, tuple[str, ...]]:
+    """Every account the gateways report with a conflicting pattern, by casefolded pattern, sorted: built once
+    per round of status writes, so each account's conflicts cost its own patterns, not a scan of every
+    report (10,000 accounts listing one pattern made each status round quadratic: seconds of a blocked loop)."""
+    claimants: dict[str, set[str]] = {}
+    for report in reports:
+        for account, found in (report.conflicting if report is not None else {}).items():
+            for pattern in found.sender_conflicts:
+                claimants.setdefault(pattern.casefold(), set()).add(account)
+    return {folded: tuple(sorted(accounts)) for folded, accounts in claimants.items()}
+
+
+def sender_conflicts(
+    key: str, reports: Iterable[GatewayReport | None], index: Mapping[str, tuple[str, ...]]
+) -> list[SenderConflict]:
+    """The patterns any gateway reports as conflicting for ``key`` (as ``key`` spells them), each with the
+    other accounts reported with the same pattern (a gateway lists a conflict under every account involved)."""
+    own: dict[str, str] = {}
+    for report in reports:
+        found = report.conflicting.get(key) if report is not None else None
+        for pattern in found.sender_conflicts if found is not None else ():
+            own.setdefault(pattern.casefold(), pattern)
+    conflicts = []
+    for folded, text in sorted(own.items()):
+        claimants = index.get(folded, ())
+        shown = tuple(itertools.islice((account for account in claimants if account != key), SHOWN_CONFLICTING_ACCOUNTS))
+        conflicts.append(SenderConflict(text, shown, max(0, len(claimants) - 1 - len(shown))))
+    return conflicts
 
 
 @dataclass(frozen=True)
@@ -138,7 +178,8 @@ def _senders(inputs: StatusInputs) -> _Verdict:
         return "True", "Unique", "no other account lists these senders"
     parts = []
     for conflict in inputs.sender_conflicts:
-        others = f" (also listed by {', '.join(conflict.accounts)})" if conflict.accounts else ""
+        more = f" and {conflict.more} more" if conflict.more else ""
+        others = f" (also listed by {', '.join(conflict.accounts)}{more})" if conflict.accounts else ""
         parts.append(f"{conflict.pattern}{others}")
     message = (
         f"sender pattern(s) claimed by more than one account: {'; '.join(parts)}; "

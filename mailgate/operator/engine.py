@@ -26,8 +26,16 @@ from ..oauth2.grants import GrantError
 from ..snapshot import Credentials, config_digest
 from ..spec import API_VERSION, KIND, EffectiveLimits, SmtpAccountSpec, SmtpAccountStatus
 from ..validation import field_problems
-from .admin import AdminClient
-from .conditions import TOKEN_REASONS, TOKEN_REFUSED, TOKEN_UNAVAILABLE, GatewayHealth, SenderConflict, StatusInputs
+from .admin import AdminClient, GatewayReport
+from .conditions import (
+    TOKEN_REASONS,
+    TOKEN_REFUSED,
+    TOKEN_UNAVAILABLE,
+    GatewayHealth,
+    StatusInputs,
+    conflict_index,
+    sender_conflicts,
+)
 from .credentials import CredentialProblem, LoginHasher, SecretLookup, resolve, secret_names
 from .metrics import OperatorMetrics
 from .plan import AccountPlan, GatewayPod, Hold, ResolvedAccount, cap, hold_of, plan_account, plan_all
@@ -123,6 +131,7 @@ class Engine:
         self._accounts: dict[str, AccountEntry] = {}
         self._by_secret: dict[tuple[str, str], set[str]] = {}
         self._plans: dict[str, AccountPlan] = {}
+        self._conflicts: tuple[list[GatewayReport | None], dict[str, tuple[str, ...]]] = ([], {})
         self._syncers: dict[str, GatewaySyncer] = {}  # pod uid -> loop, for pods that receive config
         self._retired: dict[str, GatewaySyncer] = {}  # pods going away: their holds count until the Pod is gone
         self._unseen: set[str] | None = None
@@ -496,6 +505,7 @@ class Engine:
             return None
         plan = self._plans.get(key)
         targets = list(self._syncers.values())
+        reports = [syncer.report for syncer in targets]
         synced = sum(1 for syncer in targets if plan is not None and syncer.serves(key, plan.digests.get(syncer.name, "")))
         health = []
         for syncer in targets:
@@ -512,9 +522,17 @@ class Engine:
             health=health,
             rejected=[(syncer.name, syncer.rejected[key][1]) for syncer in targets if key in syncer.rejected],
             effective=plan.effective if plan is not None else EffectiveLimits(),
-            sender_conflicts=_sender_conflicts(key, targets),
+            sender_conflicts=sender_conflicts(key, reports, self._conflict_index(reports)),
             delivery=self.queue_status.shown(key),
         )
+
+    def _conflict_index(self, reports: list[GatewayReport | None]) -> dict[str, tuple[str, ...]]:
+        """``conflict_index`` of these reports, rebuilt only when a gateway's report was replaced."""
+        cached, index = self._conflicts
+        if len(cached) != len(reports) or any(a is not b for a, b in zip(cached, reports, strict=True)):
+            index = conflict_index(reports)
+            self._conflicts = (reports, index)
+        return index
 
     def previous_status(self, key: str) -> SmtpAccountStatus | None:
         entry = self._accounts.get(key)
@@ -559,20 +577,6 @@ class Engine:
         for syncer in syncers:
             syncer.cancel()
         await asyncio.gather(*(syncer.wait_stopped() for syncer in syncers))
-
-
-def _sender_conflicts(key: str, targets: Iterable[GatewaySyncer]) -> list[SenderConflict]:
-    """The patterns any gateway reports as conflicting for ``key``, each with the other accounts
-    reported with the same pattern (the gateway lists a conflict under every account involved)."""
-    accounts: dict[str, set[str]] = {}  # casefolded pattern -> accounts reported with it
-    own: dict[str, str] = {}  # casefolded pattern -> as ``key`` spells it
-    for syncer in targets:
-        for account, report in (syncer.report.conflicting if syncer.report is not None else {}).items():
-            for pattern in report.sender_conflicts:
-                accounts.setdefault(pattern.casefold(), set()).add(account)
-                if account == key:
-                    own.setdefault(pattern.casefold(), pattern)
-    return [SenderConflict(text, tuple(sorted(accounts[folded] - {key}))) for folded, text in sorted(own.items())]
 
 
 def _pending(syncer: GatewaySyncer) -> list[str]:

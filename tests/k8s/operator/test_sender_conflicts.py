@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from mailgate.operator.admin import parse_report
-from mailgate.operator.conditions import SenderConflict, StatusInputs, build_status, sender_conflict_event
+from mailgate.operator.conditions import (
+    SHOWN_CONFLICTING_ACCOUNTS,
+    SenderConflict,
+    StatusInputs,
+    build_status,
+    conflict_index,
+    sender_conflict_event,
+    sender_conflicts,
+)
 from mailgate.operator.events import event_body
 from mailgate.spec import Condition
 
@@ -87,3 +95,40 @@ def test_event_body_refers_to_the_account() -> None:
     }  # fmt: skip
     assert (body["type"], body["reason"], len(body["message"])) == ("Warning", "SenderConflict", 1024)
     assert body["firstTimestamp"] == "2025-01-02T03:04:05Z"
+
+
+def test_a_pattern_claimed_by_thousands_names_a_few_and_counts_the_rest() -> None:
+    """A pattern every account lists (a copied manifest): each status names a few others and counts the rest,
+    so 10,000 statuses do not each carry 9,999 names."""
+    others = tuple(f"shop/a{n:05d}" for n in range(1, 10_000))
+    condition = senders_unique(build_status(inputs(SenderConflict("*@shop.example", others[:5], more=9_994)), [], NOW).conditions)
+    assert (
+        "*@shop.example (also listed by shop/a00001, shop/a00002, shop/a00003, shop/a00004, shop/a00005 and 9994 more)"
+        in condition.message
+    )
+
+
+def test_conflicts_across_gateways_are_indexed_once_per_round() -> None:
+    """Each account's conflicts come from one index of the gateways' reports: the others named first by name,
+    the rest counted, the same as scanning every report for every account (which was quadratic)."""
+    claimants = [f"shop/a{n:04d}" for n in range(40)]
+    one = parse_report(
+        {
+            "revision": 1,
+            "ready": True,
+            "accounts": {k: {"digest": "d", "senderConflicts": ["*@Shop.example"]} for k in claimants[:30]},
+        }
+    )
+    two = parse_report(
+        {
+            "revision": 1,
+            "ready": True,
+            "accounts": {k: {"digest": "d", "senderConflicts": ["*@shop.example"]} for k in claimants[10:]},
+        }
+    )
+    index = conflict_index([one, two, None])
+    (conflict,) = sender_conflicts("shop/a0003", [one, two, None], index)
+    assert conflict.pattern == "*@Shop.example"
+    assert conflict.accounts == tuple(claimants[:3] + claimants[4 : SHOWN_CONFLICTING_ACCOUNTS + 1])
+    assert conflict.more == 39 - SHOWN_CONFLICTING_ACCOUNTS
+    assert sender_conflicts("shop/unrelated", [one, two], index) == []
