@@ -227,3 +227,22 @@ def test_the_accounts_a_refused_snapshot_names_are_found() -> None:
     # What a gateway of this release writes (mailgate.validation paths): the index in brackets.
     assert _refused_keys(GatewayRejected(400, "invalid", ("accounts[1].spec.server.host",)), keys) == {"a/two"}
     assert _refused_keys(GatewayRejected(400, "invalid", ("accounts[9]",)), keys) == set()
+
+
+def pushes(cluster: Cluster, kind: str) -> float:
+    return cluster.metrics.registry.get_sample_value("mailgate_operator_push_duration_seconds_count", {"kind": kind}) or 0.0
+
+
+async def test_a_burst_of_new_accounts_costs_in_proportion_to_the_burst(cluster: Cluster) -> None:
+    """Accounts created a hundred at a time against 1,000 served go out one by one: a full snapshot is worth it
+    only when a good share of what a pod serves changed (it re-sends everything, and the pod rebuilds it)."""
+    await cluster.add("gw-1", 1)
+    for n in range(1000):
+        await cluster.engine.upsert(body(f"base-{n:04d}"), lookup)
+    await until(lambda: all(cluster.synced(f"shop/base-{n:04d}") for n in range(1000)), "1,000 accounts served", timeout=60)
+    full = pushes(cluster, "full")
+    for n in range(100):
+        await cluster.engine.upsert(body(f"burst-{n:03d}"), lookup)
+    await until(lambda: all(cluster.synced(f"shop/burst-{n:03d}") for n in range(100)), "the burst served", timeout=60)
+    assert pushes(cluster, "full") == full
+    assert pushes(cluster, "account") >= 100
