@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import socket
 import ssl
 import time
 
+import pytest
 from aiosmtpd.smtp import SMTP
 
 from mailgate.ingress.session import AUTH_ATTEMPTS, IngressSMTP
@@ -188,3 +190,37 @@ async def test_a_tls_session_hands_out_one_ticket_and_resumes_with_it(gw: Ingres
     assert tickets == 1 and not reused
     _, reused = await in_thread(starttls_session, first)
     assert reused and tickets == 2
+
+
+async def test_command_lines_are_not_sanitized_for_log_lines_nobody_writes(
+    gw: IngressGateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """aiosmtpd hides AUTH data in every command line it logs (a regex per line, twice), whatever the log level;
+    the ingress keeps its log at ERROR, so that work is skipped, and done as before once someone turns it up."""
+    import aiosmtpd.smtp
+
+    calls = 0
+    original = aiosmtpd.smtp.sanitize
+
+    def counting(text: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return original(text)
+
+    monkeypatch.setattr(aiosmtpd.smtp, "sanitize", counting)
+
+    def noop_session() -> None:
+        with socket.create_connection((HOST, gw.port), timeout=10) as raw:
+            reader = raw.makefile("rb")
+            reader.readline()
+            raw.sendall(b"NOOP\r\nQUIT\r\n")
+            assert reader.readline().startswith(b"250") and reader.readline().startswith(b"221")
+
+    await in_thread(noop_session)
+    assert calls == 0
+    logger = logging.getLogger("mail.log")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.manager._clear_cache()  # type: ignore[attr-defined]
+    await in_thread(noop_session)
+    assert calls >= 2
+    logger.manager._clear_cache()  # type: ignore[attr-defined]
