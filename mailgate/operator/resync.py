@@ -40,7 +40,7 @@ Secrets are known): before, an account may be behind for no other reason.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -58,6 +58,7 @@ from .engine import Engine
 from .events import post_event
 from .handlers import FINALIZER, apply_account, credential_event
 from .metrics import OperatorMetrics
+from .paging import listed
 from .secrets import SecretCache
 
 log = logging.getLogger(__name__)
@@ -265,24 +266,9 @@ class AccountResync:
     async def _items(self) -> AsyncIterator[dict[str, Any]]:
         """Every served SmtpAccount, a page at a time, as raw JSON (the client's models would cost more than the data)."""
         for namespace in self._namespaces or (None,):
-            token: str | None = None
-            while True:
-                params: dict[str, Any] = {
-                    "limit": self._page_size, "_preload_content": False, "_request_timeout": REQUEST_TIMEOUT,
-                }  # fmt: skip
-                if token:
-                    params["_continue"] = token
-                if namespace is None:
-                    raw = await self._api.list_cluster_custom_object(GROUP, VERSION, PLURAL, **params)
-                else:
-                    raw = await self._api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **params)
-                response = cast(aiohttp.ClientResponse, raw)  # what the client returns without _preload_content
-                async with response:
-                    if response.status != 200:
-                        raise ApiException(status=response.status, reason=response.reason)
-                    page = json.loads(await response.read())
-                for item in page.get("items") or ():
-                    yield item
-                token = (page.get("metadata") or {}).get("continue")
-                if not token:
-                    break
+            if namespace is None:
+                list_page = functools.partial(self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL)
+            else:
+                list_page = functools.partial(self._api.list_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL)
+            async for item in listed(list_page, self._page_size, _request_timeout=REQUEST_TIMEOUT):
+                yield item

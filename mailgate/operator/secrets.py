@@ -20,17 +20,18 @@ what an event has set (or deleted) since the cache was created.
 from __future__ import annotations
 
 import asyncio
-import json
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from .credentials import SecretValues, secret_values
+from .paging import listed
 
 log = logging.getLogger(__name__)
 
@@ -132,24 +133,8 @@ async def fill(cache: SecretCache, api_client: ApiClient, namespaces: tuple[str,
     log.info("listed %d Secrets; SmtpAccount handlers proceed", count)
 
 
-async def _list_secrets(api: CoreV1Api, namespace: str | None, page_size: int) -> AsyncIterator[dict[str, Any]]:
-    """Secrets as JSON, one page at a time (raw JSON: the client's models would cost far more than the data)."""
-    token: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": page_size, "_preload_content": False}
-        if token:
-            params["_continue"] = token
-        if namespace is None:
-            raw = await api.list_secret_for_all_namespaces(**params)
-        else:
-            raw = await api.list_namespaced_secret(namespace, **params)
-        response = cast(aiohttp.ClientResponse, raw)  # what the client returns without _preload_content
-        async with response:
-            if response.status != 200:
-                raise ApiException(status=response.status, reason=response.reason)
-            page = json.loads(await response.read())
-        for item in page.get("items") or ():
-            yield item
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return
+def _list_secrets(api: CoreV1Api, namespace: str | None, page_size: int) -> AsyncIterator[dict[str, Any]]:
+    """Secrets as raw JSON, a page at a time."""
+    if namespace is None:
+        return listed(api.list_secret_for_all_namespaces, page_size)
+    return listed(functools.partial(api.list_namespaced_secret, namespace), page_size)
