@@ -1,4 +1,4 @@
-"""Pieces every benchmark needs: a Postfix smtp-sink, a delaying TCP proxy, percentiles, tables.
+"""Pieces every benchmark needs: a Postfix smtp-sink, a delaying TCP proxy, the bench's Go programs, percentiles, tables.
 
 The sink and the proxy run as separate processes so that their CPU time is
 not charged to the contender measured in the benchmark's own event loop.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -60,6 +61,38 @@ def find_smtp_sink(install: bool = True) -> str:
         subprocess.run(["bash", str(REPO / "hack" / "system-deps.sh")], check=True)
         return find_smtp_sink(install=False)
     raise RuntimeError("Postfix smtp-sink is not installed (Debian package 'postfix')")
+
+
+def go_binary(source: Path) -> Path | None:
+    """The Go program in ``source`` (a directory of this checkout: bench/tlsload, bench/tlssink) built and cached
+    under ~/.cache/mailgate/bench/<its name>/ by its source's hash.
+
+    ``None`` when it is not cached and ``go`` is not installed. Built with the
+    standard library only: no module is downloaded (``GOPROXY=off``), and the
+    machine's own toolchain is used (``GOTOOLCHAIN=local``). A build that
+    fails is an error, not a reason to fall back.
+    """
+    digest = hashlib.sha256()
+    for file in sorted(source.iterdir()):
+        if file.suffix == ".go" or file.name == "go.mod":
+            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mailgate" / "bench"
+    binary = cache / source.name / digest.hexdigest()[:16] / source.name
+    if binary.exists():
+        return binary
+    go = shutil.which("go")
+    if go is None:
+        return None
+    binary.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOWORK": "off"}
+    env.setdefault("GOCACHE", str(cache / "go-build"))
+    partial = binary.with_name(f"{source.name}.{os.getpid()}")  # renamed when complete: a concurrent run sees all or nothing
+    command = [go, "build", "-trimpath", "-o", str(partial), "."]
+    built = subprocess.run(command, cwd=source, env=env, capture_output=True, text=True, timeout=600)
+    if built.returncode != 0:
+        raise RuntimeError(f"building {source} failed: {built.stderr.strip()}")
+    partial.replace(binary)
+    return binary
 
 
 @contextlib.contextmanager

@@ -4,10 +4,21 @@ Every contender relays for a realistic account: its upstream speaks STARTTLS
 (certificate verified against a private CA) and wants AUTH, and it gets the
 same number of upstream connections (``CONNECTIONS``: the account's
 ``maxConnections``, Postfix's ``default_destination_concurrency_limit``; both
-reconnect after 100 messages). That upstream is the same for everyone: a
-Postfix ``smtpd`` of its own (STARTTLS and AUTH required, Cyrus SASL) that
-proxies each transaction to a counting ``smtp-sink`` (``smtpd_proxy_filter``:
-nothing is queued there, all in C). Messages are 2 KB, one recipient.
+reconnect after 100 messages). That upstream is the same for everyone:
+``bench/tlssink``, a small Go program (standard library only; STARTTLS with
+the bench's certificate, AUTH PLAIN or LOGIN required, pipelining, every
+message counted once its 250 was sent, nothing kept), built at the start of
+a run and cached under ``~/.cache/mailgate/bench/tlssink/`` by its source's
+hash. It replaced a Postfix ``smtpd`` of its own (STARTTLS and AUTH required,
+Cyrus SASL) that proxied each transaction to a counting ``smtp-sink``
+(``smtpd_proxy_filter``) because that upstream competed with the contenders
+for the two cores: its processes spent 0.7 to 0.8 ms of CPU per message
+(``upstream_cpu_ms_per_msg``), nearly as much as the gateways it served (0.9
+to 1.3 ms), so every run was CPU-bound near 1,000 msgs/s whoever relayed, and
+every ratio was compressed towards 1; bench/tlssink spends 0.1 to 0.2 ms. Where
+``go`` is missing (or with ``--postfix-upstream``) that Postfix upstream is
+used still, and the JSON says which (``upstream``: ``"go-tlssink"`` or
+``"postfix-smtpd"``). Messages are 2 KB, one recipient.
 
 The contenders, all with their queues on the same disk (``/tmp``):
 
@@ -72,7 +83,8 @@ unmeasured warm-up first (``accept-http`` in ``--quick``: one request only).
 Reported per pattern: the best round (the least disturbed on a shared machine), the worst,
 and CPU milliseconds per message (the gateway process, plus the PostgreSQL
 server for ``postgres``; Postfix's master and all its daemons; the upstream's
-and the load generators' CPU counts for nobody). Prints a table, then as the
+and the load generators' CPU counts for nobody, the upstream's is reported on
+its own as ``upstream_cpu_ms_per_msg``). Prints a table, then as the
 LAST line one JSON object: ``accept_vs_postfix_sqlite`` and
 ``accept_vs_postfix_postgres`` (HTTP 202 vs Postfix's SMTP 250),
 ``smtp_accept_vs_postfix_sqlite``/``_postgres``, ``drain_vs_postfix`` (SQLite;
@@ -106,13 +118,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench.common import LOOPBACK, REPO, format_table, free_port, stop_process, wait_listening
+from bench.common import LOOPBACK, REPO, format_table, free_port, go_binary, stop_process, wait_listening
 from bench.gateway import lua_string, parse_wrk
 from bench.smtp_ingress import Sink, cpu_seconds, postfix_path, smtp_source_path
 
@@ -136,6 +149,7 @@ PATTERNS: dict[str, tuple[str, ...]] = {  # in the order they run (the docstring
 }
 BASELINE = {"accept-smtp": "accept-smtp", "accept-http": "accept-smtp", "e2e": "e2e", "drain": "drain"}  # Postfix's
 WAIT = 120.0  # the deadline of any one wait
+TLSSINK_SOURCE = REPO / "bench" / "tlssink"
 
 
 @dataclass(frozen=True)
@@ -391,6 +405,40 @@ def upstream(sink_port: int, certificate: Certificate) -> contextlib.AbstractCon
     return postfix_instance(_UPSTREAM_MAIN_CF, _UPSTREAM_MASTER_CF, values, prepare)
 
 
+class GoUpstream(Sink):
+    """``bench/tlssink``: the shared upstream in one Go process, STARTTLS and AUTH required, counting as smtp-sink
+    does (``mesg=N`` lines on its stdout, read by ``Sink``'s reader, so ``wait_for`` and the exact-count checks
+    are the same for both upstreams)."""
+
+    def __init__(self, binary: Path, certificate: Certificate, log: Path) -> None:
+        # Not Sink.__init__, which starts smtp-sink: this starts bench/tlssink and shares the rest.
+        command = [str(binary), "-listen", f"{LOOPBACK}:0", "-hostname", SERVER_NAME, "-user", UPSTREAM_LOGIN]
+        command += ["-cert", str(certificate.cert), "-key", str(certificate.key)]
+        env = {**os.environ, "TLSSINK_PASSWORD": UPSTREAM_PASSWORD}  # not on the command line, which all can read
+        self.log = log
+        with log.open("wb") as stderr:
+            self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr)
+        assert self.process.stdout is not None
+        words = self.process.stdout.readline().split()  # "listening PORT", before any count
+        if len(words) != 2 or words[0] != b"listening":
+            self.process.kill()
+            self.process.wait()
+            raise RuntimeError(f"bench/tlssink did not start: {log.read_text(errors='replace')[-500:]}")
+        self.port = int(words[1])
+        self.count = 0
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def close(self) -> None:
+        """Stop it; show what it reported on stderr (failed sessions: TLS, AUTH, I/O), if anything."""
+        super().close()
+        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
+        if lines:
+            tail = "\n".join(line[:300] for line in lines[-3:])
+            print(f"bench/tlssink: {len(lines)} log lines; the last:\n{tail}", file=sys.stderr)
+
+
 def postfix_relay(upstream_port: int, dead_port: int, certificate: Certificate) -> contextlib.AbstractContextManager[Postfix]:
     values = {
         "upstream_port": upstream_port, "dead_port": dead_port, "cert": certificate.cert, "server_name": SERVER_NAME,
@@ -537,27 +585,41 @@ async def _enqueue_backlog(url: str, count: int) -> None:
 class Measurement:
     rate: float  # messages per second
     cpu_ms: float | None = None  # CPU milliseconds per message
+    upstream_cpu_ms: float | None = None  # the shared upstream's, for the same messages
     extra: dict[str, float] = field(default_factory=dict)
 
 
 class Bench:
     """Everything up for the whole run; ``measure`` drives one contender through one pattern once."""
 
-    def __init__(self, stack: contextlib.ExitStack, *, postgres: bool, profile: Path | None) -> None:
+    def __init__(self, stack: contextlib.ExitStack, *, postgres: bool, profile: Path | None, go_upstream: bool) -> None:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="mailgate-bench-queue-")))
         folder.chmod(0o755)
         self.folder = folder
         self.certificate = Certificate.create(folder)
         ca_pem = self.certificate.cert.read_text()
-        self.sink = Sink()
-        stack.callback(self.sink.close)
-        self.upstream = stack.enter_context(upstream(self.sink.port, self.certificate))
+        binary = go_binary(TLSSINK_SOURCE) if go_upstream else None
+        self.sink: Sink
+        self.upstream_pids: tuple[int, ...]  # whose CPU is the shared upstream's
+        if binary is not None:
+            self.upstream_kind = "go-tlssink"
+            self.sink = GoUpstream(binary, self.certificate, folder / "tlssink.log")
+            stack.callback(self.sink.close)
+            upstream_port, self.upstream_pids = self.sink.port, (self.sink.process.pid,)
+        else:
+            self.upstream_kind = "postfix-smtpd"
+            if go_upstream:
+                print("go is not installed: the upstream is a Postfix smtpd in front of smtp-sink", file=sys.stderr)
+            self.sink = Sink()
+            stack.callback(self.sink.close)
+            postfix_upstream = stack.enter_context(upstream(self.sink.port, self.certificate))
+            upstream_port, self.upstream_pids = postfix_upstream.port, (postfix_upstream.pid, self.sink.process.pid)
         self.dead_port = free_port()  # nothing listens there: the dead account's upstream
-        self.postfix = stack.enter_context(postfix_relay(self.upstream.port, self.dead_port, self.certificate))
+        self.postfix = stack.enter_context(postfix_relay(upstream_port, self.dead_port, self.certificate))
         self.accounts = {
             "dead": account_config("dead", self.dead_port, ca_pem),
-            "live": account_config("live", self.upstream.port, ca_pem),
-            "drain": account_config("drain", self.upstream.port, ca_pem),
+            "live": account_config("live", upstream_port, ca_pem),
+            "drain": account_config("drain", upstream_port, ca_pem),
         }
         self.delivered = 0  # what the sink must have counted: every message of e2e and drain so far
         self.postgres_note: str | None = None
@@ -606,10 +668,13 @@ class Bench:
     def _cpu(self, contender: str) -> float:
         return cpu_seconds(self.postfix.pid) if contender == "postfix" else self.gateways[contender].cpu()
 
+    def _upstream_cpu(self) -> float:
+        return sum(cpu_seconds(pid) for pid in self.upstream_pids)
+
     def measure(self, pattern: str, contender: str, size: int) -> Measurement:
         """One measurement: ``size`` messages (seconds for accept-http); fails if the sink counted one too many or few."""
         started = time.monotonic()
-        cpu = self._cpu(contender)
+        cpu, upstream_cpu = self._cpu(contender), self._upstream_cpu()
         if pattern == "accept-http":
             result = self._accept_http(self.gateways[contender], size)
             count = result.extra["count"]
@@ -618,6 +683,7 @@ class Bench:
             run = {"accept-smtp": self._accept_smtp, "e2e": self._e2e, "drain": self._drain}[pattern]
             result = run(contender, count)
         result.cpu_ms = (self._cpu(contender) - cpu) * 1000 / count
+        result.upstream_cpu_ms = (self._upstream_cpu() - upstream_cpu) * 1000 / count
         measured = time.monotonic()
         self._settle(pattern, contender, int(count))
         if pattern.startswith("accept") and contender != "postfix":
@@ -801,7 +867,8 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
         rows.append([pattern, contender, found.rate, worst[pattern, contender], len(results[pattern, contender]),
                      ratio(pattern, contender) or "-", round(cpu, 3), extra or "-"])  # fmt: skip
     print(
-        f"{SESSIONS} client sessions, {CONNECTIONS} upstream connections (STARTTLS + AUTH), {MESSAGE_BYTES} B messages, "
+        f"{SESSIONS} client sessions, {CONNECTIONS} upstream connections (STARTTLS + AUTH, {bench.upstream_kind}), "
+        f"{MESSAGE_BYTES} B messages, "
         f"{sizes.rounds} rounds, {os.cpu_count()} CPUs"
     )
     headers = ["pattern", "contender", "msgs/s (best)", "msgs/s (worst)", "rounds", "vs postfix", "CPU ms/msg"]
@@ -852,6 +919,16 @@ def report(results: Results, bench: Bench, sizes: Sizes) -> dict[str, Any]:
             }
             for pattern in PATTERNS
         },
+        # The shared upstream's CPU per message delivered (CPU it competes with the contenders for).
+        "upstream_cpu_ms_per_msg": {
+            pattern: {
+                name: round(min(m.upstream_cpu_ms or 0.0 for m in results[pattern, name]), 3)
+                for name in PATTERNS[pattern]
+                if (pattern, name) in results
+            }
+            for pattern in ("e2e", "drain")
+        },
+        "upstream": bench.upstream_kind,
         "postgres": bench.postgres_note or "ok",
         "sessions": SESSIONS,
         "upstream_connections": CONNECTIONS,
@@ -874,6 +951,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.queue", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="two short rounds (under 90 s)")
     parser.add_argument("--no-postgres", action="store_true", help="measure only SQLite and Postfix")
+    parser.add_argument("--postfix-upstream", action="store_true", help="the Postfix smtpd + smtp-sink upstream, as without go")
     parser.add_argument("--profile", metavar="DIR", type=Path, help="run the gateways under cProfile; stats land in DIR")
     parser.add_argument(
         "--patterns", default=",".join(PATTERNS), help=f"comma-separated subset of {', '.join(PATTERNS)} (default: all)"
@@ -890,7 +968,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         signal.signal(number, _exit_on_signal)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
-        bench = Bench(stack, postgres=not args.no_postgres, profile=args.profile)
+        bench = Bench(stack, postgres=not args.no_postgres, profile=args.profile, go_upstream=not args.postfix_upstream)
         print(f"setup took {time.monotonic() - started:.1f} s", file=sys.stderr)
         results = run(bench, sizes, patterns)
     print(f"took {time.monotonic() - started:.1f} s", file=sys.stderr)

@@ -81,7 +81,6 @@ import argparse
 import asyncio
 import base64
 import contextlib
-import hashlib
 import hmac
 import io
 import json
@@ -105,7 +104,16 @@ from multiprocessing.pool import Pool
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from bench.common import LOOPBACK, REPO, find_smtp_sink, format_table, free_port, stop_process, wait_listening
+from bench.common import (
+    LOOPBACK,
+    REPO,
+    find_smtp_sink,
+    format_table,
+    free_port,
+    go_binary,
+    stop_process,
+    wait_listening,
+)
 
 if TYPE_CHECKING:  # aiosmtpd is imported by the reference server only, not by the Python client processes
     from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session
@@ -229,37 +237,6 @@ class TLSClient:
 TLSLOAD_SOURCE = REPO / "bench" / "tlsload"
 
 
-def tlsload_binary() -> Path | None:
-    """``bench/tlsload`` built from this checkout's source, cached under ~/.cache by the source's hash.
-
-    ``None`` when it is not cached and ``go`` is not installed. Built with the
-    standard library only: no module is downloaded (``GOPROXY=off``), and the
-    machine's own toolchain is used (``GOTOOLCHAIN=local``). A build that
-    fails is an error, not a reason to fall back.
-    """
-    digest = hashlib.sha256()
-    for source in sorted(TLSLOAD_SOURCE.iterdir()):
-        if source.suffix == ".go" or source.name == "go.mod":
-            digest.update(source.name.encode() + b"\0" + source.read_bytes() + b"\0")
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mailgate" / "bench"
-    binary = cache / "tlsload" / digest.hexdigest()[:16] / "tlsload"
-    if binary.exists():
-        return binary
-    go = shutil.which("go")
-    if go is None:
-        return None
-    binary.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOPROXY": "off", "GOWORK": "off"}
-    env.setdefault("GOCACHE", str(cache / "go-build"))
-    partial = binary.with_name(f"tlsload.{os.getpid()}")  # renamed when complete: a concurrent run sees all or nothing
-    command = [go, "build", "-trimpath", "-o", str(partial), "."]
-    built = subprocess.run(command, cwd=TLSLOAD_SOURCE, env=env, capture_output=True, text=True, timeout=600)
-    if built.returncode != 0:
-        raise RuntimeError(f"building {TLSLOAD_SOURCE} failed: {built.stderr.strip()}")
-    partial.replace(binary)
-    return binary
-
-
 # The fallback without Go: client processes of this module, one session each.
 _contexts: dict[str, ssl.SSLContext] = {}  # per client process: one context per CA, as a real client keeps it
 _sessions: dict[int, ssl.SSLSession] = {}  # per client process and port: the last session, for resumption
@@ -319,7 +296,7 @@ class TLSLoad:
     into them), which spend more CPU per message than the relays they load and so cap the ratio measured."""
 
     def __init__(self) -> None:
-        self.binary = tlsload_binary()
+        self.binary = go_binary(TLSLOAD_SOURCE)
         self.generator = "python" if self.binary is None else "go"
         self.pool: Pool | None = None
         if self.binary is None:

@@ -1,0 +1,3 @@
+module mailgate.bench/tlssink
+
+go 1.22
