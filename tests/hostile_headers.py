@@ -125,6 +125,17 @@ def originators_python_finds(data: bytes) -> list[str]:
     modern = email.message_from_bytes(data, policy=email.policy.default)
     legacy = email.message_from_bytes(data, policy=email.policy.compat32)
     for name in ORIGINATOR_FIELDS:
-        found += [mailbox.addr_spec for header in modern.get_all(name) or [] for mailbox in header.addresses]
+        found += _modern_addresses(modern, name)
         found += [address for _, address in getaddresses([str(v) for v in legacy.get_all(name) or []]) if address]
     return found
+
+
+def _modern_addresses(message: email.message.Message, name: str) -> list[str]:
+    """The modern policy's addresses of ``name``; none where CPython's header registry itself crashes (it
+    builds an Address from every item of ``all_mailboxes``, and some malformed groups put a Group there:
+    AttributeError 'local_part'). compat32's reading of the same fields still counts."""
+    try:
+        headers = message.get_all(name) or []
+    except AttributeError:
+        return []
+    return [mailbox.addr_spec for header in headers for mailbox in header.addresses]

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from aiosmtplib.protocol import normalize_message_line_endings
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from mailgate.ingress.envelope import transaction_message as build_smtp_message
@@ -103,6 +103,7 @@ def assert_covers(found_by_gateway: list[str], upstream_bytes: bytes) -> None:
 
 @PROPERTY
 @given(data=header_section())
+@example(data=b"From: g: h: ceo@bank.example;;\r\n\r\nbody")  # a nested group: the modern policy's parser crashes
 def test_property_smtp_originators_cover_what_python_finds(data: bytes) -> None:
     received = b"Received: from x ([127.0.0.1])\r\n\tby gw (mailgate) with ESMTP id 1;\r\n\tdate\r\n"
     try:
