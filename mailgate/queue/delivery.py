@@ -277,7 +277,7 @@ class DeliveryWorker:
         for account in await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS):
             if free <= 0:
                 break
-            if account in self._paused or not self.serves(account):
+            if not self._may_take(account):
                 continue
             limit = min(free, self._free_capacity(account))
             if limit <= 0:
@@ -286,6 +286,10 @@ class DeliveryWorker:
             claimed += got
             free -= len(got)
         return claimed
+
+    def _may_take(self, account: str) -> bool:
+        """Whether this worker may claim for ``account`` now: served here (per-account claims) and not paused."""
+        return self.serves is not None and account not in self._paused and self.serves(account)
 
     def _free_capacity(self, account: str) -> int:
         if self.capacity is None:
@@ -341,9 +345,9 @@ class DeliveryWorker:
             next_message = await self._claim_next(account)
 
     async def _claim_next(self, account: str) -> ClaimedMessage | None:
-        if self._stopping.is_set() or self.serves is None or len(self._tasks) >= self.concurrency:
+        if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
             return None
-        if account in self._paused or not self.serves(account) or self._free_capacity(account) < 0:
+        if not self._may_take(account) or self._free_capacity(account) < 0:
             return None  # paused, no longer served here, or its share shrank below what is in flight
         try:
             claimed = await self.store.claim(
