@@ -304,7 +304,9 @@ class PostgresStore(QueueStore):
         try:
             yield conn
         except CONNECTION_ERRORS as exc:
-            await pool.expire_connections()  # the others are likely as dead: reconnect on next use
+            for each in (self._pool, self._bookkeeping):  # the others, in both pools, are likely as dead
+                if each is not None:
+                    await each.expire_connections()  # reconnect on next use
             raise _unavailable(exc) from exc
         finally:
             try:
