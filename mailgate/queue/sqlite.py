@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +47,7 @@ from mailgate.queue.model import (
 )
 from mailgate.queue.outcome import plan_attempt
 from mailgate.queue.rows import MESSAGE_COLUMNS, RECIPIENT_COLUMNS, message_from_row, recipients_by_message, stats_from_rows
+from mailgate.queue.sqlite_writes import SharedTransactions
 from mailgate.queue.store import CANCELLED_REASON, EXPIRED_REASON, QueueStore
 from mailgate.queue.timing import WaitForWork, clock
 
@@ -123,6 +125,7 @@ class SQLiteStore(QueueStore):
         self._executor: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None  # used on the executor thread only
         self._writer: GroupCommit | None = None
+        self._shared: SharedTransactions | None = None
         self._work = WaitForWork()
 
     def __repr__(self) -> str:
@@ -140,6 +143,8 @@ class SQLiteStore(QueueStore):
             self._executor.shutdown()
             self._executor = None
             raise
+        self._shared = SharedTransactions(self._call, lambda: self._db)
+        self._shared.start()
         self._writer = GroupCommit(self._commit_batch, self.counters)
         self._writer.start()
 
@@ -147,6 +152,9 @@ class SQLiteStore(QueueStore):
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
+        if self._shared is not None:
+            await self._shared.close()
+            self._shared = None
         if self._executor is not None:
             await self._call(self._disconnect)
             self._executor.shutdown()
@@ -197,21 +205,19 @@ class SQLiteStore(QueueStore):
             raise QueueUnavailable(f"SQLite: {exc}") from exc
 
     async def _write(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(*args)`` on the store's thread inside one write transaction."""
-        return await self._call(lambda: _in_transaction(self._db, lambda: fn(*args)))
+        """Run ``fn(*args)`` on the store's thread inside a write transaction that fsyncs before it returns."""
+        return await self._transactions().write(lambda: fn(*args), durable=True)
 
     async def _write_lazy(self, fn: Callable[..., T], *args: Any) -> T:
-        """Like ``_write``, without its own fsync (``synchronous=NORMAL``): for delivery bookkeeping whose loss on
-        power failure means a redelivery, never a lost message. The WAL is sequential, so the next durable commit
-        (an enqueue) syncs this one too."""
-        return await self._call(self._lazily, fn, args)
+        """Like ``_write``, without an fsync of its own (``synchronous=NORMAL``) unless it shares its transaction
+        with a durable write: for delivery bookkeeping, whose loss on power failure means a redelivery, never a
+        lost message. The WAL is sequential, so the next durable commit (an enqueue) syncs this one too."""
+        return await self._transactions().write(lambda: fn(*args), durable=False)
 
-    def _lazily(self, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            return _in_transaction(self._db, lambda: fn(*args))
-        finally:
-            self._db.execute("PRAGMA synchronous=FULL")
+    def _transactions(self) -> SharedTransactions:
+        if self._shared is None:
+            raise QueueUnavailable("the queue store is not open")
+        return self._shared
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -327,14 +333,18 @@ class SQLiteStore(QueueStore):
                 f"SELECT {MESSAGE_COLUMNS} FROM mailgate_messages WHERE id IN (SELECT value FROM json_each(?))", (id_list,)
             )
         }
-        recipients = recipients_by_message(
+        recipients = self._recipients(id_list)
+        return [message_from_row(rows[i], recipients.get(i, ())) for i in ids if i in rows]
+
+    def _recipients(self, id_list: str) -> dict[str, list[RecipientState]]:
+        """The recipients of the messages in ``id_list`` (a JSON array), in position order."""
+        return recipients_by_message(
             self._db.execute(
                 f"SELECT {RECIPIENT_COLUMNS} FROM mailgate_recipients WHERE message_id IN (SELECT value FROM json_each(?))"
                 " ORDER BY message_id, position",
                 (id_list,),
             )
         )
-        return [message_from_row(rows[i], recipients.get(i, ())) for i in ids if i in rows]
 
     # -- delivery ----------------------------------------------------------------------------
 
@@ -352,18 +362,37 @@ class SQLiteStore(QueueStore):
     def _claim(
         self, owner: str, limit: int, now: float, lease_seconds: float, accounts: Collection[str] | None
     ) -> list[ClaimedMessage]:
+        """Four statements however many messages: which are due, lease them (returning their rows), their
+        recipients, their bodies."""
         sql = f"SELECT id FROM mailgate_messages WHERE {PENDING} AND next_attempt_at <= :now"
-        params: dict[str, Any] = {"now": now, "limit": limit, "owner": owner, "until": now + lease_seconds}
+        params: dict[str, Any] = {"now": now, "limit": limit}
         if accounts is not None:
             sql += " AND account IN (SELECT value FROM json_each(:accounts))"
             params["accounts"] = json.dumps(list(accounts))
         ids = [row[0] for row in self._db.execute(sql + " ORDER BY next_attempt_at, id LIMIT :limit", params)]
-        self._db.executemany(
-            "UPDATE mailgate_messages SET state = 'sending', lease_owner = :owner, next_attempt_at = :until,"
-            " attempts = attempts + 1 WHERE id = :id",
-            [{**params, "id": i} for i in ids],
+        if not ids:
+            return []
+        id_list = json.dumps(ids)
+        leased = {
+            row[0]: row
+            for row in self._db.execute(
+                "UPDATE mailgate_messages SET state = 'sending', lease_owner = ?, next_attempt_at = ?,"
+                f" attempts = attempts + 1 WHERE id IN (SELECT value FROM json_each(?)) RETURNING {MESSAGE_COLUMNS}",
+                (owner, now + lease_seconds, id_list),
+            )
+        }
+        recipients = self._recipients(id_list)
+        bodies = dict(
+            self._db.execute(
+                "SELECT message_id, data FROM mailgate_bodies WHERE message_id IN (SELECT value FROM json_each(?))", (id_list,)
+            )
         )
-        return [ClaimedMessage(m, Lease(m.id, owner, m.attempts, m.next_attempt_at)) for m in self._load(ids)]
+        claimed = []
+        for message_id in ids:
+            message = message_from_row(leased[message_id], recipients.get(message_id, ()))
+            lease = Lease(message_id, owner, message.attempts, message.next_attempt_at)
+            claimed.append(ClaimedMessage(message, lease, bytes(bodies[message_id])))
+        return claimed
 
     async def extend_lease(self, lease: Lease, *, lease_seconds: float, now: float | None = None) -> Lease:
         until = clock(now) + lease_seconds
@@ -382,25 +411,36 @@ class SQLiteStore(QueueStore):
         next_attempt_at: float | None,
         reply: Reply | None = None,
         now: float | None = None,
-        current: QueuedMessage | None = None,  # unused: reading it again is a local call here
+        current: QueuedMessage | None = None,
     ) -> QueuedMessage:
-        message = await self._write_lazy(self._finish, lease, results, next_attempt_at, reply, clock(now))
+        message = await self._write_lazy(self._finish, lease, results, next_attempt_at, reply, clock(now), current)
         if message.state is MessageState.DEFERRED:
             self._work.wake()
         return message
 
     def _finish(
-        self, lease: Lease, results: Sequence[AttemptResult], next_attempt_at: float | None, reply: Reply | None, now: float
+        self,
+        lease: Lease,
+        results: Sequence[AttemptResult],
+        next_attempt_at: float | None,
+        reply: Reply | None,
+        now: float,
+        current: QueuedMessage | None,
     ) -> QueuedMessage:
+        """Planned from ``current`` when the caller has it (the message as claimed: nobody else changes a leased
+        message, and the lease check comes first), so the message is neither read before nor after."""
         self._check_lease(lease)
-        (current,) = self._load([lease.message_id])
+        if current is None or current.id != lease.message_id:
+            (current,) = self._load([lease.message_id])
         plan = plan_attempt(current.recipients, results, next_attempt_at, reply)
         self._db.executemany(
             "UPDATE mailgate_recipients SET state = ?, code = ?, message = ?, attempts = ? WHERE message_id = ? AND position = ?",
             [_recipient_update(plan.recipients[i], lease.message_id, i) for i in plan.changed],
         )
-        code, text = (plan.last_reply.code, plan.last_reply.message) if plan.last_reply else (current.last_reply or (None, None))
-        if plan.state is MessageState.DEFERRED:
+        last = plan.last_reply or current.last_reply
+        code, text = last if last else (None, None)
+        deferred = plan.state is MessageState.DEFERRED
+        if deferred:
             self._db.execute(
                 "UPDATE mailgate_messages SET state = 'deferred', lease_owner = NULL, next_attempt_at = ?, last_code = ?,"
                 " last_message = ? WHERE id = ?",
@@ -412,7 +452,15 @@ class SQLiteStore(QueueStore):
                 " WHERE id = ?",
                 (plan.state.value, now, code, text, lease.message_id),
             )
-        return self._load([lease.message_id])[0]
+        return replace(
+            current,
+            state=plan.state,
+            recipients=plan.recipients,
+            last_reply=last,
+            lease_owner=None,
+            next_attempt_at=next_attempt_at if deferred and next_attempt_at is not None else lease.expires_at,
+            finished_at=None if deferred else now,
+        )
 
     def _check_lease(self, lease: Lease) -> None:
         row = self._db.execute(

@@ -92,6 +92,16 @@ async def test_idempotency_key_returns_the_first_message(store: QueueStore) -> N
     assert b"hello" in await store.data(first)
 
 
+async def test_a_claim_carries_the_bodies(store: QueueStore) -> None:
+    """One query reads the bodies of a whole claimed batch: the worker asks for no body one message at a time."""
+    sent = [message(body=f"body {n}") for n in range(3)]
+    ids = [await store.enqueue(m, now=T0) for m in sent]
+    claimed = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0)
+    assert [c.message.id for c in claimed] == ids
+    assert [c.data for c in claimed] == [m.data for m in sent]
+    assert [c.data for c in claimed] == [await store.data(i) for i in ids]
+
+
 async def test_group_commit_batches_concurrent_enqueues(store: QueueStore) -> None:
     before = store.counters.enqueue_commits
     ids = await asyncio.gather(*(store.enqueue(message(body=f"n{i}"), now=T0) for i in range(500)))

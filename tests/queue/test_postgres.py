@@ -45,17 +45,6 @@ async def test_wait_for_work_wakes_another_store(postgres_dsn: str) -> None:
         assert await woken is True
 
 
-async def test_a_claim_carries_the_bodies(postgres_dsn: str) -> None:
-    """One query reads the bodies of a whole claimed batch: the worker asks for no body one message at a time."""
-    async with await open_store(postgres_dsn) as store:
-        sent = [message(body=f"body {n}") for n in range(3)]
-        ids = [await store.enqueue(m, now=T0) for m in sent]
-        claimed = await store.claim("w", limit=10, lease_seconds=60, now=T0)
-        assert [c.message.id for c in claimed] == ids
-        assert [c.data for c in claimed] == [m.data for m in sent]
-        assert [c.data for c in claimed] == [await store.data(i) for i in ids]
-
-
 async def test_a_message_the_database_refuses_fails_alone(postgres_dsn: str) -> None:
     """Group commit retries a failed batch message by message: only the bad one fails."""
     async with await open_store(postgres_dsn) as store:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from mailgate.queue import AttemptResult, Outcome, SchemaTooNew, open_store, store_for_url
+from mailgate.queue import AttemptResult, LeaseLost, Outcome, SchemaTooNew, open_store, store_for_url
 from mailgate.queue.sqlite import DUE_ACCOUNTS, SCHEMA_VERSION, SQLiteStore
 from tests.queue.support import T0, message
 
@@ -104,3 +105,86 @@ async def test_acceptance_stays_fully_synchronous_after_lazy_delivery_bookkeepin
         await store.enqueue(message(), now=T0 + 3)
         synchronous = await store._call(lambda: store._db.execute("PRAGMA synchronous").fetchone()[0])
     assert synchronous == 2  # FULL
+
+
+class _Transactions:
+    """The store connection's statements, read through SQLite's trace callback: which transactions committed,
+    whether each wrote a new message, and the ``synchronous`` setting in force at its COMMIT."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[bool, str]] = []  # (enqueued a message, synchronous at COMMIT)
+        self._synchronous = "FULL"
+        self._enqueued = False
+
+    def __call__(self, statement: str) -> None:
+        text = " ".join(statement.split()).upper()
+        if text.startswith("PRAGMA SYNCHRONOUS="):
+            self._synchronous = text.removeprefix("PRAGMA SYNCHRONOUS=")
+        elif text.startswith("BEGIN"):
+            self._enqueued = False
+        elif text.startswith("INSERT INTO MAILGATE_MESSAGES"):
+            self._enqueued = True
+        elif text == "COMMIT":
+            self.commits.append((self._enqueued, self._synchronous))
+
+
+async def _traced(store: SQLiteStore) -> _Transactions:
+    transactions = _Transactions()
+    await store._call(lambda: store._db.set_trace_callback(transactions))
+    return transactions
+
+
+async def test_concurrent_claims_and_results_share_transactions(tmp_path: Path) -> None:
+    """Each claim or result alone was a transaction of its own (BEGIN, the statements, COMMIT with the WAL pages it
+    touched, a thread hop there and back): at a thousand messages a second, most of the store thread's time. Those
+    waiting while the thread is busy now commit together, and each still gets its own answer."""
+    async with SQLiteStore(tmp_path / "queue.db") as store:
+        await asyncio.gather(*(store.enqueue(message(body=f"n{i}"), now=T0) for i in range(40)))
+        transactions = await _traced(store)
+
+        claims = await asyncio.gather(*(store.claim("w1", limit=1, lease_seconds=60, now=T0) for _ in range(40)))
+        claimed = [c for got in claims for c in got]
+        assert sorted(c.message.id for c in claimed) == sorted({c.message.id for c in claimed}) and len(claimed) == 40
+        claim_commits = len(transactions.commits)
+
+        sent = [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")]
+        finished = await asyncio.gather(
+            *(store.finish_attempt(c.lease, sent, next_attempt_at=None, now=T0 + 1, current=c.message) for c in claimed)
+        )
+        result_commits = len(transactions.commits) - claim_commits
+
+    assert {m.state.value for m in finished} == {"sent"}
+    assert 1 <= claim_commits <= 3, claim_commits
+    assert 1 <= result_commits <= 3, result_commits
+
+
+async def test_a_lost_lease_fails_only_its_own_result_in_a_shared_transaction(tmp_path: Path) -> None:
+    async with SQLiteStore(tmp_path / "queue.db") as store:
+        await asyncio.gather(*(store.enqueue(message(body=f"n{i}"), now=T0) for i in range(6)))
+        claimed = await store.claim("w1", limit=6, lease_seconds=60, now=T0)
+        transactions = await _traced(store)
+        stale = replace(claimed[2].lease, attempt=claimed[2].lease.attempt + 1)  # a lease this message no longer has
+        leases = [stale if i == 2 else c.lease for i, c in enumerate(claimed)]
+        sent = [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")]
+        outcomes = await asyncio.gather(
+            *(store.finish_attempt(lease, sent, next_attempt_at=None, now=T0 + 1) for lease in leases),
+            return_exceptions=True,
+        )
+        stored = [await store.get(c.message.id) for c in claimed]
+    assert isinstance(outcomes[2], LeaseLost)
+    assert [m.state.value for m in stored if m is not None] == ["sent", "sent", "sending", "sent", "sent", "sent"]
+    assert len(transactions.commits) <= 2, transactions.commits
+
+
+async def test_a_transaction_holding_an_enqueue_commits_fully_synchronous(tmp_path: Path) -> None:
+    """Claims and results need no fsync of their own; sharing a transaction with them must not cost an accepted
+    message its fsync."""
+    async with SQLiteStore(tmp_path / "queue.db") as store:
+        await asyncio.gather(*(store.enqueue(message(body=f"n{i}"), now=T0) for i in range(20)))
+        transactions = await _traced(store)
+        claims = [store.claim("w1", limit=1, lease_seconds=60, now=T0) for _ in range(20)]
+        enqueues = [store.enqueue(message(body=f"m{i}"), now=T0) for i in range(20)]
+        await asyncio.gather(*(x for pair in zip(claims, enqueues, strict=True) for x in pair))
+    assert any(enqueued for enqueued, _ in transactions.commits)
+    assert all(synchronous == "FULL" for enqueued, synchronous in transactions.commits if enqueued), transactions.commits
+    assert any(synchronous == "NORMAL" for enqueued, synchronous in transactions.commits if not enqueued)
