@@ -9,7 +9,8 @@
   operator reads of every Secret it may see, filled by a listing at start-up
   that account handlers wait for; an event updates it and, if the values
   changed, re-resolves exactly the accounts that reference the Secret (the
-  engine keeps that reverse map).
+  engine keeps that reverse map). The periodic resync applies a Secret whose
+  event was lost through the same code (``apply_secret``).
 - Events on the SmtpAccount when its credentials break or recover; messages
   name Secrets and keys, never values.
 
@@ -20,7 +21,7 @@ an embedding process or a test gets exactly these handlers.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import kopf
@@ -123,22 +124,44 @@ async def secret_changed(
     """Update the cache; if the values changed, re-resolve the accounts that read this Secret.
 
     kopf's own listings (``type`` None, at start-up and after a lost watch)
-    update the cache too: they may be newer than the start-up listing. Before
-    the cache is filled no account has been resolved, so there is nothing to
-    re-resolve.
+    update the cache too: they may be newer than the start-up listing.
+    """
+    engine: Engine = memo.engine
+    for key, change in await apply_secret(namespace, name, None if type == "DELETED" else body, "secret", memo):
+        ref = engine.object_ref(key)
+        if ref is not None:
+            _announce(ref, change)
+
+
+async def apply_secret(
+    namespace: str, name: str, body: Mapping[str, Any] | None, trigger: str, memo: kopf.Memo
+) -> list[tuple[str, CredentialChange]]:
+    """What a Secret event does whoever asks (the Secret handler, the resync); ``body`` None: the Secret is gone.
+
+    Updates the cache (values and ``resourceVersion``); if the values changed,
+    re-resolves the accounts that read the Secret: gateways get the new
+    credentials, OAuth2 token keepers the new grant. Before the cache is
+    filled no account has been resolved, so there is nothing to re-resolve.
+    Returns each re-resolved account's credential change; the caller posts
+    ``credential_event``.
     """
     secrets: SecretCache = memo.secrets
-    changed = secrets.remove(namespace, name) if type == "DELETED" else secrets.update(namespace, name, body.get("data"))
+    if body is None:
+        changed = secrets.remove(namespace, name)
+    else:
+        version = (body.get("metadata") or {}).get("resourceVersion")
+        changed = secrets.update(namespace, name, body.get("data"), version)
     if not changed or not secrets.filled:
-        return
+        return []
     engine: Engine = memo.engine
     metrics: OperatorMetrics = memo.metrics
+    changes = []
     for key in engine.referencing(namespace, name):
         change = await engine.refresh_credentials(key, secrets.lookup)
-        ref = engine.object_ref(key)
-        if change is not None and ref is not None:
-            _announce(ref, change)
-            metrics.reconciles.labels(trigger="secret", result="ok").inc()
+        if change is not None:
+            changes.append((key, change))
+            metrics.reconciles.labels(trigger=trigger, result="ok").inc()
+    return changes
 
 
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:

@@ -52,8 +52,9 @@ class OperatorMetrics:
         )
         self.resync_repairs = Counter(
             "mailgate_operator_account_resync_repairs_total",
-            "SmtpAccounts the periodic resync repaired, by kind (missing: never reconciled, stale: an older "
-            "generation reconciled, gone: served after its object vanished, finalizer: finalizer added).",
+            "What the periodic resync repaired, by kind: SmtpAccounts (missing: never reconciled, stale: an older "
+            "generation reconciled, gone: served after its object vanished, finalizer: finalizer added) and "
+            "Secrets (secret: a change whose watch event was lost, applied).",
             ["kind"],
             registry=self.registry,
         )

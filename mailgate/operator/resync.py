@@ -31,8 +31,12 @@ last got, valid or not):
   looks again. The patch's watch event also makes kopf look
   at the object again.
 
-When nothing was missed a pass costs the listing and one dictionary lookup
-per account: nothing is pushed, nothing is written. It runs only once the
+- **secret**: the same pass compares the Secrets the accounts read with the
+  ``SecretCache`` and applies a change whose watch event was lost, with the
+  Secret handler's code (``secret_resync``).
+
+When nothing was missed a pass costs the listings and one dictionary lookup
+per account and per Secret: nothing is pushed, nothing is written. It runs only once the
 start-up listings are done (every account existing then was handled, and
 Secrets are known): before, an account may be behind for no other reason.
 """
@@ -43,7 +47,7 @@ import asyncio
 import functools
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -59,6 +63,7 @@ from .events import post_event
 from .handlers import FINALIZER, apply_account, credential_event
 from .metrics import OperatorMetrics
 from .paging import listed
+from .secret_resync import SecretResync
 from .secrets import SecretCache
 
 log = logging.getLogger(__name__)
@@ -82,12 +87,13 @@ class Listed:
 
 @dataclass
 class Repairs:
-    """One pass's repairs, by kind, as account keys."""
+    """One pass's repairs, by kind, as account keys (``secret``: Secrets, as namespace/name)."""
 
     missing: list[str]
     stale: list[str]
     gone: list[str]
     finalizer: list[str]
+    secret: list[str] = field(default_factory=list)
 
     def accounts(self) -> set[str]:
         """The accounts repaired (one may be both missing and without finalizer)."""
@@ -113,6 +119,7 @@ class AccountResync:
         self._diffbase: SpecDiffBase = memo.diffbase
         self._behind: dict[str, tuple[str, int | None]] = {}  # found behind at the previous pass
         self._unfinalized: set[tuple[str, str]] = set()  # (key, uid) found without our finalizer then
+        self._secret_resync = SecretResync(api_client, namespaces, memo, page_size)
 
     async def run(self) -> None:
         """Forever: a failed pass is logged and counted; the next one starts from scratch."""
@@ -127,7 +134,7 @@ class AccountResync:
             except _ERRORS as error:
                 self._metrics.resyncs.labels(result="failed").inc()
                 what = f"HTTP {error.status} {error.reason}" if isinstance(error, ApiException) else type(error).__name__
-                log.warning("resync: listing SmtpAccounts failed (%s); next pass in %.0fs", what, self._interval)
+                log.warning("resync: pass failed (%s); next pass in %.0fs", what, self._interval)
             except Exception:  # a safety net with a bug must not stop the operator it protects
                 self._metrics.resyncs.labels(result="failed").inc()
                 log.exception("resync: pass failed; next pass in %.0fs", self._interval)
@@ -166,10 +173,11 @@ class AccountResync:
         for key, uid in absent:
             if await self._drop_if_gone(key, uid):
                 repairs.gone.append(key)
+        repairs.secret = await self._secret_resync.run_once()
 
         self._metrics.resyncs.labels(result="ok").inc()
         self._metrics.resync_listed.set(len(listed))
-        for kind in ("missing", "stale", "gone", "finalizer"):
+        for kind in ("missing", "stale", "gone", "finalizer", "secret"):
             if count := len(getattr(repairs, kind)):
                 self._metrics.resync_repairs.labels(kind=kind).inc(count)
                 log.debug("resync: %s: %s", kind, ", ".join(getattr(repairs, kind)))

@@ -15,6 +15,11 @@ Order: the listing and the watch race while the cache fills. The watch stream
 of one Secret is ordered and ends at its latest state, whereas a listed copy
 may be older than an event already applied; so a listed copy never replaces
 what an event has set (or deleted) since the cache was created.
+
+Versions: each Secret's ``resourceVersion`` as last applied is kept beside its
+values, so the periodic resync (``secret_resync``) can tell from a
+metadata-only listing which Secrets changed without the cache hearing of it
+(a lost watch event), and read only those.
 """
 
 from __future__ import annotations
@@ -22,9 +27,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
@@ -41,18 +46,37 @@ PAGE_SIZE = 500
 EMPTY: SecretValues = MappingProxyType({})
 
 
+class Known(NamedTuple):
+    """One Secret as the cache has it."""
+
+    values: SecretValues
+    version: str | None  # its resourceVersion then (None if whoever told the cache did not say)
+
+
 class SecretCache:
     """(namespace, name) -> the Secret's relevant keys, decoded; ``lookup`` is a ``SecretLookup``."""
 
     def __init__(self) -> None:
-        self._by_namespace: dict[str, dict[str, SecretValues]] = {}
+        self._by_namespace: dict[str, dict[str, Known]] = {}
         self._touched: set[tuple[str, str]] | None = set()  # keys events set while filling; None once filled
         self._filled = asyncio.Event()
         self._waiting_logged = False
 
     def lookup(self, namespace: str, name: str) -> SecretValues | None:
         """The Secret's relevant keys (empty if it has none), or None if there is no such Secret."""
-        return self._by_namespace.get(namespace, {}).get(name)
+        known = self._by_namespace.get(namespace, {}).get(name)
+        return known.values if known is not None else None
+
+    def version(self, namespace: str, name: str) -> str | None:
+        """The ``resourceVersion`` the cache's copy of the Secret is from; None if unknown or no such Secret."""
+        known = self._by_namespace.get(namespace, {}).get(name)
+        return known.version if known is not None else None
+
+    def known(self) -> Iterator[tuple[str, str]]:
+        """Every Secret the cache has, as (namespace, name)."""
+        for namespace, names in self._by_namespace.items():
+            for name in names:
+                yield namespace, name
 
     def __len__(self) -> int:
         return sum(len(names) for names in self._by_namespace.values())
@@ -61,10 +85,11 @@ class SecretCache:
     def filled(self) -> bool:
         return self._touched is None
 
-    def update(self, namespace: str, name: str, data: Mapping[str, str] | None) -> bool:
-        """A Secret as a watch event has it (``data`` as the apiserver returns it); True if its values changed."""
+    def update(self, namespace: str, name: str, data: Mapping[str, str] | None, version: str | None = None) -> bool:
+        """A Secret as a watch event (or a fresh read) has it (``data`` as the apiserver returns it, ``version`` its
+        ``resourceVersion``); True if its values changed."""
         self._touch(namespace, name)
-        return self._store(namespace, name, data)
+        return self._store(namespace, name, data, version)
 
     def remove(self, namespace: str, name: str) -> bool:
         """A Secret deleted; True if it was known."""
@@ -76,11 +101,11 @@ class SecretCache:
             del self._by_namespace[namespace]
         return True
 
-    def add_listed(self, namespace: str, name: str, data: Mapping[str, str] | None) -> None:
+    def add_listed(self, namespace: str, name: str, data: Mapping[str, str] | None, version: str | None = None) -> None:
         """A Secret from the start-up listing, unless an event has spoken for it already."""
         if self._touched is not None and (namespace, name) in self._touched:
             return
-        self._store(namespace, name, data)
+        self._store(namespace, name, data, version)
 
     def mark_filled(self) -> None:
         """The listing is complete: lookups are now authoritative."""
@@ -104,12 +129,12 @@ class SecretCache:
         if self._touched is not None:
             self._touched.add((namespace, name))
 
-    def _store(self, namespace: str, name: str, data: Mapping[str, str] | None) -> bool:
+    def _store(self, namespace: str, name: str, data: Mapping[str, str] | None, version: str | None) -> bool:
         values: SecretValues = secret_values(data) or EMPTY
         names = self._by_namespace.setdefault(namespace, {})
         before = names.get(name)
-        names[name] = values
-        return before != values
+        names[name] = Known(values, version)
+        return before is None or before.values != values
 
 
 async def fill(cache: SecretCache, api_client: ApiClient, namespaces: tuple[str, ...], page_size: int = PAGE_SIZE) -> None:
@@ -121,7 +146,7 @@ async def fill(cache: SecretCache, api_client: ApiClient, namespaces: tuple[str,
             for namespace in namespaces or (None,):
                 async for item in _list_secrets(CoreV1Api(api_client), namespace, page_size):
                     meta = item["metadata"]
-                    cache.add_listed(meta["namespace"], meta["name"], item.get("data"))
+                    cache.add_listed(meta["namespace"], meta["name"], item.get("data"), meta.get("resourceVersion"))
                     count += 1
             break
         except (ApiException, aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:

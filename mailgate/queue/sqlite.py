@@ -3,8 +3,9 @@
 Driver: the standard library's ``sqlite3`` on one dedicated thread that owns the one
 connection. aiosqlite is the same design (a thread per connection fed by a queue) behind an
 extra dependency, and it hides the transaction boundaries group commit is about; here every
-statement runs on that thread in order, so no lock is needed and a batch of enqueues is one
-``BEGIN IMMEDIATE ... COMMIT``.
+statement runs on that thread in order, so no lock is needed, and every write waiting while
+the thread is busy (a batch of enqueues, claims, results) shares one ``BEGIN IMMEDIATE ...
+COMMIT`` (``sqlite_writes.py``).
 
 Durability: ``journal_mode=WAL`` with ``synchronous=FULL``, so COMMIT returns only after the
 WAL is fsync'd (``NORMAL`` would lose the last commits on power loss). ``busy_timeout`` lets
