@@ -51,7 +51,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -325,9 +325,14 @@ class DeliveryWorker:
             del self._in_flight[account]
         self._slot_freed.set()
         error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._report_failure(error)
+
+    @staticmethod
+    def _report_failure(error: BaseException) -> None:
         if isinstance(error, QueueError):  # the lease expires and the message is retried (docs: a possible duplicate)
             log.warning("delivery loop: could not record an attempt (%s); the message will be retried", type(error).__name__)
-        elif error is not None:
+        else:
             log.error("delivery of a message failed unexpectedly", exc_info=error)
 
     async def _deliver_while_due(self, claimed: ClaimedMessage) -> None:
@@ -337,12 +342,21 @@ class DeliveryWorker:
         claim, when is the next due: three round trips to PostgreSQL, one after the other for
         every slot). The slot is handed back to the loop instead when every slot is taken: the loop
         gives it to the longest-waiting account, so a busy account cannot starve the others.
+        The next claim goes out together with the last attempt's result (they do not depend on each
+        other): one wait between two sends, and on SQLite one shared transaction.
         """
         account = claimed.message.account
-        next_message: ClaimedMessage | None = claimed
-        while next_message is not None:
-            await self._deliver(next_message)
-            next_message = await self._claim_next(account)
+        current: ClaimedMessage | None = claimed
+        while current is not None:
+            record = await self._attempt(current)
+            recorded, following = await asyncio.gather(record, self._claim_next(account), return_exceptions=True)
+            if isinstance(following, BaseException):  # _claim_next handles the store's errors: a bug, or cancelled
+                raise following
+            current = following
+            if isinstance(recorded, BaseException):
+                if current is None:
+                    raise recorded
+                self._report_failure(recorded)  # as the task's end would report it; the slot goes on with `current`
 
     async def _claim_next(self, account: str) -> ClaimedMessage | None:
         if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
@@ -358,20 +372,16 @@ class DeliveryWorker:
             return None
         return claimed[0] if claimed else None
 
-    async def _deliver(self, claimed: ClaimedMessage) -> None:
+    async def _attempt(self, claimed: ClaimedMessage) -> Awaitable[None]:
+        """Send ``claimed`` (or decide not to); returns what records the attempt, for the caller to await."""
         message = claimed.message
         lease = claimed.lease
         now = self.clock()
         paused = self._paused.get(message.account)
         if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
-            await self._finish(message, lease, [], message.expires_at, message.last_reply)
-            expired = await self.store.expire(now=now)
-            if expired:
-                self.observer.expired(expired)
-            return
+            return self._put_back_expired(message, lease, now)
         if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
-            await self._finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
-            return
+            return self._finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
         keeper = asyncio.create_task(self._keep_lease(lease))
         try:
             outcome = await self._send(message, claimed.data)
@@ -384,12 +394,21 @@ class DeliveryWorker:
         next_attempt = self._schedule(message, verdict, now)
         if verdict.throttled is not None:
             until = self._pause(message.account, now)
-            next_attempt = until
-            moved = await self.store.defer_account(message.account, until, reply=verdict.throttled, now=now)
-            log.info("account %s throttled upstream; paused %.0f s (%d messages moved)", message.account, until - now, moved)
-        elif any(r.outcome is Outcome.SENT for r in verdict.results):
+            return self._record_throttled(message, lease, verdict, until, now)
+        if any(r.outcome is Outcome.SENT for r in verdict.results):
             self._throttles.pop(message.account, None)
-        await self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
+        return self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
+
+    async def _put_back_expired(self, message: QueuedMessage, lease: Lease, now: float) -> None:
+        await self._finish(message, lease, [], message.expires_at, message.last_reply)
+        expired = await self.store.expire(now=now)
+        if expired:
+            self.observer.expired(expired)
+
+    async def _record_throttled(self, message: QueuedMessage, lease: Lease, verdict: Verdict, until: float, now: float) -> None:
+        moved = await self.store.defer_account(message.account, until, reply=verdict.throttled, now=now)
+        log.info("account %s throttled upstream; paused %.0f s (%d messages moved)", message.account, until - now, moved)
+        await self._finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply)
 
     async def _send(self, message: QueuedMessage, data: bytes | None) -> SendOutcome:
         started = time.monotonic()

@@ -318,3 +318,37 @@ async def test_a_busy_account_keeps_its_slots_without_a_lookup_per_message(
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 40 and upstream.sessions_peak <= 2
     assert counting.lookups < 20, counting.lookups
+
+
+class OverlapStore(CountingStore):
+    """Counts claims made while an attempt's result is still being written."""
+
+    def __init__(self, store: QueueStore) -> None:
+        super().__init__(store)
+        self.recording = 0
+        self.claims_while_recording = 0
+
+    async def claim(self, *args: Any, **options: Any) -> Any:
+        self.claims_while_recording += self.recording > 0
+        return await self._store.claim(*args, **options)
+
+    async def finish_attempt(self, *args: Any, **options: Any) -> QueuedMessage:
+        self.recording += 1
+        try:
+            return await self._store.finish_attempt(*args, **options)
+        finally:
+            self.recording -= 1
+
+
+async def test_a_slot_claims_its_next_message_while_the_last_result_is_written(
+    store: QueueStore, pool: SMTPPool, upstream: Upstream
+) -> None:
+    """Recording a result and claiming the next message do not depend on each other: one slot asks for both at
+    once, so it waits for one round trip between two sends (on SQLite they share a transaction), not two."""
+    pool.configure(ACCOUNT, settings_for(upstream))
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(20)]
+    overlapping = OverlapStore(store)
+    async with running(overlapping, pool, concurrency=8, serves=lambda account: True, capacity=lambda account: 1):  # type: ignore[arg-type]
+        await until(lambda: all_in(store, ids))
+    assert len(upstream.messages) == 20 and upstream.sessions_peak == 1
+    assert overlapping.claims_while_recording >= 15, overlapping.claims_while_recording
