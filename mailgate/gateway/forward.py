@@ -7,8 +7,8 @@ hold one (docs/admin-api.md, "Shares"). Such a gateway passes the request on
 unchanged, with the caller's ``Authorization``, and returns the peer's answer
 unchanged, so the caller cannot tell.
 
-Peers are tried round-robin. Only a failure to *connect* moves on to the next
-peer: once a peer has the request it may have sent the message, and trying
+Peers are tried round-robin. Only a failure to *connect* (refused, or timed
+out: ``connect_timeout``) moves on to the next peer: once a peer has the request it may have sent the message, and trying
 another could send it twice, so a failure after that is "delivery unknown"
 (``delivery-unknown``), never "retry". The caller's ``Idempotency-Key``
 goes along, so the peer's store guards the send as well as ours. A forwarded
@@ -128,8 +128,8 @@ class Forwarder:
                     payload = await answer.read()
                     kept = {name: answer.headers[name] for name in _PASS_RESPONSE if name in answer.headers}
                     return web.Response(status=answer.status, body=payload, headers=kept)
-            except aiohttp.ClientConnectorError as exc:
-                log.warning("peer %s unreachable, trying the next one: %s", peer, exc.os_error)
+            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:  # nothing left this gateway
+                log.warning("peer %s unreachable, trying the next one: %s", peer, exc)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 log.warning("forwarding to peer %s failed after it took the request: %s", peer, type(exc).__name__)
                 detail = "the peer gateway failed after it took the request, before its answer; it may have been delivered"

@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+from collections.abc import Iterator
+
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from mailgate.gateway.forward import Forwarder
 from tests.gateway.conftest import GatewayFactory, ServiceAccountTokens, account
 from tests.smtp_servers import Upstream, _free_port
 
@@ -45,3 +54,45 @@ async def test_a_forwarded_request_is_never_forwarded_again(gateway_factory: Gat
     assert body["type"].endswith("/peer-unavailable")
     assert "Retry-After" in response.headers
     assert upstream.messages == []
+
+
+@contextlib.contextmanager
+def peer_that_never_accepts() -> Iterator[str]:
+    """A peer whose connect never completes (a node gone, a firewall dropping SYNs): a listening socket whose
+    accept queue is full, so the kernel drops every further SYN."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        with socket.create_connection(listener.getsockname()):  # fills the queue; never accepted
+            yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+
+
+async def test_a_peer_whose_connect_times_out_took_nothing_and_the_next_peer_is_tried() -> None:
+    """A connect timeout means the request never left this gateway: "delivery unknown" there would make a caller
+    give up (or a person check by hand) for a message nobody could have sent."""
+    received: list[bytes] = []
+
+    async def holder(request: web.Request) -> web.Response:
+        received.append(await request.read())
+        return web.json_response({"status": "sent"})
+
+    forwarder = Forwarder(connect_timeout=0.3, total_timeout=10)
+
+    async def forwarding(request: web.Request) -> web.Response:
+        return await forwarder.forward(request, await request.read(), peers, "request-1")
+
+    holder_app, front_app = web.Application(), web.Application()
+    holder_app.router.add_post("/v1/messages", holder)
+    front_app.router.add_post("/v1/messages", forwarding)
+    await forwarder.start()
+    try:
+        async with TestServer(holder_app, host="127.0.0.1") as peer, TestServer(front_app, host="127.0.0.1") as front:
+            with peer_that_never_accepts() as hanging:
+                peers = [hanging, str(peer.make_url(""))]
+                async with aiohttp.ClientSession() as client:
+                    for _ in range(2):  # round-robin: one of the two starts at the hanging peer
+                        async with client.post(front.make_url("/v1/messages"), data=b'{"x": 1}') as answer:
+                            assert answer.status == 200, await answer.text()
+    finally:
+        await forwarder.close()
+    assert received == [b'{"x": 1}', b'{"x": 1}']
