@@ -8,6 +8,9 @@ flushed, the next one gathers, so the batch size follows the load by itself: one
 alone commits at once, a thousand concurrent ones commit in a handful of transactions.
 No caller is answered before the transaction holding its message committed.
 
+``SingleWriter`` is that writer task, shared with SQLite's batched transactions
+(``sqlite_writes.py``).
+
 A caller cancelled before its message was taken into a batch leaves nothing behind; one
 cancelled later may find its message stored (and delivered): the same window as a client
 whose connection drops after its 202 was sent.
@@ -21,6 +24,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
 
 from mailgate.queue.errors import QueueError, QueueUnavailable
 from mailgate.queue.ids import new_id
@@ -45,31 +49,44 @@ class Pending:
 CommitBatch = Callable[[Sequence[Pending]], Awaitable[list[str]]]
 
 
-class GroupCommit:
-    """The single writer. ``commit`` stores a batch in one transaction and returns each message's id
-    (the existing message's id where an idempotency key was already taken)."""
+class _Waiting(Protocol):
+    future: asyncio.Future[Any]
 
-    def __init__(self, commit: CommitBatch, counters: StoreCounters) -> None:
-        self._commit = commit
-        self._counters = counters
-        self._pending: deque[Pending] = deque()
+
+W = TypeVar("W", bound=_Waiting)
+
+
+class SingleWriter(Generic[W]):
+    """One task that takes everything waiting and hands it to ``_commit_batch``, batch after batch.
+
+    While one batch is being written the next one gathers, so the batch size follows the load
+    by itself. An item whose caller was cancelled before it was taken is dropped; ``close``
+    writes what is already waiting, then stops. Subclasses bound a batch with ``MAX_ITEMS``,
+    and ``MAX_WEIGHT`` of ``_weight`` (the first item always goes, however heavy).
+    """
+
+    MAX_ITEMS = 1000
+    MAX_WEIGHT = float("inf")
+    TASK_NAME = "queue-writer"
+
+    def __init__(self) -> None:
+        self._pending: deque[W] = deque()
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-group-commit")
+        self._task = asyncio.get_running_loop().create_task(self._run(), name=self.TASK_NAME)
 
-    async def submit(self, message: NewMessage, created_at: float) -> str:
+    async def _submit(self, item: W) -> Any:
         if self._closing or self._task is None:
             raise QueueUnavailable("the queue store is not open")
-        item = Pending(message, created_at)
         self._pending.append(item)
         self._wake.set()
         return await item.future
 
     async def close(self) -> None:
-        """Commit what is already waiting, then stop."""
+        """Write what is already waiting, then stop."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
@@ -87,16 +104,43 @@ class GroupCommit:
             if self._closing:
                 return
 
-    def _take(self) -> list[Pending]:
-        batch: list[Pending] = []
-        size = 0
-        while self._pending and len(batch) < MAX_BATCH_MESSAGES and (not batch or size < MAX_BATCH_BYTES):
+    def _take(self) -> list[W]:
+        batch: list[W] = []
+        weight = 0.0
+        while self._pending and len(batch) < self.MAX_ITEMS and (not batch or weight < self.MAX_WEIGHT):
             item = self._pending.popleft()
             if item.future.cancelled():
                 continue
             batch.append(item)
-            size += len(item.message.data)
+            weight += self._weight(item)
         return batch
+
+    def _weight(self, item: W) -> float:
+        return 0.0
+
+    async def _commit_batch(self, batch: list[W]) -> None:
+        raise NotImplementedError
+
+
+class GroupCommit(SingleWriter[Pending]):
+    """The single writer of enqueues. ``commit`` stores a batch in one transaction and returns each message's id
+    (the existing message's id where an idempotency key was already taken)."""
+
+    MAX_ITEMS = MAX_BATCH_MESSAGES
+    MAX_WEIGHT = MAX_BATCH_BYTES
+    TASK_NAME = "queue-group-commit"
+
+    def __init__(self, commit: CommitBatch, counters: StoreCounters) -> None:
+        super().__init__()
+        self._commit = commit
+        self._counters = counters
+
+    async def submit(self, message: NewMessage, created_at: float) -> str:
+        message_id: str = await self._submit(Pending(message, created_at))
+        return message_id
+
+    def _weight(self, item: Pending) -> float:
+        return len(item.message.data)
 
     async def _commit_batch(self, batch: list[Pending]) -> None:
         unique, duplicates = _split_duplicate_keys(batch)

@@ -15,7 +15,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
-from mailgate.queue.model import AttemptResult, MessageState, Outcome, RecipientState, RecipientStatus, Reply
+from mailgate.queue.model import (
+    AttemptResult,
+    MessageState,
+    Outcome,
+    QueuedMessage,
+    RecipientState,
+    RecipientStatus,
+    Reply,
+)
 
 NOT_RETRIED = "not retried"
 
@@ -61,6 +69,24 @@ def plan_attempt(
             updated[i] = replace(r, state=RecipientStatus.FAILED)
             changed.add(i)
     return AttemptPlan(tuple(updated), tuple(sorted(changed)), final_state(updated), last_reply)
+
+
+def after_attempt(
+    current: QueuedMessage, plan: AttemptPlan, next_attempt_at: float | None, lease_until: float, at: float
+) -> QueuedMessage:
+    """``current`` as a store writes it for ``plan``: exactly what a later read returns, so a store that planned
+    from the message as claimed need not read it again. A message that stays pending waits for
+    ``next_attempt_at``; a finished one keeps its lease's end there."""
+    deferred = plan.state is MessageState.DEFERRED
+    return replace(
+        current,
+        state=plan.state,
+        recipients=plan.recipients,
+        last_reply=plan.last_reply or current.last_reply,
+        lease_owner=None,
+        next_attempt_at=next_attempt_at if deferred and next_attempt_at is not None else lease_until,
+        finished_at=None if deferred else at,
+    )
 
 
 def final_state(recipients: Sequence[RecipientState]) -> MessageState:

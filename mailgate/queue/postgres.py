@@ -37,7 +37,6 @@ import contextlib
 import logging
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import replace
 from typing import Any
 
 import asyncpg
@@ -58,7 +57,7 @@ from mailgate.queue.model import (
     Reply,
     StoreCounters,
 )
-from mailgate.queue.outcome import plan_attempt
+from mailgate.queue.outcome import after_attempt, plan_attempt
 from mailgate.queue.rows import MESSAGE_COLUMNS, RECIPIENT_COLUMNS, message_from_row, recipients_by_message, stats_from_rows
 from mailgate.queue.store import CANCELLED_REASON, EXPIRED_REASON, QueueStore
 from mailgate.queue.timing import WaitForWork, clock
@@ -493,15 +492,7 @@ class PostgresStore(QueueStore):
             )
         if not updated:
             raise _lease_lost(lease)
-        return replace(
-            current,
-            state=plan.state,
-            recipients=plan.recipients,
-            last_reply=last,
-            lease_owner=None,
-            next_attempt_at=next_attempt_at if deferred and next_attempt_at is not None else lease.expires_at,
-            finished_at=None if deferred else at,
-        )
+        return after_attempt(current, plan, next_attempt_at, lease.expires_at, at)
 
     async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
         set_reply = "" if reply is None else ", last_code = $4, last_message = $5"

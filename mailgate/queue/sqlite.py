@@ -26,7 +26,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,7 +45,7 @@ from mailgate.queue.model import (
     Reply,
     StoreCounters,
 )
-from mailgate.queue.outcome import plan_attempt
+from mailgate.queue.outcome import after_attempt, plan_attempt
 from mailgate.queue.rows import MESSAGE_COLUMNS, RECIPIENT_COLUMNS, message_from_row, recipients_by_message, stats_from_rows
 from mailgate.queue.sqlite_writes import SharedTransactions
 from mailgate.queue.store import CANCELLED_REASON, EXPIRED_REASON, QueueStore
@@ -453,15 +452,7 @@ class SQLiteStore(QueueStore):
                 " WHERE id = ?",
                 (plan.state.value, now, code, text, lease.message_id),
             )
-        return replace(
-            current,
-            state=plan.state,
-            recipients=plan.recipients,
-            last_reply=last,
-            lease_owner=None,
-            next_attempt_at=next_attempt_at if deferred and next_attempt_at is not None else lease.expires_at,
-            finished_at=None if deferred else now,
-        )
+        return after_attempt(current, plan, next_attempt_at, lease.expires_at, now)
 
     def _check_lease(self, lease: Lease) -> None:
         row = self._db.execute(

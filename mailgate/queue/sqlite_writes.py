@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from mailgate.queue.batching import SingleWriter
 from mailgate.queue.errors import QueueError, QueueUnavailable
 
 T = TypeVar("T")
@@ -51,59 +51,24 @@ class _Done:
 OnThread = Callable[[Callable[[], list[_Done]]], Awaitable[list[_Done]]]
 
 
-class SharedTransactions:
+class SharedTransactions(SingleWriter[_Write]):
     """Batches writes for one connection. ``on_thread(fn)`` runs ``fn`` on the connection's thread;
     ``connection()`` returns the connection there."""
 
+    MAX_ITEMS = MAX_WRITES_PER_TRANSACTION
+    TASK_NAME = "queue-sqlite-writes"
+
     def __init__(self, on_thread: OnThread, connection: Callable[[], sqlite3.Connection]) -> None:
+        super().__init__()
         self._on_thread = on_thread
         self._connection = connection
-        self._pending: deque[_Write] = deque()
-        self._wake = asyncio.Event()
-        self._closing = False
-        self._task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="queue-sqlite-writes")
 
     async def write(self, run: Callable[[], T], *, durable: bool) -> T:
         """Run ``run()`` on the thread inside a write transaction; its result once that transaction committed."""
-        if self._closing or self._task is None:
-            raise QueueUnavailable("the queue store is not open")
-        item = _Write(run, durable)
-        self._pending.append(item)
-        self._wake.set()
-        result: T = await item.future
+        result: T = await self._submit(_Write(run, durable))
         return result
 
-    async def close(self) -> None:
-        """Commit what is already waiting, then stop."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
-            self._task = None
-
-    async def _run(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._take()
-                if batch:
-                    await self._commit(batch)
-            if self._closing:
-                return
-
-    def _take(self) -> list[_Write]:
-        batch: list[_Write] = []
-        while self._pending and len(batch) < MAX_WRITES_PER_TRANSACTION:
-            item = self._pending.popleft()
-            if not item.future.cancelled():  # cancelled before it was taken: it leaves nothing behind
-                batch.append(item)
-        return batch
-
-    async def _commit(self, batch: Sequence[_Write]) -> None:
+    async def _commit_batch(self, batch: list[_Write]) -> None:
         try:
             done = await self._on_thread(lambda: self._transaction(batch))
         except Exception as exc:  # the transaction itself failed: nothing of it was committed
