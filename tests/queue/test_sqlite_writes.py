@@ -8,6 +8,7 @@ failed at. A real SQLite file on a real thread, as the store runs it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -57,7 +58,7 @@ async def _run(path: Path, writes: list[tuple[int, str, bool]]) -> tuple[list[An
     try:
         outcomes = await asyncio.gather(
             *(
-                shared.write(lambda n=n, rows=rows, ending=ending: _insert_rows(db, n, rows, ending), durable=durable)
+                shared.write(functools.partial(_insert_rows, db, n, rows, ending), durable=durable)
                 for n, (rows, ending, durable) in enumerate(writes)
             ),
             return_exceptions=True,
@@ -112,7 +113,7 @@ async def test_a_transaction_that_cannot_begin_fails_every_write_in_it(tmp_path:
     setup.execute("BEGIN IMMEDIATE")  # holds the write lock
     try:
         outcomes = await asyncio.gather(
-            *(shared.write(lambda n=n: _insert_rows(db, n, 1, "ok"), durable=True) for n in range(5)),
+            *(shared.write(functools.partial(_insert_rows, db, n, 1, "ok"), durable=True) for n in range(5)),
             return_exceptions=True,
         )
     finally:
