@@ -226,6 +226,15 @@ class DeliveryWorker:
         """
         self._slot_freed.set()
 
+    async def retry_now(self, account: str) -> int:
+        """``account``'s upstream was fixed (new credentials or address, an outage over): its pause here ends and
+        its deferred messages are due now instead of after their backoff; returns how many. Raises QueueError."""
+        self._paused.pop(account, None)
+        self._throttles.pop(account, None)
+        moved = await self.store.retry_now(account, now=self.clock())
+        self.wake()
+        return moved
+
     async def run(self) -> None:
         """Deliver until ``stop``. Cancelling this task instead abandons the sends in flight
         without recording them (as a crash would): their leases expire and another worker retries."""

@@ -511,6 +511,21 @@ class PostgresStore(QueueStore):
                 await conn.execute(f"NOTIFY {CHANNEL}")
         return len(moved)
 
+    async def retry_now(self, account: str, *, now: float | None = None) -> int:
+        async with self._connection() as conn, conn.transaction():
+            moved = await conn.fetch(
+                """WITH target AS (
+                        SELECT id FROM mailgate_messages
+                        WHERE account = $1 AND state = 'deferred' AND next_attempt_at > $2
+                        FOR UPDATE SKIP LOCKED)
+                    UPDATE mailgate_messages m SET next_attempt_at = $2 FROM target WHERE m.id = target.id RETURNING m.id""",
+                account,
+                clock(now),
+            )
+            if moved:
+                await conn.execute(f"NOTIFY {CHANNEL}")
+        return len(moved)
+
     async def cancel(self, message_id: str, *, now: float | None = None) -> bool:
         done = await self._finish_unleased("id = $4", [message_id], MessageState.CANCELLED, CANCELLED_REASON, clock(now))
         return bool(done)

@@ -480,6 +480,19 @@ class SQLiteStore(QueueStore):
         )
         return cursor.rowcount
 
+    async def retry_now(self, account: str, *, now: float | None = None) -> int:
+        moved = await self._write(self._retry_now, account, clock(now))
+        if moved:
+            self._work.wake()
+        return moved
+
+    def _retry_now(self, account: str, now: float) -> int:
+        cursor = self._db.execute(
+            "UPDATE mailgate_messages SET next_attempt_at = ? WHERE account = ? AND state = 'deferred' AND next_attempt_at > ?",
+            (now, account, now),
+        )
+        return cursor.rowcount
+
     async def cancel(self, message_id: str, *, now: float | None = None) -> bool:
         return bool(await self._write(self._finish_unleased, [message_id], MessageState.CANCELLED, CANCELLED_REASON, clock(now)))
 

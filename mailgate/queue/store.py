@@ -127,6 +127,10 @@ class QueueStore(Protocol):
         """Move every pending, unleased message of ``account`` due before ``until`` to ``until``
         (state ``deferred``); returns how many moved. For ``421`` / throttling replies."""
 
+    async def retry_now(self, account: str, *, now: float | None = None) -> int:
+        """Make every deferred message of ``account`` due now; returns how many. For an upstream that was fixed
+        (its credentials or address changed, an outage ended): its messages need not wait out their backoff."""
+
     async def cancel(self, message_id: str, *, now: float | None = None) -> bool:
         """Cancel a queued or deferred message that no worker holds; False if it cannot be (any more)."""
 

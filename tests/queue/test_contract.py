@@ -330,6 +330,37 @@ async def test_only_the_lease_holder_finishes(store: QueueStore) -> None:
     assert still is not None and (still.state, still.lease_owner) == ("sending", "worker-a")  # nothing was written
 
 
+async def test_retry_now_makes_an_accounts_deferred_messages_due(store: QueueStore) -> None:
+    """An upstream fixed (credentials rotated, an outage over): its deferred messages need not wait out their
+    backoff, up to 4,000 s. Nothing else moves: other accounts, leased, queued or finished messages."""
+    deferred_ids = []
+    for n in range(2):
+        claimed = await enqueue_claimed(store, account="mail/a", body=f"d{n}")
+        await store.finish_attempt(claimed.lease, [], next_attempt_at=T0 + 3000 + n, reply=Reply(454, "4.7.0 auth"), now=T0)
+        deferred_ids.append(claimed.message.id)
+    leased = await enqueue_claimed(store, account="mail/a", body="leased")
+    queued_later = await store.enqueue(message(account="mail/a"), now=T0 + 5000)
+    other = await enqueue_claimed(store, account="mail/b")
+    await store.finish_attempt(other.lease, [], next_attempt_at=T0 + 3000, now=T0)
+
+    assert await store.retry_now("mail/a", now=T0 + 10) == 2
+
+    for message_id in deferred_ids:
+        moved = await store.get(message_id)
+        assert moved is not None
+        assert (moved.state, moved.next_attempt_at, moved.last_reply) == ("deferred", T0 + 10, (454, "4.7.0 auth"))
+    untouched = [await store.get(i) for i in (leased.message.id, queued_later, other.message.id)]
+    assert [(m.state, m.next_attempt_at) for m in untouched if m] == [
+        ("sending", T0 + LEASE),
+        ("queued", T0 + 5000),
+        ("deferred", T0 + 3000),
+    ]
+    claimed = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10, accounts=["mail/a"])
+    assert sorted(c.message.id for c in claimed) == sorted(deferred_ids)
+    assert await store.retry_now("mail/a", now=T0 + 11) == 0  # nothing deferred any more
+    assert await store.retry_now("mail/none", now=T0 + 11) == 0
+
+
 async def test_defer_account_moves_the_accounts_unleased_messages(store: QueueStore) -> None:
     leased = await enqueue_claimed(store, account="mail/a")
     due = await store.enqueue(message(account="mail/a"), now=T0)

@@ -352,3 +352,28 @@ async def test_a_slot_claims_its_next_message_while_the_last_result_is_written(
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 20 and upstream.sessions_peak == 1
     assert overlapping.claims_while_recording >= 15, overlapping.claims_while_recording
+
+
+async def test_retry_now_ends_the_accounts_pause_and_its_backoff(
+    store: QueueStore, pool: SMTPPool, upstream_factory: Any
+) -> None:
+    """An account throttled (paused 30 s) and a message refused for its credentials (backoff 300 s): once the upstream
+    is fixed, ``retry_now`` sends both at once instead of after their waits."""
+    throttling, locked = upstream_factory(), upstream_factory(users={"relay": "right-password"})
+    throttling.close_after_421 = True
+    throttling.rcpt_replies["ops@example.com"] = "421 4.7.0 too many messages, throttled"
+    pool.configure("mail/busy", settings_for(throttling))
+    pool.configure("mail/locked", settings_for(locked, password="wrong-password"))
+    slow = RetryPolicy(first_delay=300.0, max_delay=600.0, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
+    busy = [await store.enqueue(message(account="mail/busy", body=f"n{n}")) for n in range(2)]
+    refused = await store.enqueue(message(account="mail/locked"))
+    async with running(store, pool, policy=slow, serves=lambda account: True, capacity=lambda account: 1) as worker:
+        await until(lambda: all_in(store, [*busy, refused], (MessageState.DEFERRED,)))
+        assert (await get(store, refused)).last_reply.code == 454  # type: ignore[union-attr]
+        del throttling.rcpt_replies["ops@example.com"]
+        pool.configure("mail/locked", settings_for(locked))
+
+        assert await worker.retry_now("mail/busy") == 2
+        assert await worker.retry_now("mail/locked") == 1
+        await until(lambda: all_in(store, [*busy, refused]), timeout=10)
+    assert len(throttling.messages) == 2 and len(locked.messages) == 1
