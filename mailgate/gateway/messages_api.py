@@ -1,4 +1,5 @@
-"""The status API of queued messages: ``GET`` / ``DELETE /v1/messages/{id}``, ``GET /v1/accounts/{ns}/{name}/messages``.
+"""The status API of queued messages: ``GET`` / ``DELETE /v1/messages/{id}``, ``GET /v1/accounts/{ns}/{name}/messages``,
+``POST /v1/accounts/{ns}/{name}/messages/retry``.
 
 A caller sees a message if it may send through the message's account (the
 same authorization as sending). A message the caller may not see answers
@@ -27,6 +28,7 @@ from .problems import outcome_problem, problem
 
 MESSAGE = "/v1/messages/{id}"
 ACCOUNT_MESSAGES = "/v1/accounts/{namespace}/{name}/messages"
+RETRY = ACCOUNT_MESSAGES + "/retry"
 MESSAGE_ID = re.compile(r"^[0-9a-f]{32}$")
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
@@ -42,6 +44,7 @@ class MessagesAPI:
         app.router.add_get(MESSAGE, self.get_message)
         app.router.add_delete(MESSAGE, self.cancel_message)
         app.router.add_get(ACCOUNT_MESSAGES, self.list_messages)
+        app.router.add_post(RETRY, self.retry_messages)
 
     async def get_message(self, request: web.Request) -> web.StreamResponse:
         found = await self._visible(request)
@@ -70,15 +73,9 @@ class MessagesAPI:
 
     async def list_messages(self, request: web.Request) -> web.StreamResponse:
         rid = request_id(request)
-        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
-        identity = await identify(self.authenticator, request, key, rid)
-        if isinstance(identity, web.StreamResponse):
-            return identity
-        account = self.relay.registry.get(key)
-        if account is None:
-            return outcome_problem(Refused(Reason.UNKNOWN_ACCOUNT, f"no account {key!r} on this gateway"), rid)
-        if not identity.may_use(account.ref):
-            return outcome_problem(Refused(Reason.FORBIDDEN, f"{identity.name} may not use account {key!r}"), rid)
+        key = await self._usable_account(request, rid)
+        if isinstance(key, web.StreamResponse):
+            return key
         query = _page_query(request)
         if isinstance(query, InvalidQuery):
             detail = f"{query.field}: {query.message}"
@@ -91,6 +88,34 @@ class MessagesAPI:
         except QueueError:
             return _queue_unavailable(rid)
         return web.json_response({"items": [message_json(m) for m in page.items], "next": page.next_after}, dumps=json.dumps)
+
+    async def retry_messages(self, request: web.Request) -> web.StreamResponse:
+        """Every deferred message of the account is due now (Postfix's ``postqueue -f``, for one account): after an
+        outage on the upstream's side, which the gateway cannot see end. 200 with how many."""
+        rid = request_id(request)
+        key = await self._usable_account(request, rid)
+        if isinstance(key, web.StreamResponse):
+            return key
+        if self.outbox is None:
+            return web.json_response({"retried": 0})
+        try:
+            retried = await self.outbox.retry_now(key)
+        except QueueError:
+            return _queue_unavailable(rid)
+        return web.json_response({"retried": retried})
+
+    async def _usable_account(self, request: web.Request, rid: str) -> str | web.StreamResponse:
+        """The key of the account in the path if the caller may send through it; otherwise the response to give."""
+        key = f"{request.match_info['namespace']}/{request.match_info['name']}"
+        identity = await identify(self.authenticator, request, key, rid)
+        if isinstance(identity, web.StreamResponse):
+            return identity
+        account = self.relay.registry.get(key)
+        if account is None:
+            return outcome_problem(Refused(Reason.UNKNOWN_ACCOUNT, f"no account {key!r} on this gateway"), rid)
+        if not identity.may_use(account.ref):
+            return outcome_problem(Refused(Reason.FORBIDDEN, f"{identity.name} may not use account {key!r}"), rid)
+        return key
 
     async def _visible(self, request: web.Request) -> QueuedMessage | web.StreamResponse:
         """The message named in the path if the caller may see it; otherwise the response to give."""

@@ -103,6 +103,10 @@ class MessagePage(_Doc):
     next: str | None = Field(description="Pass as after= for the next page; null on the last page.")
 
 
+class RetryStarted(_Doc):
+    retried: int = Field(ge=0, description="Deferred messages of the account now due again (0: none was waiting).")
+
+
 class FieldError(_Doc):
     field: str = Field(description="Where: from, to[1], attachments[0].content, headers.X-Foo, body...")
     message: str
@@ -140,6 +144,7 @@ _RESPONSE_MODELS: list[type[BaseModel]] = [
     QueuedResponse,
     QueuedMessage,
     MessagePage,
+    RetryStarted,
     Problem,
     ConfigApplied,
     AccountApplied,
@@ -317,6 +322,7 @@ def _send_paths() -> dict[str, Any]:
         "/v1/messages": routed,
         "/v1/accounts/{namespace}/{name}/messages": {**send, "get": _list_operation()},
         "/v1/messages/{id}": _message_operations(),
+        "/v1/accounts/{namespace}/{name}/messages/retry": {"post": _retry_operation()},
         "/livez": {
             "get": {"tags": ["probes"], "summary": "The event loop answers", "responses": {"200": {"description": "OK", **text}}}
         },
@@ -366,6 +372,16 @@ def _list_operation() -> dict[str, Any]:
         "listMessages",
         _path_params("namespace", "name") + query,
         {"200": page, **_problem_responses((400, 401, 403, 404, 503))},
+    )
+
+
+def _retry_operation() -> dict[str, Any]:
+    started = {"description": "Due now", "content": {"application/json": {"schema": _ref("RetryStarted")}}}
+    return _queue_operation(
+        "Retry an account's deferred messages now instead of after their backoff (the same authorization as sending)",
+        "retryMessages",
+        _path_params("namespace", "name"),
+        {"200": started, **_problem_responses((401, 403, 404, 503))},
     )
 
 

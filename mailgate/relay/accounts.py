@@ -190,6 +190,9 @@ class AccountRegistry:
     received: bool = False  # a snapshot arrived since start: the gateway may turn ready
     # Called after every change that was applied (the outbox's worker looks for messages it may now take).
     listeners: list[Callable[[], None]] = field(default_factory=list)
+    # Called with an account's key when how its upstream sessions connect or log in changed (address, TLS,
+    # credentials): what failed for the old ones may now succeed (the outbox retries its deferred messages).
+    upstream_changed: list[Callable[[str], None]] = field(default_factory=list)
     _accounts: dict[str, Account] = field(default_factory=dict)
     _index: SenderIndex = field(default_factory=lambda: SenderIndex({}))
 
@@ -312,6 +315,9 @@ class AccountRegistry:
                 self.pool.remove(account.key)
         elif old is None or old.settings is None or old.digest != account.digest:
             self.pool.configure(account.key, account.settings)
+            if old is not None and old.settings is not None and old.settings.session_key() != account.settings.session_key():
+                for listener in self.upstream_changed:
+                    listener(account.key)
         self._accounts[account.key] = account
 
     def _remove(self, key: str) -> None:

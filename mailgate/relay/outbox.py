@@ -97,6 +97,7 @@ class Outbox:
             observer=self,
         )
         registry.listeners.append(self.worker.wake)  # messages waiting for an account now served go at once
+        registry.upstream_changed.append(self._upstream_changed)
         self._tasks: list[asyncio.Task[None]] = []
         self._reports: set[asyncio.Task[None]] = set()
 
@@ -168,6 +169,28 @@ class Outbox:
 
     async def cancel(self, message_id: str) -> bool:
         return await self.store.cancel(message_id)
+
+    async def retry_now(self, account: str) -> int:
+        """The account's deferred messages are due now (and its pause here ends); how many. Raises QueueError."""
+        retried = await self.worker.retry_now(account)
+        if retried:
+            log.info("account %s: %d deferred messages are due now", account, retried)
+        return retried
+
+    def _upstream_changed(self, account: str) -> None:
+        """New credentials or a new address: what failed with the old ones is worth trying again now."""
+        if not self._tasks:
+            return  # not delivering (yet, or any more): the loop will find the messages due anyway
+        task = asyncio.create_task(self._retry_after_change(account), name=f"outbox-retry-{account}")
+        self._reports.add(task)
+        task.add_done_callback(self._reports.discard)
+
+    async def _retry_after_change(self, account: str) -> None:
+        try:
+            await self.retry_now(account)
+        except QueueError as exc:  # the messages keep their schedule
+            error = type(exc).__name__
+            log.warning("account %s: could not retry its deferred messages after its upstream changed (%s)", account, error)
 
     # -- delivery -----------------------------------------------------------------------------
 

@@ -12,6 +12,7 @@ import base64
 import json
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ from tests.gateway.conftest import SENDER, GatewayFactory, GatewayHandle, Servic
 from tests.smtp_servers import Upstream
 
 FAST = RetryPolicy(first_delay=0.2, max_delay=0.4, throttle_delay=0.2, throttle_max_delay=0.4, busy_delay=0.1)
-QUEUED = {"delivery": {"mode": "queue"}}
+QUEUED: dict[str, Any] = {"delivery": {"mode": "queue"}}
 
 
 def queue_options(tmp_path: Path, **overrides: Any) -> OutboxOptions:
@@ -282,3 +283,62 @@ async def test_webhook_events_are_signed_and_follow_the_message(
 
 async def _has(received: list[tuple[dict[str, str], bytes]], event_type: str) -> bool:
     return any(json.loads(raw)["type"] == event_type for _, raw in received)
+
+
+SLOW = RetryPolicy(first_delay=300.0, max_delay=600.0, throttle_delay=60.0, throttle_max_delay=60.0, busy_delay=0.1)
+
+
+async def test_new_credentials_send_the_deferred_messages_now(
+    gateway_factory: GatewayFactory, tmp_path: Path, upstream_factory: Any
+) -> None:
+    """The password was wrong (every attempt refused, the next one in 150 to 300 s); the Secret is fixed: what waits
+    goes out at once, not after its backoff."""
+    gw = await gateway_factory(queue=queue_options(tmp_path, policy=SLOW))
+    locked = upstream_factory(users={"relay": "right-password"})
+    await gw.configure(account(locked, password="wrong-password", **QUEUED))
+    ids = [(await post(gw, message(subject=f"n{n}")))[1]["id"] for n in range(3)]
+    for queue_id in ids:
+        await until(partial(_is, gw, queue_id, "deferred"))
+    await gw.configure(account(locked, password="wrong-password", pool={"maxConnections": 3}, **QUEUED))  # a limit: no
+    await asyncio.sleep(0.3)
+    assert [await state_of(gw, i) for i in ids] == ["deferred"] * 3
+
+    await gw.configure(account(locked, **QUEUED))
+    for queue_id in ids:
+        await until(partial(_is, gw, queue_id, "sent"), timeout=10)
+    assert len(locked.messages) == 3
+
+
+async def test_retry_deferred_messages_of_an_account_on_request(
+    gateway_factory: GatewayFactory, tmp_path: Path, upstream: Upstream
+) -> None:
+    """``POST .../messages/retry``, Postfix's ``postqueue -f`` for one account: after an outage on the upstream's
+    side, which the gateway cannot see end."""
+    tokens = ServiceAccountTokens({"billing-token": ("shop", "billing"), "other-token": ("shop", "other")})
+    gw = await gateway_factory(tokens, queue=queue_options(tmp_path, policy=SLOW))
+    await gw.configure(account(upstream, access={"serviceAccounts": ["shop/billing"]}, **QUEUED))
+    upstream.rcpt_replies["rcpt@example.org"] = "451 4.3.0 mailbox temporarily unavailable"
+    auth = {"Authorization": "Bearer billing-token"}
+    _, body, _ = await post(gw, message(to=["rcpt@example.org"]), headers=auth)
+    queue_id = body["id"]
+    await until(lambda: _visible_state(gw, queue_id, auth, "deferred"))
+    del upstream.rcpt_replies["rcpt@example.org"]
+
+    retry = f"{gw.url}/v1/accounts/shop/billing/messages/retry"
+    async with gw.http.post(retry, headers={"Authorization": "Bearer other-token"}) as response:
+        assert response.status == 403, await response.text()
+    async with gw.http.post(f"{gw.url}/v1/accounts/shop/nobody/messages/retry", headers=auth) as response:
+        assert response.status == 404
+    async with gw.http.post(retry, headers=auth) as response:
+        assert response.status == 200, await response.text()
+        assert await response.json() == {"retried": 1}
+    await until(lambda: _visible_state(gw, queue_id, auth, "sent"), timeout=10)
+    async with gw.http.post(retry, headers=auth) as response:
+        assert await response.json() == {"retried": 0}
+    assert len(upstream.messages) == 1
+
+
+async def _visible_state(gw: GatewayHandle, queue_id: str, headers: dict[str, str], state: str) -> bool:
+    status, body = await get_json(gw, f"/v1/messages/{queue_id}", headers=headers)
+    assert status == 200, body
+    return bool(body["state"] == state)
