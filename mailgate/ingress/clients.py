@@ -191,15 +191,10 @@ class ClientAuthenticator:
         fingerprint = self.cache.fingerprint(username, password, stored)
         if login is not None and self.cache.get(fingerprint) == login.account:
             return login.account
-        ok = await self._verify(fingerprint, password, stored)
-        if not ok or login is None:
-            return None
-        self.directory.lookup(username)  # notices a push that arrived while scrypt ran: it may have changed this login
-        if self.directory.generation == generation:
-            self.cache.put(fingerprint, login.account)
-        return login.account
+        ok = await self._verify(fingerprint, username, password, stored, generation)
+        return login.account if ok and login is not None else None
 
-    async def _verify(self, fingerprint: bytes, password: str, stored: str) -> bool:
+    async def _verify(self, fingerprint: bytes, username: str, password: str, stored: str, generation: int) -> bool:
         """The full (scrypt) check, run once for every session presenting this very credential meanwhile.
 
         Apps open connections in bursts, and all of them miss the cache together
@@ -207,13 +202,22 @@ class ClientAuthenticator:
         the same answer. Only an identical (username, password, stored hash)
         shares a check, so guessing costs as much as before; the check runs in
         a task of its own, so a session that goes away does not cancel it for
-        the others.
+        the others. The task itself caches a passed login, so a session arriving
+        as it ends finds either the running check or the cached verdict.
         """
         running = self._checking.get(fingerprint)
         if running is None:
-            running = self._checking[fingerprint] = asyncio.get_running_loop().create_task(self._full_check(password, stored))
+            check = self._check_and_remember(fingerprint, username, password, stored, generation)
+            running = self._checking[fingerprint] = asyncio.get_running_loop().create_task(check)
             running.add_done_callback(lambda _: self._checking.pop(fingerprint, None))
         return await asyncio.shield(running)
+
+    async def _check_and_remember(self, fingerprint: bytes, username: str, password: str, stored: str, generation: int) -> bool:
+        ok = await self._full_check(password, stored)
+        login = self.directory.lookup(username)  # notices a push that arrived while scrypt ran: it may have changed this login
+        if ok and login is not None and self.directory.generation == generation:
+            self.cache.put(fingerprint, login.account)
+        return ok
 
     async def _full_check(self, password: str, stored: str) -> bool:
         async with self._slots:

@@ -28,7 +28,7 @@ class RawClient:
         self.greeting = self.reply()
 
     def reply(self) -> list[bytes]:
-        lines = []
+        lines: list[bytes] = []
         while True:
             line = self.file.readline()
             if not line:
@@ -113,6 +113,8 @@ async def test_hot_reload_of_routing_while_clients_send_fails_nothing(
     ]
     gw.configure(*layouts[0])
     senders, per_sender = 4, 12
+    for upstream in (left, right):  # each message takes a while upstream, so reloads land between messages
+        upstream.data_delay = 0.02
 
     def client(index: int) -> list[tuple[int, str]]:
         sender = f"app{index}@{'shop' if index % 2 else 'other'}.example"
