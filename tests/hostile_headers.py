@@ -130,7 +130,7 @@ def originators_python_finds(data: bytes) -> list[str]:
     return found
 
 
-def _modern_addresses(message: email.message.Message, name: str) -> list[str]:
+def _modern_addresses(message: email.message.EmailMessage, name: str) -> list[str]:
     """The modern policy's addresses of ``name``; none where CPython's header registry itself crashes (it
     builds an Address from every item of ``all_mailboxes``, and some malformed groups put a Group there:
     AttributeError 'local_part'). compat32's reading of the same fields still counts."""

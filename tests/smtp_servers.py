@@ -123,12 +123,14 @@ class _UpstreamSMTP(SMTP):
             await self.push(self.upstream.data_command_reply)  # refuses DATA itself; the transaction stays open
             return
         if self.upstream.drop_at_data:
+            assert self.transport is not None  # set while the session runs a command
             self.transport.close()
             return
         if self.upstream.drop_in_content and self.envelope is not None and self.envelope.rcpt_tos:
             await self.push("354 End data with <CR><LF>.<CR><LF>")
             first_line = await self._reader.readuntil(b"\r\n")
             self.upstream.partial.append(first_line)  # proof that the text had started to arrive
+            assert self.transport is not None
             self.transport.close()
             return
         await super().smtp_DATA(arg)
@@ -166,6 +168,7 @@ class _Handler:
         if upstream.data_reply:
             reply = upstream.data_reply
             if reply.startswith("421") and not upstream.close_after_421:
+                assert server.transport is not None
                 server.transport.close()  # hangs up before the 421 is sent: the client sees a bare drop
             return reply
         login = session.auth_data.login.decode() if isinstance(session.auth_data, LoginPassword) else None
@@ -181,6 +184,7 @@ class _Handler:
         upstream.message_event.set()
         await upstream._hold_reply(upstream.messages[-1])
         if upstream.drop_after_dot:
+            assert server.transport is not None
             server.transport.close()  # the message is taken in, but its 250 never leaves
         return "250 2.0.0 OK queued"
 

@@ -100,8 +100,15 @@ class GatewayHandle:
         return dict(body)
 
     async def send(
-        self, payload: dict[str, Any] | None = None, *, account_key: str = "shop/billing", token: str | None = None, **fields: Any
+        self,
+        payload: dict[str, Any] | None = None,
+        /,
+        *,
+        account_key: str = "shop/billing",
+        token: str | None = None,
+        **fields: Any,
     ) -> tuple[int, dict[str, Any], aiohttp.ClientResponse]:
+        """POST ``payload``, or a ``message(**fields)``; ``payload`` is positional-only so that no field can bind to it."""
         body = payload if payload is not None else message(**fields)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self.http.post(f"{self.url}/v1/accounts/{account_key}/messages", json=body, headers=headers) as response:

@@ -13,7 +13,7 @@ import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope
@@ -27,6 +27,9 @@ from mailgate.passwords import hash_password
 from mailgate.relay.outbox import OutboxOptions
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 from tests.smtp_servers import TestCA, Upstream
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 HOST = "127.0.0.1"
 FAST_HASH = 4  # scrypt cost for test logins: the format and checks are the same, the CPU cost is not
@@ -217,6 +220,7 @@ def transaction(client: smtplib.SMTP, sender: str, recipients: list[str], data: 
     try:
         replies.append(client.data(data))
     except smtplib.SMTPDataError as exc:  # refused at DATA itself (before 354)
+        assert isinstance(exc.smtp_error, bytes), exc  # smtplib raises it with the reply's raw bytes
         replies.append((exc.smtp_code, exc.smtp_error))
     return _decoded(replies)
 
@@ -234,5 +238,5 @@ async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def in_thread(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+async def in_thread(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     return await asyncio.to_thread(func, *args, **kwargs)

@@ -172,7 +172,7 @@ async def test_a_tls_session_hands_out_one_ticket_and_resumes_with_it(gw: Ingres
     client.minimum_version = ssl.TLSVersion.TLSv1_3
     client._msg_callback = count_tickets  # type: ignore[attr-defined]
 
-    def starttls_session(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool]:
+    def starttls_session(session: ssl.SSLSession | None) -> tuple[ssl.SSLSession | None, bool | None]:
         with socket.create_connection((HOST, gw.port), timeout=10) as raw:
             reader = raw.makefile("rb")
             reader.readline()

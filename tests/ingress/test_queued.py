@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 from pathlib import Path
+from typing import Any
 
 from mailgate.queue import MessageState
 from mailgate.queue.retry import RetryPolicy
@@ -24,7 +25,7 @@ async def test_250_names_the_queued_message_which_is_then_delivered(
 ) -> None:
     queue = OutboxOptions(url=f"sqlite:///{tmp_path}/q.db", owner="gw", policy=FAST)
     gw = await ingress_factory(queue=queue)
-    queued = {"delivery": {"mode": "queue"}}
+    queued: dict[str, Any] = {"delivery": {"mode": "queue"}}
     # The upstream is unreachable at first: the client still hears 250, because the message is stored.
     down = account(upstream, "alerts", senders=["*@shop.example"], clients={LOGIN[0]: LOGIN[1]}, **queued)
     server = down.spec.server.model_copy(update={"port": unused_tcp_port})

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 import aiohttp
 import pytest
 
+from mailgate.snapshot import AccountConfig
 from tests.ingress.conftest import IngressFactory, IngressGateway, PlainUpstream, account, in_thread, transaction, until
 from tests.smtp_servers import Upstream
 
@@ -38,7 +40,7 @@ BODY = (
 )
 
 
-def login_account(upstream: Upstream, **spec: object) -> object:
+def login_account(upstream: Upstream, **spec: Any) -> AccountConfig:
     return account(upstream, "alerts", senders=["*@shop.example"], clients={LOGIN[0]: LOGIN[1]}, **spec)
 
 

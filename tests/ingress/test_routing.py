@@ -8,7 +8,7 @@ import pytest
 
 from mailgate.pool import SMTPPool
 from mailgate.relay.accounts import AccountRegistry
-from mailgate.relay.outcomes import Reason
+from mailgate.relay.outcomes import Reason, Refused
 from mailgate.relay.routing import NoRoute, Route, Router, Via, Why
 from mailgate.snapshot import AccountConfig, ConfigSnapshot
 
@@ -101,7 +101,7 @@ async def test_duplicate_claims_are_refused_and_reported_never_a_coin_toss(
         for _ in range(3):
             decision = router.route("billing@shop.example")
             assert isinstance(decision, NoRoute) and decision.why is Why.CONFLICT
-    assert decision.accounts == ("apps/billing", "apps/other")
+    assert isinstance(decision, NoRoute) and decision.accounts == ("apps/billing", "apps/other")
     assert [r.getMessage() for r in caplog.records if "conflict" in r.getMessage()] == [
         "sender routing conflict: accounts apps/billing, apps/other claim the same sender pattern (first seen for "
         "billing@shop.example); messages whose best match is that pattern are refused until the configuration is fixed"
@@ -121,4 +121,4 @@ async def test_http_callers_get_the_relay_outcome_types(registry: AccountRegistr
     refused = Router(registry).route("ops@elsewhere.example")
     assert isinstance(refused, NoRoute)
     outcome = refused.as_outcome()
-    assert outcome.reason is Reason.SENDER_NOT_ALLOWED and not outcome.retryable
+    assert isinstance(outcome, Refused) and outcome.reason is Reason.SENDER_NOT_ALLOWED and not outcome.retryable

@@ -71,7 +71,7 @@ async def stuck_gateway(
     port = gw.ingress.ports[listener]
     tls = tls_files.client_context() if listener == "smtps" else None
     clients = [await in_thread(StuckClient, port, tls) for _ in range(SLOTS)]
-    pumps = [asyncio.ensure_future(in_thread(client.pump)) for client in clients]
+    pumps: list[asyncio.Future[None]] = [asyncio.ensure_future(in_thread(client.pump)) for client in clients]
 
     seen: set[object] = set()
 
@@ -83,7 +83,10 @@ async def stuck_gateway(
         """
         for session in list(gw.ingress.sessions):
             transport = session.transport
-            if transport is not None and transport.get_write_buffer_size() > 0:
+            if transport is None:
+                continue
+            assert isinstance(transport, asyncio.WriteTransport), transport  # aiosmtpd declares a BaseTransport
+            if transport.get_write_buffer_size() > 0:
                 assert transport.get_write_buffer_size() < BUFFER_BOUND
                 assert len(session._reader._buffer) < BUFFER_BOUND  # type: ignore[attr-defined]
                 seen.add(session)

@@ -121,7 +121,7 @@ def test_invalid_account_is_rejected_naming_the_field(
 
 def test_the_apiserver_and_the_model_agree_on_hosts(control_plane: ControlPlane, namespace: str) -> None:
     """The CRD pattern runs in Go's RE2, the model's in Python's ``re``: both accept and refuse the same hosts."""
-    accepted = {"apiVersion": "v1", "kind": "List", "items": []}
+    accepted: dict[str, Any] = {"apiVersion": "v1", "kind": "List", "items": []}
     for index, host in enumerate(HOSTS_ACCEPTED):
         obj = _with("spec.server.host", host)
         obj["metadata"] = {"name": f"host-{index}", "namespace": namespace}
@@ -180,9 +180,9 @@ def test_status_changes_only_through_the_status_subresource(control_plane: Contr
     patch = json.dumps({"status": {"observedGeneration": 1, "conditions": [condition]}})
     # A status in a main-resource patch is dropped silently by the apiserver.
     control_plane.kubectl("patch", "smtpaccount", "valid", "-n", namespace, "--type=merge", "-p", patch)
-    assert "status" not in control_plane.get("smtpaccount", "valid", namespace) or not control_plane.get(
-        "smtpaccount", "valid", namespace
-    ).get("status", {}).get("conditions")
+    stored = control_plane.get("smtpaccount", "valid", namespace)
+    assert stored is not None
+    assert "status" not in stored or not stored.get("status", {}).get("conditions")
     control_plane.kubectl(
         "patch", "smtpaccount", "valid", "-n", namespace, "--subresource=status", "--type=merge", "-p", patch
     )

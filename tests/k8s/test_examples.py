@@ -21,6 +21,7 @@ import pytest
 
 from mailgate.oauth2.config import grant_for
 from mailgate.operator.credentials import Resolved, resolve, secret_values
+from mailgate.secretrefs import SecretValues
 from mailgate.spec import SmtpAccount
 from tests.k8s.cluster import ControlPlane
 from tests.unit.test_examples import EXAMPLE_FILES, ROOT, certificate_pem, doc_objects, documents, private_key_pem
@@ -82,7 +83,7 @@ def _grant_from_created_secret(control_plane: ControlPlane, namespace: str, acco
     assert account.spec.auth.secret_ref is not None and account.spec.auth.oauth2 is not None
     assert secret["metadata"]["name"] == account.spec.auth.secret_ref.name
 
-    def lookup(ns: str, name: str) -> dict[str, str | None] | None:
+    def lookup(ns: str, name: str) -> SecretValues | None:
         return secret_values(secret["data"]) if (ns, name) == (namespace, secret["metadata"]["name"]) else None
 
     resolved = resolve(namespace, account.spec, lookup)

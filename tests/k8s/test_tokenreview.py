@@ -6,7 +6,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -50,8 +50,9 @@ async def authenticator(control_plane: ControlPlane, namespace: str, tmp_path: P
         yield TokenReviewAuthenticator(api, ttl=0, negative_ttl=0)
 
 
-def _account(**access: list[str]) -> AccountRef:
-    return AccountRef(namespace="shop", name="billing", access=AccessSpec(**access))
+def _account(*, service_accounts: Sequence[str] = (), namespaces: Sequence[str] = ()) -> AccountRef:
+    access = AccessSpec(service_accounts=list(service_accounts), namespaces=list(namespaces))
+    return AccountRef(namespace="shop", name="billing", access=access)
 
 
 async def test_allowed_service_account_is_identified_and_authorised(

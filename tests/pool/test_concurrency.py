@@ -82,7 +82,11 @@ async def test_waiters_are_served_in_fifo_order_and_newcomers_do_not_overtake(po
     tasks = []
     for index in range(5):
         tasks.append(asyncio.create_task(waiter(index)))
-        await eventually(lambda n=index + 1: account_stats(pool, "a")["waiting"] == n, what=f"{index + 1} waiters")
+
+        def waiting(n: int = index + 1) -> bool:
+            return account_stats(pool, "a")["waiting"] == n
+
+        await eventually(waiting, what=f"{index + 1} waiters")
 
     await pool.release(held)
     # The released connection already belongs to the first waiter: a newcomer must not get it.

@@ -8,7 +8,7 @@ import aiosmtplib
 import pytest
 import trustme
 
-from mailgate.pool import AccountSettings, SMTPPool
+from mailgate.pool import AccountSettings, AuthMethod, SMTPPool, TLSMode
 from tests.pool.support import MESSAGE, RCPT, SENDER, account_stats, limits, pool_size
 from tests.smtp_servers import settings_for
 
@@ -178,9 +178,11 @@ async def test_settings_passed_to_acquire_register_the_account(pool: SMTPPool, u
 
 
 def test_session_key_changes_with_credentials_and_hides_them() -> None:
-    base = AccountSettings(host="smtp.example.org", tls="starttls", auth="login", username="u", password="pw-one")
-    rotated = AccountSettings(host="smtp.example.org", tls="starttls", auth="login", username="u", password="pw-two")
-    same = AccountSettings(host="smtp.example.org", tls="starttls", auth="login", username="u", password="pw-one")
+    base = AccountSettings(host="smtp.example.org", tls=TLSMode.STARTTLS, auth=AuthMethod.LOGIN, username="u", password="pw-one")
+    rotated = AccountSettings(
+        host="smtp.example.org", tls=TLSMode.STARTTLS, auth=AuthMethod.LOGIN, username="u", password="pw-two"
+    )
+    same = AccountSettings(host="smtp.example.org", tls=TLSMode.STARTTLS, auth=AuthMethod.LOGIN, username="u", password="pw-one")
 
     assert base.session_key() != rotated.session_key()
     assert base.session_key() == same.session_key()

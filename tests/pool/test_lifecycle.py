@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from mailgate.pool import SMTPPool
+from mailgate.pool import SendResult, SMTPPool
 from tests.pool.support import MESSAGE, RCPT, SENDER, account_stats, eventually, limits
 from tests.smtp_servers import settings_for
 
@@ -18,7 +18,7 @@ async def test_a_busy_connection_expires_at_its_ttl(pool: SMTPPool, upstream) ->
     """Back-to-back sends never leave the session idle; it is still replaced once its TTL is up."""
     pool.configure("a", settings_for(upstream, limits=limits(max_connections=1, ttl=0.3, max_messages_per_connection=10_000)))
     deadline = time.monotonic() + 10
-    results = []
+    results: list[SendResult] = []
     while account_stats(pool, "a")["closed"].get("ttl", 0) == 0:
         assert time.monotonic() < deadline and len(results) < 5_000, "the session never expired"
         results.append(await pool.send("a", SENDER, [RCPT], MESSAGE))

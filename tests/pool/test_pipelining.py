@@ -23,7 +23,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mailgate.pool import AccountSettings, Phase, SMTPPool, TransactionError
+from mailgate.pool import AccountSettings, Phase, SMTPPool, TLSMode, TransactionError
 from mailgate.pool.connection import UpstreamSession, open_connection
 from tests.pool.support import MESSAGE, RCPT, SENDER, account_stats, limits
 from tests.smtp_servers import Upstream, _Handler, settings_for
@@ -136,7 +136,7 @@ class Scripted:
         await asyncio.sleep(0)
 
     def settings(self, timeout: float = 5.0, **overrides: Any) -> AccountSettings:
-        return AccountSettings(host="127.0.0.1", port=self.port, tls="none", command_timeout=timeout, **overrides)
+        return AccountSettings(host="127.0.0.1", port=self.port, tls=TLSMode.NONE, command_timeout=timeout, **overrides)
 
     def read_with(self, marker: bytes) -> list[bytes]:
         return [read for read in self.reads if marker in read]
@@ -640,7 +640,11 @@ RCPT_REPLIES = ["250 2.1.5 OK", "251 2.1.5 Will forward", "550 5.1.1 No such use
 def _outcome(result: Any) -> tuple[Any, ...]:
     if isinstance(result, TransactionError):
         cause = result.cause
-        detail = [(r.recipient, r.code, r.message) for r in cause.recipients] if hasattr(cause, "recipients") else cause.code
+        if hasattr(cause, "recipients"):
+            detail: object = [(r.recipient, r.code, r.message) for r in cause.recipients]
+        else:
+            assert isinstance(cause, aiosmtplib.SMTPResponseException), cause  # the only causes with a code
+            detail = cause.code
         return ("error", result.phase, type(cause).__name__, detail)
     return ("sent", result.accepted, result.refused, result.code)
 

@@ -355,8 +355,8 @@ async def test_retry_now_makes_an_accounts_deferred_messages_due(store: QueueSto
         ("queued", T0 + 5000),
         ("deferred", T0 + 3000),
     ]
-    claimed = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10, accounts=["mail/a"])
-    assert sorted(c.message.id for c in claimed) == sorted(deferred_ids)
+    due = await store.claim("w", limit=10, lease_seconds=LEASE, now=T0 + 10, accounts=["mail/a"])
+    assert sorted(c.message.id for c in due) == sorted(deferred_ids)
     assert await store.retry_now("mail/a", now=T0 + 11) == 0  # nothing deferred any more
     assert await store.retry_now("mail/none", now=T0 + 11) == 0
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
 from mailgate.operator.conditions import GatewayHealth, StatusInputs, build_status, status_body
 from mailgate.operator.credentials import CredentialProblem, LoginHasher, Resolved, resolve, secret_names, secret_values
 from mailgate.passwords import verify_password
+from mailgate.secretrefs import SecretLookup, SecretValues
 from mailgate.spec import EffectiveLimits, SmtpAccountSpec
 
 NOW = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -23,7 +25,7 @@ def spec(method: str = "login", clients: tuple[str, ...] = ()) -> SmtpAccountSpe
     )
 
 
-def lookup(secrets: dict[tuple[str, str], dict[str, str | None]]):
+def lookup(secrets: Mapping[tuple[str, str], SecretValues]) -> SecretLookup:
     return lambda namespace, name: secrets.get((namespace, name))
 
 
