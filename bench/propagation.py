@@ -25,6 +25,7 @@ under 45 s.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import sys
@@ -99,7 +100,7 @@ class AppliedLog:
 
 def _served_everywhere(logs: Sequence[AppliedLog], key: str) -> float:
     """Wall-clock time at which the last gateway applied ``key``."""
-    times = [eventually(lambda log=log: log.applied_at(key), f"{key} applied", timeout=60) for log in logs]
+    times = [eventually(functools.partial(log.applied_at, key), f"{key} applied", timeout=60) for log in logs]
     return max(times)
 
 
@@ -113,6 +114,7 @@ def _change(mesh: Mesh, logs: Sequence[AppliedLog], name: str, index: int) -> tu
 def _timed_change(mesh: Mesh, logs: Sequence[AppliedLog], name: str, index: int) -> tuple[str, float]:
     for log in logs:
         log.mark()
+    patch: dict[str, Any]
     if index % 2 == 0:
         kind, path, patch = "spec edit", mesh._path("smtpaccounts", name), {"spec": {"pool": {"ttlSeconds": 1000 + index}}}
     else:
