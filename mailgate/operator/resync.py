@@ -36,9 +36,10 @@ last got, valid or not):
   Secret handler's code (``secret_resync``).
 
 When nothing was missed a pass costs the listings and one dictionary lookup
-per account and per Secret: nothing is pushed, nothing is written. It runs only once the
-start-up listings are done (every account existing then was handled, and
-Secrets are known): before, an account may be behind for no other reason.
+per account and per Secret: nothing is pushed, nothing is written. It runs
+only once the start-up listings are done (every account existing then was
+handled, and Secrets are known): before, an account may be behind for no
+other reason.
 """
 
 from __future__ import annotations

@@ -19,7 +19,8 @@ what an event has set (or deleted) since the cache was created.
 Versions: each Secret's ``resourceVersion`` as last applied is kept beside its
 values, so the periodic resync (``secret_resync``) can tell from a
 metadata-only listing which Secrets changed without the cache hearing of it
-(a lost watch event), and read only those.
+(a lost watch event), and read only those. It costs a tuple and a short string
+per Secret (about 1 MB for 10,000).
 """
 
 from __future__ import annotations

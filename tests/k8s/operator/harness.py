@@ -29,6 +29,15 @@ SELECTOR = "app.kubernetes.io/component=gateway"
 T = TypeVar("T")
 
 
+
+def object_path(namespace: str, kind: str, name: str = "") -> str:
+    """The API path of a Secret or SmtpAccount (``kind``: ``secrets``, ``smtpaccounts``) or of their collection."""
+    base = {
+        "secrets": f"/api/v1/namespaces/{namespace}/secrets",
+        "smtpaccounts": f"/apis/mailgate.dev/v1alpha1/namespaces/{namespace}/smtpaccounts",
+    }[kind]
+    return f"{base}/{name}" if name else base
+
 class Answer(NamedTuple):
     """An HTTP answer with its headers (a secret-hygiene test searches those too)."""
 
@@ -295,11 +304,7 @@ class Mesh:
     # -- objects (plain API calls: a kubectl process per step would dominate the test time)
 
     def _path(self, kind: str, name: str = "") -> str:
-        base = {
-            "secrets": f"/api/v1/namespaces/{self.namespace}/secrets",
-            "smtpaccounts": f"/apis/mailgate.dev/v1alpha1/namespaces/{self.namespace}/smtpaccounts",
-        }[kind]
-        return f"{base}/{name}" if name else base
+        return object_path(self.namespace, kind, name)
 
     def _create_or_patch(self, kind: str, body: dict[str, Any], patch: dict[str, Any]) -> None:
         code, answer = self.cp.request("POST", self._path(kind), body)

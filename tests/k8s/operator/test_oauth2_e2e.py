@@ -108,11 +108,14 @@ def test_the_operator_keeps_every_gateway_supplied_with_fresh_tokens(
     assert len(token_server.issued()) == before + 1, "a stale fingerprint renews nothing"
 
     # 3. Rotating the client secret mid-traffic: no failed send, the next token comes from the new secret.
+    #    Counted from before the Secret changes: the operator sees the change and has the new token
+    #    within milliseconds, at times before this process reads the PATCH's answer (a loaded machine);
+    #    counted after, the new token would already be in the count and none would follow it.
     rotated = f"SENTINEL-rotated-{secrets.token_hex(8)}"
     token_server.set_client_secret("app", rotated)
-    mesh.secret("alerts-oauth2", {"clientSecret": rotated})
     before = len(token_server.issued())
-    statuses: list[int] = []
+    mesh.secret("alerts-oauth2", {"clientSecret": rotated})
+    statuses = []
 
     def sent_until_renewed() -> bool:
         """Keep sending (at least 10 rounds) until a token from the new secret is issued."""
