@@ -155,7 +155,9 @@ def test_an_account_whose_object_vanished_unseen_leaves_the_gateways(mesh: Mesh,
     assert operator.metric("mailgate_operator_account_resync_repairs_total", kind="gone") == 1
     assert operator.metric("mailgate_operator_accounts") == 1
     wait_resyncs(operator, 1)
-    assert operator.metric("mailgate_operator_account_resync_repairs_total") == 1  # repaired once, not every pass
+    account_kinds = ("missing", "stale", "gone", "finalizer")  # a Secret event late on a loaded machine is not this test's
+    repairs = sum(operator.metric("mailgate_operator_account_resync_repairs_total", kind=kind) for kind in account_kinds)
+    assert repairs == 1  # repaired once, not every pass
 
 
 def test_a_resync_with_nothing_missed_pushes_and_writes_nothing(mesh: Mesh, upstream_factory) -> None:
