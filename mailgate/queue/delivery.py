@@ -89,6 +89,7 @@ class SendOutcome:
     reply: Reply | None = None
     error: SendError | None = None
     detail: str = ""
+    no_session: bool = False  # no session could be opened (connect, TLS, login): the account's upstream, not this message
 
 
 class Send(Protocol):
@@ -140,6 +141,7 @@ class Verdict:
     reply: Reply | None
     throttled: Reply | None = None  # the reply that pauses the account
     busy: bool = False
+    dead: Reply | None = None  # no session to the upstream: the account's other messages wait without being tried
 
 
 def judge(message: QueuedMessage, outcome: SendOutcome) -> Verdict:
@@ -170,6 +172,7 @@ def judge(message: QueuedMessage, outcome: SendOutcome) -> Verdict:
         reply,
         throttled=reply if kind is Outcome.DEFERRED and is_throttling(reply) else None,
         busy=outcome.error is SendError.BUSY,
+        dead=reply if kind is Outcome.DEFERRED and outcome.no_session else None,
     )
 
 
@@ -209,7 +212,9 @@ class DeliveryWorker:
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
         self._paused: dict[str, float] = {}  # account -> until
+        self._pause_reasons: dict[str, Reply] = {}  # account -> the reply that paused it
         self._throttles: dict[str, int] = {}  # account -> consecutive throttles
+        self._dead: dict[str, int] = {}  # account -> consecutive attempts that found no session
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._next_expire = 0.0
@@ -230,7 +235,9 @@ class DeliveryWorker:
         """``account``'s upstream was fixed (new credentials or address, an outage over): its pause here ends and
         its deferred messages are due now instead of after their backoff; returns how many. Raises QueueError."""
         self._paused.pop(account, None)
+        self._pause_reasons.pop(account, None)
         self._throttles.pop(account, None)
+        self._dead.pop(account, None)
         moved = await self.store.retry_now(account, now=self.clock())
         self.wake()
         return moved
@@ -280,10 +287,14 @@ class DeliveryWorker:
         for account, until in list(self._paused.items()):
             if until <= now:
                 del self._paused[account]
+                self._pause_reasons.pop(account, None)
         if self.serves is None:
             return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now)
         claimed: list[ClaimedMessage] = []
         for account in await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS):
+            if account in self._paused:  # enqueued during the pause: it waits for the pause's end, untried
+                await self.store.defer_account(account, self._paused[account], reply=self._pause_reasons.get(account), now=now)
+                continue
             if free <= 0:
                 break
             if not self._may_take(account):
@@ -402,10 +413,14 @@ class DeliveryWorker:
         now = self.clock()
         next_attempt = self._schedule(message, verdict, now)
         if verdict.throttled is not None:
-            until = self._pause(message.account, now)
-            return self._record_throttled(message, lease, verdict, until, now)
+            until = self._pause(message.account, now, verdict.throttled, self._throttles, self.policy.throttle)
+            return self._record_paused(message, lease, verdict, verdict.throttled, until, now)
+        if verdict.dead is not None:
+            until = self._pause(message.account, now, verdict.dead, self._dead, self.policy.backoff)
+            return self._record_paused(message, lease, verdict, verdict.dead, until, now)
         if any(r.outcome is Outcome.SENT for r in verdict.results):
             self._throttles.pop(message.account, None)
+            self._dead.pop(message.account, None)
         return self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
 
     async def _put_back_expired(self, message: QueuedMessage, lease: Lease, now: float) -> None:
@@ -414,9 +429,12 @@ class DeliveryWorker:
         if expired:
             self.observer.expired(expired)
 
-    async def _record_throttled(self, message: QueuedMessage, lease: Lease, verdict: Verdict, until: float, now: float) -> None:
-        moved = await self.store.defer_account(message.account, until, reply=verdict.throttled, now=now)
-        log.info("account %s throttled upstream; paused %.0f s (%d messages moved)", message.account, until - now, moved)
+    async def _record_paused(
+        self, message: QueuedMessage, lease: Lease, verdict: Verdict, why: Reply, until: float, now: float
+    ) -> None:
+        moved = await self.store.defer_account(message.account, until, reply=why, now=now)
+        cause = "throttled upstream" if verdict.throttled is not None else "upstream unreachable"
+        log.info("account %s %s; paused %.0f s (%d messages moved)", message.account, cause, until - now, moved)
         await self._finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply)
 
     async def _send(self, message: QueuedMessage, data: bytes | None) -> SendOutcome:
@@ -440,11 +458,13 @@ class DeliveryWorker:
             return now + self.policy.busy()
         return now + self.policy.backoff(message.attempts)
 
-    def _pause(self, account: str, now: float) -> float:
-        count = self._throttles.get(account, 0) + 1
-        self._throttles[account] = count
-        until = max(self._paused.get(account, now), now + self.policy.throttle(count))
+    def _pause(self, account: str, now: float, why: Reply, counts: dict[str, int], delay: Callable[[int], float]) -> float:
+        """Pause ``account`` for ``delay`` of its consecutive pauses of this kind (``counts``); returns the end."""
+        count = counts.get(account, 0) + 1
+        counts[account] = count
+        until = max(self._paused.get(account, now), now + delay(count))
         self._paused[account] = until
+        self._pause_reasons[account] = why
         return until
 
     async def _keep_lease(self, lease: Lease) -> Lease:

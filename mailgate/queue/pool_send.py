@@ -9,6 +9,7 @@ and "try later" is the loop's decision, not the caller's.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import aiosmtplib
 
@@ -34,8 +35,20 @@ def pool_send(pool: SMTPPool, *, acquire_timeout: float | None = 30.0) -> Send:
     return send
 
 
+_NO_SESSION = (SendError.UNREACHABLE, SendError.TIMEOUT, SendError.AUTH)
+
+
 def outcome_of_error(exc: BaseException) -> SendOutcome:
-    """Map what ``SMTPPool.send`` raised. Order matters: subclasses first (PoolTimeout is a TimeoutError)."""
+    """Map what ``SMTPPool.send`` raised. A failure outside a transaction (``TransactionError`` wraps those
+    inside one) to connect, secure or log in is the account's upstream, not the message (``no_session``)."""
+    outcome = _outcome_of_error(exc)
+    if outcome.error in _NO_SESSION and not isinstance(exc, TransactionError):
+        return replace(outcome, no_session=True)
+    return outcome
+
+
+def _outcome_of_error(exc: BaseException) -> SendOutcome:
+    """Order matters: subclasses first (PoolTimeout is a TimeoutError)."""
     if isinstance(exc, TransactionError):
         if exc.delivery_unknown:
             return SendOutcome(error=SendError.UNKNOWN, detail=describe_error(exc.cause))

@@ -377,3 +377,35 @@ async def test_retry_now_ends_the_accounts_pause_and_its_backoff(
         assert await worker.retry_now("mail/locked") == 1
         await until(lambda: all_in(store, [*busy, refused]), timeout=10)
     assert len(throttling.messages) == 2 and len(locked.messages) == 1
+
+
+async def test_an_unreachable_upstream_defers_its_account_not_each_message(
+    store: QueueStore, pool: SMTPPool, test_ca: TestCA, upstream_factory: Any
+) -> None:
+    """Postfix marks a destination dead after a failed connect and defers its other messages without trying each:
+    a dead upstream must not cost a connect attempt (and a warning) per message, nor hold up the other accounts."""
+    dead = Upstream(ca=test_ca)  # not started: connections are refused
+    calm = upstream_factory()
+    pool.configure("mail/dead", settings_for(dead))
+    pool.configure("mail/calm", settings_for(calm))
+    slow = RetryPolicy(first_delay=300.0, max_delay=600.0, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
+    waiting = [await store.enqueue(message(account="mail/dead", body=f"n{n}")) for n in range(20)]
+    other = await store.enqueue(message(account="mail/calm"))
+    try:
+        async with running(store, pool, policy=slow, serves=lambda account: True, capacity=lambda account: 2) as worker:
+            await until(lambda: all_in(store, waiting, (MessageState.DEFERRED,)))
+            await until(lambda: all_in(store, [other]))
+            later = [await store.enqueue(message(account="mail/dead", body=f"later {n}")) for n in range(3)]
+            await until(lambda: all_in(store, later, (MessageState.DEFERRED,)))  # held to the pause's end, untried
+            waiting += later
+            deferred = [await get(store, i) for i in waiting]
+            dead.start()
+            await worker.retry_now("mail/dead")
+            await until(lambda: all_in(store, waiting), timeout=10)
+    finally:
+        dead.stop()
+    assert sum(m.attempts for m in deferred) <= 2  # the slots that found it dead; the rest were not tried
+    for stored in deferred:
+        assert stored.last_reply is not None and stored.last_reply.code == 451, stored.last_reply
+        assert stored.next_attempt_at >= time.time() + 100
+    assert len(dead.messages) == 23 and len(calm.messages) == 1
