@@ -501,7 +501,7 @@ class PostgresStore(QueueStore):
             moved = await conn.fetch(
                 f"""WITH target AS (
                         SELECT id FROM mailgate_messages
-                        WHERE account = $1 AND next_attempt_at < $2 AND {UNLEASED.format(now="$3")}
+                        WHERE account = $1 AND next_attempt_at < $2 AND {PENDING} AND {UNLEASED.format(now="$3")}
                         FOR UPDATE SKIP LOCKED)
                     UPDATE mailgate_messages m SET state = 'deferred', lease_owner = NULL, next_attempt_at = $2{set_reply}
                     FROM target WHERE m.id = target.id RETURNING m.id""",

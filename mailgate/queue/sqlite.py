@@ -366,7 +366,10 @@ class SQLiteStore(QueueStore):
         recipients, their bodies."""
         sql = f"SELECT id FROM mailgate_messages WHERE {PENDING} AND next_attempt_at <= :now"
         params: dict[str, Any] = {"now": now, "limit": limit}
-        if accounts is not None:
+        if accounts is not None and len(accounts) == 1:  # the delivery loop's claim: the index is in due order
+            sql += " AND account = :account"
+            (params["account"],) = accounts
+        elif accounts is not None:
             sql += " AND account IN (SELECT value FROM json_each(:accounts))"
             params["accounts"] = json.dumps(list(accounts))
         ids = [row[0] for row in self._db.execute(sql + " ORDER BY next_attempt_at, id LIMIT :limit", params)]
@@ -475,7 +478,7 @@ class SQLiteStore(QueueStore):
             params.update(code=reply.code, text=reply.message)
         cursor = self._db.execute(
             f"UPDATE mailgate_messages SET state = 'deferred', lease_owner = NULL, next_attempt_at = :until{set_reply}"
-            f" WHERE account = :account AND next_attempt_at < :until AND {UNLEASED}",
+            f" WHERE account = :account AND next_attempt_at < :until AND {PENDING} AND {UNLEASED}",  # PENDING: the index
             params,
         )
         return cursor.rowcount

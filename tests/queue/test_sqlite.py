@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -188,3 +190,41 @@ async def test_a_transaction_holding_an_enqueue_commits_fully_synchronous(tmp_pa
     assert any(enqueued for enqueued, _ in transactions.commits)
     assert all(synchronous == "FULL" for enqueued, synchronous in transactions.commits if enqueued), transactions.commits
     assert any(synchronous == "NORMAL" for enqueued, synchronous in transactions.commits if not enqueued)
+
+
+class _Steps:
+    """Virtual-machine steps SQLite takes on the store's connection (a progress handler every step)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def __call__(self) -> int:
+        self.count += 1
+        return 0
+
+
+async def _steps_of(store: SQLiteStore, call: Any) -> int:
+    steps = _Steps()
+    await store._call(lambda: store._db.set_progress_handler(steps, 1))
+    try:
+        await call()
+    finally:
+        await store._call(lambda: store._db.set_progress_handler(None, 1))
+    return steps.count
+
+
+async def test_claiming_and_pausing_one_account_do_not_read_its_whole_backlog(tmp_path: Path) -> None:
+    """A paused or backlogged account (an upstream down for a day: tens of thousands of messages) is claimed from and
+    deferred again and again; each must cost about the same whatever the backlog, not a pass over all of it."""
+    async with SQLiteStore(tmp_path / "queue.db") as store:
+        costs: dict[str, list[int]] = {"claim": [], "defer": []}
+        for backlog in (3, 3000):
+            account = f"mail/backlog-{backlog}"
+            await asyncio.gather(*(store.enqueue(message(account), now=T0) for _ in range(backlog)))
+            await store.defer_account(account, T0 + 100, now=T0)
+            await store.enqueue(message(account), now=T0 + 1)  # arrived during the pause
+            costs["defer"].append(await _steps_of(store, lambda a=account: store.defer_account(a, T0 + 100, now=T0 + 2)))
+            claim = functools.partial(store.claim, "w", limit=1, lease_seconds=60, now=T0 + 200, accounts=[account])
+            costs["claim"].append(await _steps_of(store, claim))
+    for what, (small, large) in costs.items():
+        assert large < 3 * small, (what, small, large)
