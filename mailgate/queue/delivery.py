@@ -13,7 +13,9 @@ a recipient refused with 5xx / 4xx               that recipient ``failed`` / sta
 a reply to MAIL, DATA or the dot: 5xx            every pending recipient ``failed`` with that reply
 ... 4xx                                          every pending recipient deferred (backoff)
 ... ``421`` or a throttling 4xx (``retry.py``)   deferred, and the whole account paused (``defer_account``)
-unreachable, timeout, authentication refused     every pending recipient deferred (backoff)
+unreachable, timeout, authentication refused     every pending recipient deferred (backoff); when no session
+                                                 could be opened, the account paused for that backoff too
+                                                 (``defer_account``: its other messages wait, untried)
 busy (no pooled connection free)                 deferred after ``policy.busy()``, backoff not grown
 delivery unknown (drop after the final dot)      deferred if the message has ``retry_unknown``,
                                                  else its pending recipients ``failed`` ("delivery unknown")
