@@ -53,7 +53,8 @@ class OperatorMetrics:
         self.resync_repairs = Counter(
             "mailgate_operator_account_resync_repairs_total",
             "What the periodic resync repaired, by kind: SmtpAccounts (missing: never reconciled, stale: an older "
-            "generation reconciled, gone: served after its object vanished, finalizer: finalizer added) and "
+            "generation reconciled, gone: served after its object vanished, finalizer: finalizer added, deleted: a "
+            "deletion held by our finalizer finished) and "
             "Secrets (secret: a change whose watch event was lost, applied).",
             ["kind"],
             registry=self.registry,

@@ -23,6 +23,12 @@ last got, valid or not):
   engine forgets it, every push loop deletes it, also on a pod that comes
   back later. Objects with a ``deletionTimestamp`` still exist; kopf's delete
   handler owns them.
+- **deleted**: an object being deleted and still held by our finalizer at
+  two passes in a row: the delete handler never ran or never finished (its
+  event lost, or the PATCH releasing the finalizer timed out), so the
+  account stays served and the deletion hangs. The resync does what the
+  handler does: off every gateway, forgotten, finalizer released
+  (conditional on the version read again).
 - **finalizer**: an account without our finalizer (at two passes in a row)
   gets it here. kopf adds it only when an event for the object arrives, and
   a lost event is the case at hand; without it, deleting the account would
@@ -61,7 +67,7 @@ from ..spec import GROUP, PLURAL, VERSION
 from .bookkeeping import SpecDiffBase
 from .engine import Engine
 from .events import post_event
-from .handlers import FINALIZER, apply_account, credential_event
+from .handlers import DELETE_WAIT_SECONDS, FINALIZER, apply_account, credential_event
 from .metrics import OperatorMetrics
 from .paging import listed
 from .secret_resync import SecretResync
@@ -95,10 +101,11 @@ class Repairs:
     gone: list[str]
     finalizer: list[str]
     secret: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)  # deletions our finalizer held that nobody finished
 
     def accounts(self) -> set[str]:
         """The accounts repaired (one may be both missing and without finalizer)."""
-        return {*self.missing, *self.stale, *self.gone, *self.finalizer}
+        return {*self.missing, *self.stale, *self.gone, *self.finalizer, *self.deleted}
 
 
 class AccountResync:
@@ -120,6 +127,7 @@ class AccountResync:
         self._diffbase: SpecDiffBase = memo.diffbase
         self._behind: dict[str, tuple[str, int | None]] = {}  # found behind at the previous pass
         self._unfinalized: set[tuple[str, str]] = set()  # (key, uid) found without our finalizer then
+        self._held: set[tuple[str, str]] = set()  # (key, uid) found deleting and held by our finalizer then
         self._secret_resync = SecretResync(api_client, namespaces, memo, page_size)
 
     async def run(self) -> None:
@@ -162,6 +170,9 @@ class AccountResync:
         finalize = sorted(key for key, uid in unfinalized & self._unfinalized)
         self._unfinalized = unfinalized
         absent = sorted((key, uid) for key, uid in self._engine.known().items() if key not in listed)
+        held = {(key, obj.uid) for key, obj in listed.items() if obj.deleting and obj.finalized}
+        stuck = sorted(held & self._held)
+        self._held = held
 
         repairs = Repairs([], [], [], [])
         for key in finalize:
@@ -174,19 +185,23 @@ class AccountResync:
         for key, uid in absent:
             if await self._drop_if_gone(key, uid):
                 repairs.gone.append(key)
+        for key, uid in stuck:
+            if await self._finish_deletion(key, uid):
+                repairs.deleted.append(key)
         repairs.secret = await self._secret_resync.run_once()
 
         self._metrics.resyncs.labels(result="ok").inc()
         self._metrics.resync_listed.set(len(listed))
-        for kind in ("missing", "stale", "gone", "finalizer", "secret"):
+        for kind in ("missing", "stale", "gone", "finalizer", "secret", "deleted"):
             if count := len(getattr(repairs, kind)):
                 self._metrics.resync_repairs.labels(kind=kind).inc(count)
                 log.debug("resync: %s: %s", kind, ", ".join(getattr(repairs, kind)))
         if repaired := repairs.accounts():
             log.info(
-                "resync: repaired %d account(s) of %d listed: %d missing, %d stale, %d gone, %d without finalizer",
+                "resync: repaired %d account(s) of %d listed: %d missing, %d stale, %d gone, %d without finalizer,"
+                " %d deletions finished",
                 len(repaired), len(listed), len(repairs.missing), len(repairs.stale), len(repairs.gone),
-                len(repairs.finalizer),
+                len(repairs.finalizer), len(repairs.deleted),
             )  # fmt: skip
         else:
             log.debug("resync: %d account(s) listed, nothing to repair", len(listed))
@@ -235,16 +250,35 @@ class AccountResync:
             self._diffbase.forget(uid)
         return True
 
-    async def _add_finalizer(self, key: str) -> bool:
-        """Add our finalizer to a fresh read of ``key``, unless it changed meanwhile; whether it was added."""
-        namespace, name = key.split("/", 1)
+    async def _finish_deletion(self, key: str, uid: str) -> bool:
+        """Do what the delete handler does for ``key``, deleting for two passes and still held by our finalizer:
+        off every gateway, forgotten, finalizer released. Whether it was; a fresh read first (kopf may have
+        finished meanwhile), and the release is conditional on the version read."""
         try:
             body = await self._read(key)
-            meta = (body or {}).get("metadata") or {}
-            finalizers = list(meta.get("finalizers") or ())
-            if body is None or meta.get("deletionTimestamp") or FINALIZER in finalizers:
+        except _ERRORS as error:
+            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
+            return False
+        meta = (body or {}).get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        if body is None or meta.get("uid") != uid or not meta.get("deletionTimestamp") or FINALIZER not in finalizers:
+            return False
+        if self._engine.has(key):
+            self._engine.start_deleting(key)
+            remaining = await self._engine.wait_removed(key, DELETE_WAIT_SECONDS)
+            if remaining:
+                log.info("resync: %s is still served by gateway(s) %s; left for the next pass", key, ", ".join(remaining))
                 return False
-            patch = {"metadata": {"finalizers": [*finalizers, FINALIZER], "resourceVersion": meta["resourceVersion"]}}
+            self._engine.forget(key)
+        self._diffbase.forget(uid)
+        kept = [f for f in finalizers if f != FINALIZER]
+        return await self._patch_finalizers(key, kept, meta["resourceVersion"])
+
+    async def _patch_finalizers(self, key: str, finalizers: list[str], version: str) -> bool:
+        """Set ``key``'s finalizers, unless the object changed since ``version``; whether they were set."""
+        namespace, name = key.split("/", 1)
+        patch = {"metadata": {"finalizers": finalizers, "resourceVersion": version}}
+        try:
             # The stub lacks _content_type; a custom resource takes no strategic merge patch.
             await self._api.patch_namespaced_custom_object(  # type: ignore[call-arg]
                 GROUP, VERSION, namespace, PLURAL, name, patch,
@@ -252,12 +286,25 @@ class AccountResync:
             )  # fmt: skip
         except ApiException as error:
             if error.status not in (404, 409):  # gone, or changed since the read: the next pass looks again
-                log.warning("resync: finalizer of %s not added: HTTP %s %s", key, error.status, error.reason)
+                log.warning("resync: finalizers of %s not updated: HTTP %s %s", key, error.status, error.reason)
             return False
         except (aiohttp.ClientError, TimeoutError, ValueError, KeyError) as error:
-            log.warning("resync: finalizer of %s not added: %s", key, type(error).__name__)
+            log.warning("resync: finalizers of %s not updated: %s", key, type(error).__name__)
             return False
         return True
+
+    async def _add_finalizer(self, key: str) -> bool:
+        """Add our finalizer to a fresh read of ``key``, unless it changed meanwhile; whether it was added."""
+        try:
+            body = await self._read(key)
+        except _ERRORS as error:
+            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
+            return False
+        meta = (body or {}).get("metadata") or {}
+        finalizers = list(meta.get("finalizers") or ())
+        if body is None or meta.get("deletionTimestamp") or FINALIZER in finalizers:
+            return False
+        return await self._patch_finalizers(key, [*finalizers, FINALIZER], meta["resourceVersion"])
 
     async def _read(self, key: str) -> dict[str, Any] | None:
         """The object now; None if it does not exist."""
