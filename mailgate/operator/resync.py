@@ -209,11 +209,7 @@ class AccountResync:
 
     async def _reconcile(self, key: str) -> str | None:
         """Reconcile ``key`` from a fresh read; its kind of repair, or None if it needs none (or failed)."""
-        try:
-            body = await self._read(key)
-        except _ERRORS as error:
-            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
-            return None
+        body = await self._fresh(key)
         if body is None:
             return None
         meta = body["metadata"]
@@ -236,11 +232,7 @@ class AccountResync:
 
     async def _drop_if_gone(self, key: str, uid: str | None) -> bool:
         """Forget ``key`` if its object is truly gone (it may have been created after the listing began)."""
-        try:
-            if await self._read(key) is not None:
-                return False
-        except _ERRORS as error:
-            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
+        if not await self._gone(key):
             return False
         if not self._engine.knows(key, uid):
             return False  # a handler replaced or removed the account meanwhile
@@ -254,14 +246,11 @@ class AccountResync:
         """Do what the delete handler does for ``key``, deleting for two passes and still held by our finalizer:
         off every gateway, forgotten, finalizer released. Whether it was; a fresh read first (kopf may have
         finished meanwhile), and the release is conditional on the version read."""
-        try:
-            body = await self._read(key)
-        except _ERRORS as error:
-            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
+        fresh = await self._metadata(key)
+        if fresh is None:
             return False
-        meta = (body or {}).get("metadata") or {}
-        finalizers = list(meta.get("finalizers") or ())
-        if body is None or meta.get("uid") != uid or not meta.get("deletionTimestamp") or FINALIZER not in finalizers:
+        meta, finalizers = fresh
+        if meta.get("uid") != uid or not meta.get("deletionTimestamp") or FINALIZER not in finalizers:
             return False
         if self._engine.has(key):
             self._engine.start_deleting(key)
@@ -295,16 +284,37 @@ class AccountResync:
 
     async def _add_finalizer(self, key: str) -> bool:
         """Add our finalizer to a fresh read of ``key``, unless it changed meanwhile; whether it was added."""
+        fresh = await self._metadata(key)
+        if fresh is None:
+            return False
+        meta, finalizers = fresh
+        if meta.get("deletionTimestamp") or FINALIZER in finalizers:
+            return False
+        return await self._patch_finalizers(key, [*finalizers, FINALIZER], meta["resourceVersion"])
+
+    async def _metadata(self, key: str) -> tuple[dict[str, Any], list[str]] | None:
+        """A fresh read of ``key``'s metadata and finalizers; None if it is gone or could not be read (logged)."""
+        body = await self._fresh(key)
+        if body is None:
+            return None
+        meta: dict[str, Any] = body.get("metadata") or {}
+        return meta, list(meta.get("finalizers") or ())
+
+    async def _fresh(self, key: str) -> dict[str, Any] | None:
+        """``key`` read again; None if it is gone or could not be read (logged: the next pass tries again)."""
         try:
-            body = await self._read(key)
+            return await self._read(key)
+        except _ERRORS as error:
+            log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
+            return None
+
+    async def _gone(self, key: str) -> bool:
+        """Whether ``key`` is confirmed gone (404), not merely unreadable now."""
+        try:
+            return await self._read(key) is None
         except _ERRORS as error:
             log.warning("resync: could not read %s (%s); left for the next pass", key, type(error).__name__)
             return False
-        meta = (body or {}).get("metadata") or {}
-        finalizers = list(meta.get("finalizers") or ())
-        if body is None or meta.get("deletionTimestamp") or FINALIZER in finalizers:
-            return False
-        return await self._patch_finalizers(key, [*finalizers, FINALIZER], meta["resourceVersion"])
 
     async def _read(self, key: str) -> dict[str, Any] | None:
         """The object now; None if it does not exist."""
