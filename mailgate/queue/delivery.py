@@ -56,7 +56,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from mailgate.queue.errors import LeaseLost, QueueError
 from mailgate.queue.model import AttemptResult, ClaimedMessage, Lease, Outcome, QueuedMessage, Reply
@@ -133,6 +133,13 @@ _GATEWAY_REPLIES = {
     SendError.TIMEOUT: Reply(451, "4.4.2 upstream timed out"),
     SendError.AUTH: Reply(454, "4.7.0 upstream refused the gateway's credentials"),
 }
+
+
+class _Pause(NamedTuple):
+    """An account paused on this replica: its messages wait until ``until``, with ``why`` as their last reply."""
+
+    until: float
+    why: Reply
 
 
 @dataclass(frozen=True)
@@ -213,8 +220,7 @@ class DeliveryWorker:
         self.min_wait = min_wait
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight: dict[str, int] = {}
-        self._paused: dict[str, float] = {}  # account -> until
-        self._pause_reasons: dict[str, Reply] = {}  # account -> the reply that paused it
+        self._paused: dict[str, _Pause] = {}  # account -> until when, and why
         self._throttles: dict[str, int] = {}  # account -> consecutive throttles
         self._dead: dict[str, int] = {}  # account -> consecutive attempts that found no session
         self._slot_freed = asyncio.Event()
@@ -237,7 +243,6 @@ class DeliveryWorker:
         """``account``'s upstream was fixed (new credentials or address, an outage over): its pause here ends and
         its deferred messages are due now instead of after their backoff; returns how many. Raises QueueError."""
         self._paused.pop(account, None)
-        self._pause_reasons.pop(account, None)
         self._throttles.pop(account, None)
         self._dead.pop(account, None)
         moved = await self.store.retry_now(account, now=self.clock())
@@ -286,16 +291,15 @@ class DeliveryWorker:
         return max(timeout, self.min_wait)
 
     async def _claim(self, free: int, now: float) -> list[ClaimedMessage]:
-        for account, until in list(self._paused.items()):
-            if until <= now:
-                del self._paused[account]
-                self._pause_reasons.pop(account, None)
+        for account in [key for key, pause in self._paused.items() if pause.until <= now]:
+            del self._paused[account]
         if self.serves is None:
             return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now)
         claimed: list[ClaimedMessage] = []
         for account in await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS):
-            if account in self._paused:  # enqueued during the pause: it waits for the pause's end, untried
-                await self.store.defer_account(account, self._paused[account], reply=self._pause_reasons.get(account), now=now)
+            pause = self._paused.get(account)
+            if pause is not None:  # enqueued during the pause: it waits for the pause's end, untried
+                await self.store.defer_account(account, pause.until, reply=pause.why, now=now)
                 continue
             if free <= 0:
                 break
@@ -399,7 +403,8 @@ class DeliveryWorker:
         message = claimed.message
         lease = claimed.lease
         now = self.clock()
-        paused = self._paused.get(message.account)
+        pause = self._paused.get(message.account)
+        paused = pause.until if pause is not None else None
         if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
             return self._put_back_expired(message, lease, now)
         if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
@@ -464,9 +469,9 @@ class DeliveryWorker:
         """Pause ``account`` for ``delay`` of its consecutive pauses of this kind (``counts``); returns the end."""
         count = counts.get(account, 0) + 1
         counts[account] = count
-        until = max(self._paused.get(account, now), now + delay(count))
-        self._paused[account] = until
-        self._pause_reasons[account] = why
+        current = self._paused.get(account)
+        until = max(current.until if current is not None else now, now + delay(count))
+        self._paused[account] = _Pause(until, why)
         return until
 
     async def _keep_lease(self, lease: Lease) -> Lease:

@@ -47,7 +47,7 @@ from mailgate.queue.model import (
 )
 from mailgate.queue.outcome import after_attempt, plan_attempt
 from mailgate.queue.rows import MESSAGE_COLUMNS, RECIPIENT_COLUMNS, message_from_row, recipients_by_message, stats_from_rows
-from mailgate.queue.sqlite_writes import SharedTransactions
+from mailgate.queue.sqlite_writes import SharedTransactions, in_write_transaction
 from mailgate.queue.store import CANCELLED_REASON, EXPIRED_REASON, QueueStore
 from mailgate.queue.timing import WaitForWork, clock
 
@@ -168,7 +168,7 @@ class SQLiteStore(QueueStore):
                 raise QueueUnavailable(f"SQLite refused WAL mode for the queue file (journal_mode={mode})")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA foreign_keys=ON")
-            _in_transaction(conn, lambda: _migrate(conn))
+            in_write_transaction(conn, lambda: _migrate(conn))
         except BaseException:
             conn.close()
             raise
@@ -549,19 +549,6 @@ class SQLiteStore(QueueStore):
         for table in ("mailgate_recipients", "mailgate_bodies"):
             self._db.execute(f"DELETE FROM {table} WHERE message_id IN (SELECT value FROM json_each(?))", (ids,))
         return self._db.execute("DELETE FROM mailgate_messages WHERE id IN (SELECT value FROM json_each(?))", (ids,)).rowcount
-
-
-def _in_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
-    """Run ``work`` in one write transaction (BEGIN IMMEDIATE takes the write lock up front)."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        result = work()
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return result
 
 
 def _migrate(conn: sqlite3.Connection) -> None:

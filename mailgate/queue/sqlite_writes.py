@@ -88,18 +88,10 @@ class SharedTransactions(SingleWriter[_Write]):
         if lazy:
             db.execute("PRAGMA synchronous=NORMAL")
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                done = [self._one(db, item) for item in batch]
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+            return in_write_transaction(db, lambda: [self._one(db, item) for item in batch])
         finally:
             if lazy:
                 db.execute("PRAGMA synchronous=FULL")
-        return done
 
     @staticmethod
     def _one(db: sqlite3.Connection, item: _Write) -> _Done:
@@ -114,3 +106,16 @@ class SharedTransactions(SingleWriter[_Write]):
             return _Done(error=exc)
         db.execute("RELEASE write")
         return _Done(value)
+
+
+def in_write_transaction(conn: sqlite3.Connection, work: Callable[[], T]) -> T:
+    """Run ``work`` in one write transaction (BEGIN IMMEDIATE takes the write lock up front)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return result
