@@ -42,9 +42,11 @@ expire, and another worker claims the messages then. A result whose lease was ta
 (``LeaseLost``) is dropped: the other worker's attempt counts.
 
 Waiting: when nothing is claimable the worker sleeps in ``store.wait_for_work`` until an
-enqueue or deferral wakes it, the next message falls due (``store.next_due``), or a send slot
-frees; never less than ``min_wait``, so due messages it cannot take (paused or full accounts)
-cause no hot loop.
+enqueue or deferral wakes it, the next message falls due (``store.next_due``), a send slot
+frees, or ``wake`` says what it may take changed; never less than ``min_wait``. Messages due now
+that it cannot take (their accounts' slots all taken, not served here) do not count as due: it
+waits for the next one due later, not polling them every ``min_wait`` (a backlog behind a full
+account would otherwise cost two queries per ``min_wait`` for as long as it drains).
 """
 
 from __future__ import annotations
@@ -276,27 +278,36 @@ class DeliveryWorker:
             if expired:
                 log.info("delivery loop: %d messages expired", len(expired))
                 self.observer.expired(expired)
+        self._slot_freed.clear()  # before looking: a slot freed from here on ends the wait below
         free = self.concurrency - len(self._tasks)
-        claimed = await self._claim(free, now) if free > 0 else []
+        if free <= 0:  # nothing to claim for until a slot frees
+            await self._wait(self._timeout(None, now))
+            return
+        claimed, seen_all = await self._claim(free, now)
         for item in claimed:
             self._start(item)
-        if free > 0 and len(claimed) >= free:
+        if len(claimed) >= free:
             return  # more may be due: claim again as soon as a slot frees (the next cycle)
-        await self._wait(await self._timeout(now))
+        # Everything due now was taken or waits for a slot or a configuration change (both wake
+        # the loop): what is left to wait for is the next message falling due later.
+        due = await self.store.next_due(after=now if seen_all else None)
+        await self._wait(self._timeout(due, now))
 
-    async def _timeout(self, now: float) -> float:
-        due = await self.store.next_due()
+    def _timeout(self, due: float | None, now: float) -> float:
         timeout = self.max_wait if due is None else due - now
         timeout = min(timeout, self.max_wait, max(0.0, self._next_expire - now))
         return max(timeout, self.min_wait)
 
-    async def _claim(self, free: int, now: float) -> list[ClaimedMessage]:
+    async def _claim(self, free: int, now: float) -> tuple[list[ClaimedMessage], bool]:
+        """Claim up to ``free`` due messages; also whether every account with messages due now was
+        looked at (then what stays due waits for a freed slot or a configuration change, not for time)."""
         for account in [key for key, pause in self._paused.items() if pause.until <= now]:
             del self._paused[account]
         if self.serves is None:
-            return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now)
+            return await self.store.claim(self.owner, limit=free, lease_seconds=self.lease_seconds, now=now), True
         claimed: list[ClaimedMessage] = []
-        for account in await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS):
+        due_accounts = await self.store.due_accounts(now=now, limit=DUE_ACCOUNTS)
+        for account in due_accounts:
             pause = self._paused.get(account)
             if pause is not None:  # enqueued during the pause: it waits for the pause's end, untried
                 await self.store.defer_account(account, pause.until, reply=pause.why, now=now)
@@ -311,7 +322,7 @@ class DeliveryWorker:
             got = await self.store.claim(self.owner, limit=limit, lease_seconds=self.lease_seconds, now=now, accounts=[account])
             claimed += got
             free -= len(got)
-        return claimed
+        return claimed, len(due_accounts) < DUE_ACCOUNTS
 
     def _may_take(self, account: str) -> bool:
         """Whether this worker may claim for ``account`` now: served here (per-account claims) and not paused."""
@@ -323,8 +334,7 @@ class DeliveryWorker:
         return self.capacity(account) - self._in_flight.get(account, 0)
 
     async def _wait(self, timeout: float) -> None:
-        """Until work may be due, a send slot frees, ``stop``, or ``timeout``."""
-        self._slot_freed.clear()
+        """Until work may be due, a send slot frees (since the cycle began), ``stop``, or ``timeout``."""
         waits = [
             asyncio.ensure_future(self.store.wait_for_work(timeout)),
             asyncio.ensure_future(self._slot_freed.wait()),

@@ -396,9 +396,11 @@ class PostgresStore(QueueStore):
             rows = await conn.fetch(DUE_ACCOUNTS, clock(now), limit)
         return [row["account"] for row in rows]
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, *, after: float | None = None) -> float | None:
+        later = "" if after is None else " AND next_attempt_at > $1"
         async with self._connection() as conn:
-            due: float | None = await conn.fetchval(f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}")
+            query = f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}{later}"
+            due: float | None = await conn.fetchval(query, *([] if after is None else [after]))
         return due
 
     async def wait_for_work(self, timeout: float) -> bool:

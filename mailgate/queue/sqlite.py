@@ -309,8 +309,10 @@ class SQLiteStore(QueueStore):
         rows = await self._call(self._fetchall, DUE_ACCOUNTS, (clock(now), limit))
         return [row[0] for row in rows]
 
-    async def next_due(self) -> float | None:
-        row = await self._call(self._fetchone, f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}", ())
+    async def next_due(self, *, after: float | None = None) -> float | None:
+        later = "" if after is None else " AND next_attempt_at > ?"
+        query = f"SELECT min(next_attempt_at) FROM mailgate_messages WHERE {PENDING}{later}"
+        row = await self._call(self._fetchone, query, () if after is None else (after,))
         return None if row is None else row[0]
 
     async def wait_for_work(self, timeout: float) -> bool:

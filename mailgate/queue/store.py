@@ -147,8 +147,11 @@ class QueueStore(Protocol):
         """Accounts with messages due now, the longest-waiting first: what a worker claims per account
         without asking the store once per configured account (10,000 of them)."""
 
-    async def next_due(self) -> float | None:
-        """The earliest ``next_attempt_at`` among pending messages (lease expiry for sending ones)."""
+    async def next_due(self, *, after: float | None = None) -> float | None:
+        """The earliest ``next_attempt_at`` among pending messages (lease expiry for sending ones);
+        with ``after``, the earliest one later than it: when a worker has seen every message due now and
+        could take none of the rest (their accounts' slots all taken, or not served here), what it waits for
+        besides a freed slot or a configuration change, instead of polling messages it cannot take."""
 
     async def wait_for_work(self, timeout: float) -> bool:
         """Sleep until new work may be due (an enqueue or a deferral, in any process sharing the

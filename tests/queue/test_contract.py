@@ -489,6 +489,10 @@ async def test_stats_and_next_due(store: QueueStore) -> None:
     assert (b.queued, b.deferred, b.sending, b.depth) == (1, 0, 0, 1)
     assert a.oldest_age_seconds(T0 + 100) == 100
     assert await store.next_due() == T0 + 20
+    # Later than a time: the message due then is left out, a lease's expiry and a deferral are not.
+    assert await store.next_due(after=T0 + 20) == T0 + 30 + LEASE
+    assert await store.next_due(after=T0 + 30 + LEASE) == T0 + 900
+    assert await store.next_due(after=T0 + 900) is None
 
 
 async def test_purge_deletes_finished_messages(store: QueueStore) -> None:

@@ -301,23 +301,50 @@ class CountingStore:
         self.lookups += 1
         return await self._store.due_accounts(**options)
 
-    async def next_due(self) -> float | None:
+    async def next_due(self, *, after: float | None = None) -> float | None:
         self.lookups += 1
-        return await self._store.next_due()
+        return await self._store.next_due(after=after)
 
 
 async def test_a_busy_account_keeps_its_slots_without_a_lookup_per_message(
     store: QueueStore, pool: SMTPPool, upstream: Upstream
 ) -> None:
     """A slot that finished a message takes its account's next due message itself: a backlog drains without
-    the loop asking which accounts are due (and when the next falls due) once per message."""
+    the loop asking which accounts are due (and when the next falls due) once per message, nor every
+    ``min_wait`` while the account's slots are all taken (a freed slot wakes the loop).
+
+    The upstream takes 30 ms per message, so the drain lasts at least 0.6 s, thirty times ``min_wait``:
+    a loop that polled while it could take nothing would count about 60 lookups, however fast the machine
+    (``max_wait``, the loop's longest sleep, is far longer than the drain).
+    """
     pool.configure(ACCOUNT, settings_for(upstream))
+    upstream.data_delay = 0.03
     ids = [await store.enqueue(message(body=f"n{n}")) for n in range(40)]
     counting = CountingStore(store)
-    async with running(counting, pool, concurrency=8, serves=lambda account: True, capacity=lambda account: 2):  # type: ignore[arg-type]
+    options: dict[str, Any] = {"concurrency": 8, "serves": lambda account: True, "capacity": lambda account: 2}
+    async with running(counting, pool, max_wait=30.0, **options):  # type: ignore[arg-type]
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 40 and upstream.sessions_peak <= 2
-    assert counting.lookups < 20, counting.lookups
+    # Two each (which accounts are due, when is the next): the first cycle, the one the enqueues' wake-up
+    # starts, and one per slot handed back at the end.
+    assert counting.lookups <= 8, counting.lookups
+
+
+async def test_messages_it_may_not_take_are_not_polled(store: QueueStore, pool: SMTPPool, upstream: Upstream) -> None:
+    """Due messages of an account this replica does not serve (suspended, another replica's) are not looked
+    for again every ``min_wait``: the loop sleeps until ``wake`` says the account is served, then sends."""
+    served: set[str] = set()
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(3)]
+    counting = CountingStore(store)
+    async with running(counting, pool, serves=served.__contains__, max_wait=30.0) as worker:  # type: ignore[arg-type]
+        await asyncio.sleep(0.5)  # 25 times min_wait
+        idle_lookups = counting.lookups
+        pool.configure(ACCOUNT, settings_for(upstream))
+        served.add(ACCOUNT)
+        worker.wake()
+        await until(lambda: all_in(store, ids), timeout=5.0)
+    assert len(upstream.messages) == 3
+    assert idle_lookups <= 4, idle_lookups  # the first cycle and the one the enqueues' wake-up starts
 
 
 class OverlapStore(CountingStore):
