@@ -7,6 +7,11 @@ misses changes. A file's signature is its inode, modification time and size,
 so an editor's write-to-temp-and-rename is seen as well as an in-place
 write. The signature is taken *before* a file is read: a write that lands
 during the read changes it again, and the next poll reloads.
+
+A change is read only once the signatures held still for one poll: an
+in-place save first empties the file, and a poll landing in that gap would
+otherwise serve a configuration with no accounts (or no API keys) until the
+next one. A change is therefore applied one to two intervals after it.
 """
 
 from __future__ import annotations
@@ -37,6 +42,32 @@ def signature(path: Path) -> Signature:
     return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
 
 
+class SettledSignatures:
+    """The signatures of some files as last read, and whether they have since changed and then held still."""
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = paths
+        self._read: list[Signature] = []
+        self._polled: list[Signature] = []
+
+    def reading(self) -> None:
+        """The files are about to be read: what they are now is what the reader gets (or newer)."""
+        self._read = self._polled = self._now()
+
+    def changed_and_settled(self) -> bool:
+        """One poll: True when the files differ from when last read and are the same as at the previous poll
+        (then they count as read); False while unchanged or still changing."""
+        now, previous = self._now(), self._polled
+        self._polled = now
+        if now == self._read or now != previous:
+            return False
+        self._read = now
+        return True
+
+    def _now(self) -> list[Signature]:
+        return [signature(path) for path in self.paths]
+
+
 class ConfigFiles:
     """The account files and the optional API keys file, with the last good result of each.
 
@@ -50,16 +81,16 @@ class ConfigFiles:
         self.keys_path = Path(keys_path) if keys_path is not None else None
         self.snapshot: ConfigSnapshot | None = None
         self.keys: KeyRing | None = None
-        self._account_signatures: list[Signature] = []
-        self._keys_signature: Signature = None
+        self._account_files = SettledSignatures(self.account_paths)
+        self._keys_file = SettledSignatures([self.keys_path] if self.keys_path is not None else [])
         self._hashes = PasswordHashes()  # an unchanged SMTP client login keeps its hash from load to load
 
     def load(self) -> None:
         """The first load: raises ConfigError, since there is no good configuration to fall back on."""
-        self._account_signatures = [signature(path) for path in self.account_paths]
+        self._account_files.reading()
         self.snapshot = load_snapshot(self.account_paths, revision=1, hashes=self._hashes)
         if self.keys_path is not None:
-            self._keys_signature = signature(self.keys_path)
+            self._keys_file.reading()
             self.keys = load_keys(self.keys_path)
 
     def reload_accounts(self) -> ConfigSnapshot | None:
@@ -69,10 +100,8 @@ class ConfigFiles:
         once the gateway has applied it: a snapshot the gateway refuses
         leaves the revision where it was.
         """
-        current = [signature(path) for path in self.account_paths]
-        if current == self._account_signatures:
+        if not self._account_files.changed_and_settled():
             return None
-        self._account_signatures = current
         assert self.snapshot is not None, "load() first"
         try:
             loaded = load_snapshot(self.account_paths, revision=self.snapshot.revision + 1, hashes=self._hashes)
@@ -94,12 +123,8 @@ class ConfigFiles:
 
     def reload_keys(self) -> KeyRing | None:
         """A new key ring if the keys file changed and is valid; else ``None`` (the old ring stays)."""
-        if self.keys_path is None:
+        if self.keys_path is None or not self._keys_file.changed_and_settled():
             return None
-        current = signature(self.keys_path)
-        if current == self._keys_signature:
-            return None
-        self._keys_signature = current
         try:
             self.keys = load_keys(self.keys_path)
         except ConfigError as error:

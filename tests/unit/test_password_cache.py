@@ -85,7 +85,8 @@ def test_a_config_files_reload_with_unchanged_logins_is_no_new_revision(tmp_path
     files = ConfigFiles([path])
     files.load()
     path.write_text(path.read_text() + "\n# a comment changes the file, not the configuration\n")
-    assert files.reload_accounts() is None
+    assert files.reload_accounts() is None and files.reload_accounts() is None  # still changing, then read: equal
     write_account_with_client(path, "pw-2")
+    assert files.reload_accounts() is None  # changed since the last poll: read at the next one
     changed = files.reload_accounts()
     assert changed is not None and verify_password("pw-2", changed.accounts[0].smtp_clients[0].password_hash)
