@@ -96,13 +96,14 @@ async def test_a_command_sent_in_clear_after_starttls_is_never_run(gw: IngressGa
 
 
 async def test_a_client_that_keeps_talking_outlives_the_command_timeout(ingress_factory: IngressFactory) -> None:
-    gw = await ingress_factory(command_timeout=1.0)
+    # Two seconds: a pause of 0.3 s stays far inside it however slow the machine, and 2.4 s in all still outlast it.
+    gw = await ingress_factory(command_timeout=2.0)
 
     def talk() -> list[list[bytes]]:
         client = RawClient(gw.port)
         try:
             replies = []
-            for _ in range(8):  # 2.4 s in all, never 1 s silent
+            for _ in range(8):  # 2.4 s in all, never 2 s silent
                 time.sleep(0.3)
                 replies.append(client.command(b"NOOP"))
             return replies
@@ -115,7 +116,8 @@ async def test_a_client_that_keeps_talking_outlives_the_command_timeout(ingress_
 async def test_after_a_message_the_command_timeout_applies_again(ingress_factory: IngressFactory, upstream: Upstream) -> None:
     """DATA has a longer deadline, which a slow message may use; after the message (here refused as too large),
     the next command brings the shorter one back, and a client silent after it is dropped at that one."""
-    gw = await ingress_factory(trusted_networks="127.0.0.0/8", command_timeout=0.5, data_timeout=60.0)
+    # 1.5 s between commands: the back-to-back commands below never come near it on a loaded machine.
+    gw = await ingress_factory(trusted_networks="127.0.0.0/8", command_timeout=1.5, data_timeout=60.0)
     gw.configure(account(upstream, "shop", senders=["*@shop.example"], maxMessageBytes=1024))
 
     def send_then_stall() -> list[bytes]:
@@ -126,7 +128,7 @@ async def test_after_a_message_the_command_timeout_applies_again(ingress_factory
             client.command(b"RCPT TO:<ops@example.org>")
             client.command(b"DATA")
             client.send(b"Subject: big\r\n\r\n" + b"x" * 2048)
-            time.sleep(1.0)  # slower than the command timeout: only DATA's own deadline applies meanwhile
+            time.sleep(2.0)  # slower than the command timeout: only DATA's own deadline applies meanwhile
             assert client.command(b"\r\n.")[0].startswith(b"552 ")
             assert client.command(b"NOOP") == [b"250 OK"]
             return client.reply() + client.reply()
