@@ -138,10 +138,12 @@ _GATEWAY_REPLIES = {
 
 
 class _Pause(NamedTuple):
-    """An account paused on this replica: its messages wait until ``until``, with ``why`` as their last reply."""
+    """An account paused on this replica since ``since``: the messages it moved, and those arriving during the
+    pause, wait until ``until`` with ``why`` as their last reply."""
 
     until: float
     why: Reply
+    since: float
 
 
 @dataclass(frozen=True)
@@ -294,7 +296,9 @@ class DeliveryWorker:
         await self._wait(self._timeout(due, now))
 
     def _timeout(self, due: float | None, now: float) -> float:
-        timeout = self.max_wait if due is None else due - now
+        """Until ``due``, or a pause's end (messages due during it may be waiting for it), bounded."""
+        wake_at = [at for at in (due, *(pause.until for pause in self._paused.values())) if at is not None]
+        timeout = min(wake_at) - now if wake_at else self.max_wait
         timeout = min(timeout, self.max_wait, max(0.0, self._next_expire - now))
         return max(timeout, self.min_wait)
 
@@ -310,7 +314,9 @@ class DeliveryWorker:
         for account in due_accounts:
             pause = self._paused.get(account)
             if pause is not None:  # enqueued during the pause: it waits for the pause's end, untried
-                await self.store.defer_account(account, pause.until, reply=pause.why, now=now)
+                # Only those: older messages due now were made due by another replica (a retry asked of it)
+                # and are its to send, not to be sent back to the end of this replica's pause.
+                await self.store.defer_account(account, pause.until, reply=pause.why, now=now, created_since=pause.since)
                 continue
             if free <= 0:
                 break
@@ -481,7 +487,7 @@ class DeliveryWorker:
         counts[account] = count
         current = self._paused.get(account)
         until = max(current.until if current is not None else now, now + delay(count))
-        self._paused[account] = _Pause(until, why)
+        self._paused[account] = _Pause(until, why, current.since if current is not None else now)
         return until
 
     async def _keep_lease(self, lease: Lease) -> Lease:

@@ -496,14 +496,23 @@ class PostgresStore(QueueStore):
             raise _lease_lost(lease)
         return after_attempt(current, plan, next_attempt_at, lease.expires_at, at)
 
-    async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
-        set_reply = "" if reply is None else ", last_code = $4, last_message = $5"
-        params: list[Any] = [account, until, clock(now)] + ([] if reply is None else [reply.code, reply.message])
+    async def defer_account(
+        self,
+        account: str,
+        until: float,
+        *,
+        reply: Reply | None = None,
+        now: float | None = None,
+        created_since: float | None = None,
+    ) -> int:
+        set_reply = "" if reply is None else ", last_code = $5, last_message = $6"
+        params: list[Any] = [account, until, clock(now), created_since] + ([] if reply is None else [reply.code, reply.message])
         async with self._connection() as conn, conn.transaction():
             moved = await conn.fetch(
                 f"""WITH target AS (
                         SELECT id FROM mailgate_messages
                         WHERE account = $1 AND next_attempt_at < $2 AND {PENDING} AND {UNLEASED.format(now="$3")}
+                            AND ($4::float8 IS NULL OR created_at >= $4)
                         FOR UPDATE SKIP LOCKED)
                     UPDATE mailgate_messages m SET state = 'deferred', lease_owner = NULL, next_attempt_at = $2{set_reply}
                     FROM target WHERE m.id = target.id RETURNING m.id""",

@@ -466,21 +466,30 @@ class SQLiteStore(QueueStore):
         if row is None or tuple(row) != ("sending", lease.owner, lease.attempt):
             raise LeaseLost(f"message {lease.message_id}: the lease of attempt {lease.attempt} no longer holds")
 
-    async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
-        moved = await self._write(self._defer_account, account, until, reply, clock(now))
+    async def defer_account(
+        self,
+        account: str,
+        until: float,
+        *,
+        reply: Reply | None = None,
+        now: float | None = None,
+        created_since: float | None = None,
+    ) -> int:
+        moved = await self._write(self._defer_account, account, until, reply, clock(now), created_since)
         if moved:
             self._work.wake()
         return moved
 
-    def _defer_account(self, account: str, until: float, reply: Reply | None, now: float) -> int:
-        params = {"account": account, "until": until, "now": now}
+    def _defer_account(self, account: str, until: float, reply: Reply | None, now: float, created_since: float | None) -> int:
+        params: dict[str, object] = {"account": account, "until": until, "now": now, "since": created_since}
         set_reply = ""
         if reply is not None:
             set_reply = ", last_code = :code, last_message = :text"
             params.update(code=reply.code, text=reply.message)
+        since = "" if created_since is None else " AND created_at >= :since"
         cursor = self._db.execute(
             f"UPDATE mailgate_messages SET state = 'deferred', lease_owner = NULL, next_attempt_at = :until{set_reply}"
-            f" WHERE account = :account AND next_attempt_at < :until AND {PENDING} AND {UNLEASED}",  # PENDING: the index
+            f" WHERE account = :account AND next_attempt_at < :until AND {PENDING} AND {UNLEASED}{since}",  # PENDING: the index
             params,
         )
         return cursor.rowcount

@@ -123,9 +123,19 @@ class QueueStore(Protocol):
         would hold those messages back for a whole lease. Their deliveries may have reached the
         upstream (delivery unknown): like an expired lease, a possible second copy."""
 
-    async def defer_account(self, account: str, until: float, *, reply: Reply | None = None, now: float | None = None) -> int:
+    async def defer_account(
+        self,
+        account: str,
+        until: float,
+        *,
+        reply: Reply | None = None,
+        now: float | None = None,
+        created_since: float | None = None,
+    ) -> int:
         """Move every pending, unleased message of ``account`` due before ``until`` to ``until``
-        (state ``deferred``); returns how many moved. For ``421`` / throttling replies."""
+        (state ``deferred``); returns how many moved. For ``421`` / throttling replies. With
+        ``created_since``, only the messages created since then: what arrived during a pause, not
+        what another replica made due again (a retry) while this one stayed paused."""
 
     async def retry_now(self, account: str, *, now: float | None = None) -> int:
         """Make every deferred message of ``account`` due now; returns how many. For an upstream that was fixed

@@ -389,6 +389,16 @@ async def test_defer_account_moves_the_accounts_unleased_messages(store: QueueSt
     assert await store.defer_account("mail/a", T0 + 300, now=T0 + 4) == 0  # nothing due before that any more
 
 
+async def test_defer_account_can_leave_older_messages(store: QueueStore) -> None:
+    """``created_since``: a pause moves what arrived during it, not older messages made due meanwhile."""
+    older = await store.enqueue(message(account="mail/a"), now=T0)
+    newer = await store.enqueue(message(account="mail/a"), now=T0 + 10)
+    assert await store.defer_account("mail/a", T0 + 600, now=T0 + 11, created_since=T0 + 10) == 1
+    moved, left = await store.get(newer), await store.get(older)
+    assert moved is not None and (moved.state, moved.next_attempt_at) == ("deferred", T0 + 600)
+    assert left is not None and (left.state, left.next_attempt_at) == ("queued", T0)
+
+
 async def test_cancel_rules(store: QueueStore) -> None:
     queued = await store.enqueue(message(), now=T0)
     assert await store.cancel(queued, now=T0)

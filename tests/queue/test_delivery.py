@@ -406,6 +406,49 @@ async def test_retry_now_ends_the_accounts_pause_and_its_backoff(
     assert len(throttling.messages) == 2 and len(locked.messages) == 1
 
 
+async def test_a_retry_on_one_replica_is_not_undone_by_another_replicas_pause(
+    store: QueueStore, pool: SMTPPool, test_ca: TestCA
+) -> None:
+    """Replicas sharing a queue each pause a dead account on their own. A retry asked of one of them (``POST
+    .../messages/retry`` reaches one pod) ends its pause and makes the messages due: another replica still
+    paused must leave them to it, not move them back to the end of its own pause (300 s here)."""
+    dead = Upstream(ca=test_ca)  # not started: connections are refused
+    pool.configure(ACCOUNT, settings_for(dead))
+    slow = RetryPolicy(first_delay=300.0, max_delay=600.0, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(10)]
+    served_by_a: set[str] = set()
+    shared = {"policy": slow, "capacity": lambda account: 2}
+    try:
+        async with running(store, pool, owner="worker-b", serves=lambda account: True, **shared):
+            await until(lambda: all_in(store, ids, (MessageState.DEFERRED,)))  # b found it dead and paused it
+            async with running(store, pool, owner="worker-a", serves=served_by_a.__contains__, **shared) as a:
+                dead.start()
+                served_by_a.add(ACCOUNT)
+                assert await a.retry_now(ACCOUNT) == 10
+                await until(lambda: all_in(store, ids), timeout=10)
+    finally:
+        dead.stop()
+    assert len(dead.messages) == 10
+
+
+async def test_messages_made_due_during_a_pause_go_out_when_it_ends(store: QueueStore, pool: SMTPPool, test_ca: TestCA) -> None:
+    """Messages another replica made due during this one's pause (it left them alone, see above) are sent by
+    this one when its pause ends, not at its next wake-up for other reasons (``max_wait``, 30 s here)."""
+    dead = Upstream(ca=test_ca)
+    pool.configure(ACCOUNT, settings_for(dead))
+    short = RetryPolicy(first_delay=1.0, max_delay=1.0, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
+    ids = [await store.enqueue(message(body=f"n{n}")) for n in range(3)]
+    try:
+        async with running(store, pool, policy=short, serves=lambda account: True, max_wait=30.0):
+            await until(lambda: all_in(store, ids, (MessageState.DEFERRED,)))  # paused for 0.5 to 1 s
+            dead.start()
+            assert await store.retry_now(ACCOUNT) == 3  # as another replica would, asked to retry
+            await until(lambda: all_in(store, ids), timeout=10)
+    finally:
+        dead.stop()
+    assert len(dead.messages) == 3
+
+
 async def test_an_unreachable_upstream_defers_its_account_not_each_message(
     store: QueueStore, pool: SMTPPool, test_ca: TestCA, upstream_factory: Any
 ) -> None:
