@@ -137,6 +137,17 @@ _GATEWAY_REPLIES = {
 }
 
 
+@dataclass(frozen=True)
+class _Finish:
+    """An attempt's result to record (``finish_attempt``'s arguments), from the message as claimed."""
+
+    message: QueuedMessage
+    lease: Lease
+    results: Sequence[AttemptResult]
+    next_attempt: float
+    reply: Reply | None
+
+
 class _Pause(NamedTuple):
     """An account paused on this replica since ``since``: the messages it moved, and those arriving during the
     pause, wait until ``until`` with ``why`` as their last reply."""
@@ -385,26 +396,37 @@ class DeliveryWorker:
         every slot). The slot is handed back to the loop instead when every slot is taken: the loop
         gives it to the longest-waiting account, so a busy account cannot starve the others.
         The next claim goes out together with the last attempt's result (they do not depend on each
-        other): one wait between two sends, and on SQLite one shared transaction.
+        other, ``store.finish_and_claim``): one wait between two sends; on PostgreSQL one statement,
+        on SQLite one shared transaction.
         """
         account = claimed.message.account
         current: ClaimedMessage | None = claimed
         while current is not None:
-            record = await self._attempt(current)
-            recorded, following = await asyncio.gather(record, self._claim_next(account), return_exceptions=True)
-            if isinstance(following, BaseException):  # _claim_next handles the store's errors: a bug, or cancelled
-                raise following
-            current = following
-            if isinstance(recorded, BaseException):
+            step = await self._attempt(current)
+            failure: BaseException | None
+            if isinstance(step, _Finish):
+                failure, current = await self._finish(step, claim_next=self._may_claim_next(account))
+            else:
+                recorded, following = await asyncio.gather(step, self._claim_next(account), return_exceptions=True)
+                if isinstance(following, BaseException):  # _claim_next handles the store's errors: a bug, or cancelled
+                    raise following
+                failure, current = (recorded if isinstance(recorded, BaseException) else None), following
+            if failure is not None:
                 if current is None:
-                    raise recorded
-                self._report_failure(recorded)  # as the task's end would report it; the slot goes on with `current`
+                    raise failure
+                self._report_failure(failure)  # as the task's end would report it; the slot goes on with `current`
+
+    def _may_claim_next(self, account: str) -> bool:
+        """Whether a slot that finished a message of ``account`` claims the account's next one itself: not
+        when stopping or when every slot is taken (the loop hands it out then), nor when the account is
+        paused, no longer served here, or its share shrank below what is in flight."""
+        if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
+            return False
+        return self._may_take(account) and self._free_capacity(account) >= 0
 
     async def _claim_next(self, account: str) -> ClaimedMessage | None:
-        if self._stopping.is_set() or len(self._tasks) >= self.concurrency:
+        if not self._may_claim_next(account):
             return None
-        if not self._may_take(account) or self._free_capacity(account) < 0:
-            return None  # paused, no longer served here, or its share shrank below what is in flight
         try:
             claimed = await self.store.claim(
                 self.owner, limit=1, lease_seconds=self.lease_seconds, now=self.clock(), accounts=[account]
@@ -414,8 +436,9 @@ class DeliveryWorker:
             return None
         return claimed[0] if claimed else None
 
-    async def _attempt(self, claimed: ClaimedMessage) -> Awaitable[None]:
-        """Send ``claimed`` (or decide not to); returns what records the attempt, for the caller to await."""
+    async def _attempt(self, claimed: ClaimedMessage) -> _Finish | Awaitable[None]:
+        """Send ``claimed`` (or decide not to); returns the result to record, or what records it (more than a
+        result: a pause, an expiry) for the caller to await."""
         message = claimed.message
         lease = claimed.lease
         now = self.clock()
@@ -424,7 +447,7 @@ class DeliveryWorker:
         if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
             return self._put_back_expired(message, lease, now)
         if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
-            return self._finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
+            return _Finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
         keeper = asyncio.create_task(self._keep_lease(lease))
         try:
             outcome = await self._send(message, claimed.data)
@@ -444,10 +467,10 @@ class DeliveryWorker:
         if any(r.outcome is Outcome.SENT for r in verdict.results):
             self._throttles.pop(message.account, None)
             self._dead.pop(message.account, None)
-        return self._finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
+        return _Finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
 
     async def _put_back_expired(self, message: QueuedMessage, lease: Lease, now: float) -> None:
-        await self._finish(message, lease, [], message.expires_at, message.last_reply)
+        await self._record(_Finish(message, lease, [], message.expires_at, message.last_reply))
         expired = await self.store.expire(now=now)
         if expired:
             self.observer.expired(expired)
@@ -458,7 +481,7 @@ class DeliveryWorker:
         moved = await self.store.defer_account(message.account, until, reply=why, now=now)
         cause = "throttled upstream" if verdict.throttled is not None else "upstream unreachable"
         log.info("account %s %s; paused %.0f s (%d messages moved)", message.account, cause, until - now, moved)
-        await self._finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply)
+        await self._record(_Finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply))
 
     async def _send(self, message: QueuedMessage, data: bytes | None) -> SendOutcome:
         started = time.monotonic()
@@ -505,15 +528,30 @@ class DeliveryWorker:
             log.warning("could not extend the lease of message %s (%s)", lease.message_id, type(exc).__name__)
             return lease
 
-    async def _finish(
-        self, message: QueuedMessage, lease: Lease, results: Sequence[AttemptResult], next_attempt: float, reply: Reply | None
-    ) -> None:
-        try:
-            stored = await self.store.finish_attempt(
-                lease, results, next_attempt_at=next_attempt, reply=reply, now=self.clock(), current=message
-            )
-        except LeaseLost:
+    async def _finish(self, step: _Finish, *, claim_next: bool = False) -> tuple[Exception | None, ClaimedMessage | None]:
+        """Record ``step`` and, with ``claim_next``, claim its account's next due message at the same time; returns
+        why recording failed (None: recorded, or its lease was lost, which drops the result) and the claim."""
+        message = step.message
+        done = await self.store.finish_and_claim(
+            step.lease,
+            step.results,
+            next_attempt_at=step.next_attempt,
+            reply=step.reply,
+            now=self.clock(),
+            current=message,
+            claim_from=message.account if claim_next else None,
+            lease_seconds=self.lease_seconds,
+        )
+        if isinstance(done.finished, LeaseLost):
             log.warning("message %s was taken over or changed during its delivery; result dropped", message.id)
-            return
-        if results:
-            self.observer.recorded(stored)
+        elif isinstance(done.finished, Exception):
+            return done.finished, done.claimed
+        elif step.results:
+            self.observer.recorded(done.finished)
+        return None, done.claimed
+
+    async def _record(self, step: _Finish) -> None:
+        """Record ``step`` alone; raises QueueError when that failed."""
+        failure, _ = await self._finish(step)
+        if failure is not None:
+            raise failure

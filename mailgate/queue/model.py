@@ -140,6 +140,15 @@ class ClaimedMessage:
 
 
 @dataclass(frozen=True)
+class FinishedAndClaimed:
+    """What ``QueueStore.finish_and_claim`` did: the message as now stored, or why recording failed
+    (``LeaseLost``, ``QueueUnavailable``), and the next message claimed, if any."""
+
+    finished: QueuedMessage | Exception
+    claimed: ClaimedMessage | None
+
+
+@dataclass(frozen=True)
 class AttemptResult:
     """One recipient's outcome in one attempt, as ``finish_attempt`` records it."""
 

@@ -29,14 +29,17 @@ when the storage cannot be reached.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Sequence
 from types import TracebackType
 from typing import Protocol, Self
 
+from mailgate.queue.errors import QueueError
 from mailgate.queue.model import (
     AccountStats,
     AttemptResult,
     ClaimedMessage,
+    FinishedAndClaimed,
     Lease,
     MessageState,
     NewMessage,
@@ -114,6 +117,40 @@ class QueueStore(Protocol):
         without it the results' replies are used. LeaseLost if the lease was taken over,
         or the message cancelled, expired or moved by ``defer_account`` meanwhile; a lease that
         expired but was not taken over still finishes."""
+
+    async def finish_and_claim(
+        self,
+        lease: Lease,
+        results: Sequence[AttemptResult],
+        *,
+        next_attempt_at: float | None,
+        reply: Reply | None = None,
+        now: float | None = None,
+        current: QueuedMessage | None = None,
+        claim_from: str | None = None,
+        lease_seconds: float = 300.0,
+    ) -> FinishedAndClaimed:
+        """``finish_attempt``, and at the same time (with ``claim_from``) claim that account's next due message for
+        the lease's owner: a delivery slot's step between two sends. They do not depend on each other, so a
+        store may do both in one round trip; this one asks for both at once. A failure to record is returned,
+        not raised, so that a message claimed meanwhile is not lost to its lease; a failed claim claims nothing."""
+
+        async def claim_next() -> ClaimedMessage | None:
+            if claim_from is None:
+                return None
+            try:
+                claimed = await self.claim(lease.owner, limit=1, lease_seconds=lease_seconds, now=now, accounts=[claim_from])
+            except QueueError:  # the delivery loop claims again once the store is back
+                return None
+            return claimed[0] if claimed else None
+
+        finishing = self.finish_attempt(lease, results, next_attempt_at=next_attempt_at, reply=reply, now=now, current=current)
+        finished, claimed = await asyncio.gather(finishing, claim_next(), return_exceptions=True)
+        if isinstance(claimed, BaseException):
+            raise claimed
+        if isinstance(finished, BaseException) and not isinstance(finished, QueueError):
+            raise finished
+        return FinishedAndClaimed(finished, claimed)
 
     async def release_leases(self, owner: str, *, now: float | None = None) -> int:
         """End every lease held by ``owner`` now, so its messages are due at once; returns how many.

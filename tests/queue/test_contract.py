@@ -361,6 +361,74 @@ async def test_retry_now_makes_an_accounts_deferred_messages_due(store: QueueSto
     assert await store.retry_now("mail/none", now=T0 + 11) == 0
 
 
+SENT = [AttemptResult("ops@example.com", Outcome.SENT, 250, "ok")]
+
+
+async def test_finish_and_claim_records_and_claims_the_accounts_next_message(store: QueueStore) -> None:
+    first = await store.enqueue(message(body="first"), now=T0)
+    second = await store.enqueue(message(body="second", recipients=["a@example.com", "b@example.com"]), now=T0 + 1)
+    other = await store.enqueue(message(account="mail/other"), now=T0)
+    (claimed,) = await store.claim("worker-a", limit=1, lease_seconds=LEASE, now=T0 + 2, accounts=["mail/alerts"])
+    assert claimed.message.id == first
+
+    done = await store.finish_and_claim(
+        claimed.lease, SENT, next_attempt_at=None, now=T0 + 3, current=claimed.message, claim_from="mail/alerts",
+        lease_seconds=LEASE,
+    )  # fmt: skip
+
+    assert not isinstance(done.finished, Exception) and done.finished.state is MessageState.SENT
+    assert done.finished == await store.get(first)
+    assert done.claimed is not None and done.claimed.message.id == second
+    assert done.claimed.lease.owner == "worker-a" and done.claimed.lease.expires_at == T0 + 3 + LEASE
+    assert [r.address for r in done.claimed.message.recipients] == ["a@example.com", "b@example.com"]
+    assert done.claimed.data in (None, await store.data(second))  # with the claim, or read on demand
+    assert done.claimed.message == await store.get(second)
+    # The last one of its account: recorded, nothing claimed (the other account's message is not its to take).
+    both_sent = [AttemptResult(address, Outcome.SENT, 250, "ok") for address in ("a@example.com", "b@example.com")]
+    last = await store.finish_and_claim(
+        done.claimed.lease, both_sent, next_attempt_at=None, now=T0 + 4, current=done.claimed.message,
+        claim_from="mail/alerts", lease_seconds=LEASE,
+    )  # fmt: skip
+    assert not isinstance(last.finished, Exception) and last.finished.state is MessageState.SENT and last.claimed is None
+    assert (await store.get(other)).state is MessageState.QUEUED  # type: ignore[union-attr]
+
+
+async def test_finish_and_claim_with_a_lost_lease_still_claims(store: QueueStore) -> None:
+    """The result of a lease taken over is dropped (LeaseLost, returned); the claim does not depend on it."""
+    stale = await enqueue_claimed(store)
+    (taken,) = await store.claim("worker-b", limit=1, lease_seconds=LEASE, now=T0 + LEASE + 1)
+    waiting = await store.enqueue(message(body="waiting"), now=T0 + LEASE + 2)
+
+    done = await store.finish_and_claim(
+        stale.lease, SENT, next_attempt_at=None, now=T0 + LEASE + 3, current=stale.message, claim_from="mail/alerts",
+        lease_seconds=LEASE,
+    )  # fmt: skip
+
+    assert isinstance(done.finished, LeaseLost)
+    assert done.claimed is not None and done.claimed.message.id == waiting
+    assert (await store.get(taken.message.id)).lease_owner == "worker-b"  # type: ignore[union-attr]
+
+
+async def test_finish_and_claim_of_a_message_due_again_at_once(store: QueueStore) -> None:
+    """A lease that expired but was not taken over still finishes; deferred to a time already past, the message is
+    due again. The step records the attempt either way; if it claims the message too, that is a new attempt under
+    a new lease, never the old lease's record and the new claim mixed up."""
+    claimed = await enqueue_claimed(store)
+    deferred = [AttemptResult("ops@example.com", Outcome.DEFERRED, 451, "later")]
+    done = await store.finish_and_claim(
+        claimed.lease, deferred, next_attempt_at=T0 + 10, now=T0 + LEASE + 5, current=claimed.message,
+        claim_from="mail/alerts", lease_seconds=LEASE,
+    )  # fmt: skip
+    assert not isinstance(done.finished, Exception) and done.finished.state is MessageState.DEFERRED
+    stored = await store.get(claimed.message.id)
+    assert stored is not None and stored.last_reply == (451, "later")
+    if done.claimed is None:
+        assert (stored.state, stored.next_attempt_at, stored.lease_owner, stored.attempts) == ("deferred", T0 + 10, None, 1)
+    else:
+        assert done.claimed.message.id == claimed.message.id and done.claimed.lease.attempt == 2
+        assert (stored.state, stored.lease_owner, stored.attempts) == ("sending", "worker-a", 2)
+
+
 async def test_defer_account_moves_the_accounts_unleased_messages(store: QueueStore) -> None:
     leased = await enqueue_claimed(store, account="mail/a")
     due = await store.enqueue(message(account="mail/a"), now=T0)
