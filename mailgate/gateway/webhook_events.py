@@ -60,7 +60,8 @@ class WebhookEvents:
         if event_type is None:
             return
         self.refresh()
-        self.notifier.notify(message.account, event_type, message_json(message))
+        if self.notifier.has_target(message.account):
+            self.notifier.notify(message.account, event_type, message_json(message))
 
 
 class WebhookMetrics:

@@ -239,10 +239,15 @@ class WebhookNotifier:
             else:
                 self._drop(event, "no_target")
 
+    def has_target(self, account: str) -> bool:
+        """Whether ``notify`` would queue an event for ``account``: the caller need not build one otherwise
+        (most accounts have no webhook; building a message's JSON for nobody was 3 % of a queue gateway's CPU)."""
+        target = self._targets.get(account)
+        return target is not None and self._gone.get(account) != target
+
     def notify(self, account: str, event_type: str, data: dict[str, Any]) -> None:
         """Queue one event for ``account``'s target; never blocks or raises. No target: ignored."""
-        target = self._targets.get(account)
-        if target is None or self._gone.get(account) == target:
+        if not self.has_target(account):
             return
         if self._closed:
             self._observer.dropped(account, "shutdown")
