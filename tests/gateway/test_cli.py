@@ -11,7 +11,7 @@ from mailgate.gateway import main as gateway_main
 from mailgate.gateway.auth import AllowAnyone
 
 
-def parse(*argv: str):  # type: ignore[no-untyped-def]
+def parse(*argv: str):
     return build_parser().parse_args(["gateway", *argv])
 
 

@@ -10,7 +10,7 @@ from tests.smtp_servers import Upstream
 
 
 @pytest.fixture
-def trusted(ingress_factory, upstream: Upstream):  # type: ignore[no-untyped-def]
+def trusted(ingress_factory, upstream: Upstream):
     async def make() -> IngressGateway:
         gw = await ingress_factory(trusted_networks="127.0.0.0/8")
         gw.configure(account(upstream, "shop", senders=["*@shop.example"], maxMessageBytes=4096))
@@ -30,7 +30,7 @@ def trusted(ingress_factory, upstream: Upstream):  # type: ignore[no-untyped-def
         (b"bare\nlf\r\n.\r\n", b"bare\r\nlf\r\n"),  # a bare LF (RFC 5321 forbids it) goes upstream as CRLF
     ],
 )
-async def test_dot_stuffing_and_the_end_marker(trusted, upstream: Upstream, wire: bytes, expected: bytes) -> None:  # type: ignore[no-untyped-def]
+async def test_dot_stuffing_and_the_end_marker(trusted, upstream: Upstream, wire: bytes, expected: bytes) -> None:
     gw = await trusted()
 
     def go() -> list[bytes]:
@@ -50,7 +50,7 @@ async def test_dot_stuffing_and_the_end_marker(trusted, upstream: Upstream, wire
     assert message.data.split(b"\r\n", 3)[3] == expected  # after the three lines of the Received header
 
 
-async def test_pipelined_commands_after_the_text_are_answered_in_order(trusted, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_pipelined_commands_after_the_text_are_answered_in_order(trusted, upstream: Upstream) -> None:
     gw = await trusted()
 
     def go() -> list[list[bytes]]:
@@ -73,7 +73,7 @@ async def test_pipelined_commands_after_the_text_are_answered_in_order(trusted, 
     assert [m.rcpt_tos for m in upstream.messages] == [["b@example.org"], ["c@example.org"]]
 
 
-async def test_an_oversized_text_is_read_to_its_end_and_refused(trusted, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_an_oversized_text_is_read_to_its_end_and_refused(trusted, upstream: Upstream) -> None:
     gw = await trusted()
 
     def go() -> tuple[list[bytes], list[bytes]]:
@@ -95,7 +95,7 @@ async def test_an_oversized_text_is_read_to_its_end_and_refused(trusted, upstrea
     assert upstream.messages == []
 
 
-async def test_a_client_leaving_mid_text_costs_nothing(trusted, upstream: Upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_a_client_leaving_mid_text_costs_nothing(trusted, upstream: Upstream) -> None:
     gw = await trusted()
 
     def go() -> list[bytes]:

@@ -21,7 +21,7 @@ LOGIN = ("shop-app", "shop-pass")
 
 
 @pytest.fixture
-async def gw(ingress_factory, upstream: Upstream) -> IngressGateway:  # type: ignore[no-untyped-def]
+async def gw(ingress_factory, upstream: Upstream) -> IngressGateway:
     gateway = await ingress_factory(trusted_networks="127.0.0.0/8")
     gateway.configure(account(upstream, "shop", senders=SENDERS, clients={LOGIN[0]: LOGIN[1]}))
     return gateway

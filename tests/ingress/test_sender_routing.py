@@ -23,7 +23,7 @@ def send_unauthenticated(gw: IngressGateway, sender: str) -> list[tuple[int, str
 
 
 @pytest.fixture
-async def upstreams(upstream_factory) -> dict[str, Upstream]:  # type: ignore[no-untyped-def]
+async def upstreams(upstream_factory) -> dict[str, Upstream]:
     return {name: upstream_factory() for name in ("billing", "shop", "eu", "fallback")}
 
 
@@ -84,7 +84,7 @@ async def test_a_logged_in_client_sends_through_its_own_account_only_as_its_send
 
 
 async def test_duplicate_exact_claim_is_refused_logged_and_shown_in_admin_status(
-    ingress_factory: IngressFactory, upstream_factory, caplog: pytest.LogCaptureFixture  # type: ignore[no-untyped-def]
+    ingress_factory: IngressFactory, upstream_factory, caplog: pytest.LogCaptureFixture
 ) -> None:
     gw = await ingress_factory(trusted_networks="127.0.0.0/8", admin_token=ADMIN_TOKEN)
     first, second = upstream_factory(), upstream_factory()

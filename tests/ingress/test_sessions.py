@@ -99,7 +99,7 @@ async def test_clients_over_the_connection_limit_get_421_at_once(ingress_factory
 
 
 async def test_hot_reload_of_routing_while_clients_send_fails_nothing(
-    ingress_factory: IngressFactory, upstream_factory  # type: ignore[no-untyped-def]
+    ingress_factory: IngressFactory, upstream_factory
 ) -> None:
     gw = await ingress_factory(trusted_networks="127.0.0.0/8")
     left, right = upstream_factory(), upstream_factory()

@@ -91,7 +91,7 @@ async def test_wrong_secret_is_a_refusal_that_explains_itself_without_the_secret
 ) -> None:
     wrong = "Wrong~secret.value-1234567890"
     for method in ("basic", "post"):
-        grant = ClientSecretGrant(token_server.token_url(), CLIENT_ID, wrong, method=method)  # type: ignore[arg-type]
+        grant = ClientSecretGrant(token_server.token_url(), CLIENT_ID, wrong, method=method)
         with pytest.raises(TokenError) as caught:
             await endpoint.fetch(grant)
         error = caught.value
@@ -133,7 +133,7 @@ async def test_malformed_success_answers_are_invalid_responses_that_never_quote_
         f"access_token={leaked}&token_type=bearer",  # form-encoded, as some old providers answered
     ]
     for answer in answers:
-        token_server.respond_with(200, answer if isinstance(answer, dict) else str(answer))  # type: ignore[arg-type]
+        token_server.respond_with(200, answer if isinstance(answer, dict) else str(answer))
         with pytest.raises(TokenError) as caught:
             await endpoint.fetch(secret_grant)
         assert (caught.value.error, caught.value.retryable) == ("invalid_response", True), answer

@@ -322,7 +322,7 @@ async def test_a_busy_account_keeps_its_slots_without_a_lookup_per_message(
     ids = [await store.enqueue(message(body=f"n{n}")) for n in range(40)]
     counting = CountingStore(store)
     options: dict[str, Any] = {"concurrency": 8, "serves": lambda account: True, "capacity": lambda account: 2}
-    async with running(counting, pool, max_wait=30.0, **options):  # type: ignore[arg-type]
+    async with running(counting, pool, max_wait=30.0, **options):
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 40 and upstream.sessions_peak <= 2
     # Two each (which accounts are due, when is the next): the first cycle, the one the enqueues' wake-up
@@ -336,7 +336,7 @@ async def test_messages_it_may_not_take_are_not_polled(store: QueueStore, pool: 
     served: set[str] = set()
     ids = [await store.enqueue(message(body=f"n{n}")) for n in range(3)]
     counting = CountingStore(store)
-    async with running(counting, pool, serves=served.__contains__, max_wait=30.0) as worker:  # type: ignore[arg-type]
+    async with running(counting, pool, serves=served.__contains__, max_wait=30.0) as worker:
         await asyncio.sleep(0.5)  # 25 times min_wait
         idle_lookups = counting.lookups
         pool.configure(ACCOUNT, settings_for(upstream))
@@ -369,7 +369,7 @@ async def test_a_slot_claims_its_next_message_while_the_last_result_is_written(
     pool.configure(ACCOUNT, settings_for(upstream))
     ids = [await store.enqueue(message(body=f"n{n}")) for n in range(20)]
     steps = StepStore(store)
-    async with running(steps, pool, concurrency=8, serves=lambda account: True, capacity=lambda account: 1):  # type: ignore[arg-type]
+    async with running(steps, pool, concurrency=8, serves=lambda account: True, capacity=lambda account: 1):
         await until(lambda: all_in(store, ids))
     assert len(upstream.messages) == 20 and upstream.sessions_peak == 1
     assert steps.recorded_and_claimed >= 15, steps.recorded_and_claimed
