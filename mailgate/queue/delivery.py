@@ -33,8 +33,11 @@ query however many accounts are configured) and claims per account, never more t
 account's free capacity, and never for an account it paused; without it, one claim across all
 accounts and ``capacity`` is not consulted. A message of a paused account claimed
 anyway (enqueued during the pause) is put back to the end of the pause without being sent.
-A slot that finished a message claims its account's next due one itself (one claim, no loop
-cycle) while some slot is free for the loop; once every slot is taken it hands its slot back.
+A slot that finished a message claims its account's next due one itself, in the same request
+as the result (``store.finish_and_claim``; no loop cycle) while some slot is free for the loop;
+once every slot is taken it hands its slot back. A replica's pause is its own: it moves to the
+pause's end only messages accepted during the pause, and leaves alone older ones another
+replica made due again (a retry asked of that one).
 
 Leases: each send's lease is extended every third of ``lease_seconds``, so a slow upstream
 does not lose it; a worker that dies (or whose ``run`` task is cancelled) leaves its leases to
