@@ -513,7 +513,8 @@ class DeliveryWorker:
         counts[account] = count
         current = self._paused.get(account)
         until = max(current.until if current is not None else now, now + delay(count))
-        self._paused[account] = _Pause(until, why, current.since if current is not None else now)
+        since = current.since if current is not None and current.until > now else now  # an ended one not yet cleared: anew
+        self._paused[account] = _Pause(until, why, since)
         return until
 
     async def _keep_lease(self, lease: Lease) -> Lease:
