@@ -92,7 +92,7 @@ async def test_invalid_pushes_change_nothing(gw: GatewayHandle, upstream: Upstre
 async def test_readyz_follows_the_first_snapshot(
     gateway_factory: GatewayFactory, upstream: Upstream, stall_server: StallServer
 ) -> None:
-    gw = await gateway_factory(upstream_timeout=0.5)
+    gw = await gateway_factory(upstream_timeout=1.0)  # the healthy account's commands must fit, on a loaded machine too
     assert (await get(gw.http, gw.url + "/readyz"))[0] == 503
     assert (await get(gw.http, gw.url + "/livez"))[0] == 200
     assert (await status(gw))["ready"] is False

@@ -278,8 +278,8 @@ async def test_upstream_silent_after_the_final_dot_is_delivery_unknown(
     gateway_factory: GatewayFactory, upstream: Upstream
 ) -> None:
     """No verdict within the timeout after the text went out: it may have been delivered, so not a 504 "retry"."""
-    gw = await gateway_factory(upstream_timeout=0.5)
-    upstream.data_delay = 1.0
+    gw = await gateway_factory(upstream_timeout=1.0)  # the commands before the dot must fit, on a loaded machine too
+    upstream.data_delay = 2.0
     await gw.configure(account(upstream))
     status, body, response = await gw.send()
     assert_problem(status, body, response, 502, "delivery-unknown")

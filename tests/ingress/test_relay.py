@@ -145,16 +145,17 @@ async def test_a_drop_after_the_final_dot_is_a_451_that_says_it_may_have_been_de
 
 
 async def test_stalled_upstream_becomes_451(ingress_factory: IngressFactory, upstream: Upstream) -> None:
-    gw = await ingress_factory(upstream_timeout=0.3)
+    gw = await ingress_factory(upstream_timeout=1.0)  # the login before it must fit: a second, even on a loaded machine
     gw.configure(login_account(upstream))
-    upstream.data_delay = 2.0
+    upstream.data_delay = 3.0
     replies = await in_thread(send, gw)
     assert replies[-1][0] == 451 and replies[-1][1].startswith("4.4.2 "), replies
 
 
-async def test_saturated_pool_becomes_451(gw: IngressGateway, upstream: Upstream) -> None:
+async def test_saturated_pool_becomes_451(ingress_factory: IngressFactory, upstream: Upstream) -> None:
+    gw = await ingress_factory(upstream_timeout=10.0)
     gw.configure(login_account(upstream, pool={"maxConnections": 1, "acquireTimeoutSeconds": 0}))
-    upstream.data_delay = 1.5
+    upstream.data_delay = 3.0  # long enough for the second session to reach the pool, however slow the machine
     first = asyncio.create_task(in_thread(send, gw))
     await until(lambda: gw.gateway.pool.stats()["apps/alerts"]["active"] == 1)  # the only connection is in DATA
     second = await in_thread(send, gw)

@@ -205,9 +205,9 @@ async def test_a_421_storm_from_servers_that_hang_up_opens_one_session_per_send(
 
 async def test_timeout_after_data_discards_and_is_not_retried(pool: SMTPPool, upstream) -> None:
     """The upstream may still deliver a message whose reply timed out: a retry would duplicate it."""
-    pool.configure("a", settings_for(upstream, command_timeout=0.5, limits=limits(max_connections=1)))
+    pool.configure("a", settings_for(upstream, command_timeout=1.0, limits=limits(max_connections=1)))
     await pool.send("a", SENDER, [RCPT], MESSAGE)
-    upstream.data_delay = 1.2
+    upstream.data_delay = 2.4
 
     with pytest.raises(TransactionError) as failure:
         await pool.send("a", SENDER, [RCPT], MESSAGE)
