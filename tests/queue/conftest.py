@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from mailgate.pool import SMTPPool
 from mailgate.queue import QueueStore, open_store
 from tests.queue.postgres import PostgresServer
 
@@ -62,3 +64,12 @@ async def stores(queue_url: str) -> AsyncIterator[StoreFactory]:
 @pytest.fixture
 async def store(stores: StoreFactory) -> QueueStore:
     return await stores()
+
+
+@pytest.fixture
+async def pool(upstream_factory: object) -> AsyncIterator[SMTPPool]:
+    """The delivery tests' SMTP pool; closed before the test's upstreams stop (it depends on their factory)."""
+    smtp_pool = SMTPPool(cleanup_interval=0.05, close_grace=2.0)
+    yield smtp_pool
+    await smtp_pool.close_all(grace=2.0)
+    gc.collect()

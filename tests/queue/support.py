@@ -6,8 +6,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from mailgate.queue import NewMessage
+from mailgate.queue.retry import RetryPolicy
 
 T0 = 1_700_000_000.0  # the tests' clock: every store call gets an explicit `now`
+# Retry delays of tenths of a second, so that outages and backoff play out in real time; throttling pauses long.
+FAST_RETRY = RetryPolicy(first_delay=0.2, max_delay=0.4, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
 
 
 def message(

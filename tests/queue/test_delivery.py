@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -23,20 +22,11 @@ from mailgate.queue.model import FinishedAndClaimed, Reply
 from mailgate.queue.pool_send import pool_send
 from mailgate.queue.retry import RetryPolicy, is_throttling
 from mailgate.queue.store import EXPIRED_REASON
-from tests.queue.support import message
+from tests.queue.support import FAST_RETRY, message
 from tests.smtp_servers import TestCA, Upstream, settings_for
 
 ACCOUNT = "mail/alerts"
-FAST = RetryPolicy(first_delay=0.2, max_delay=0.4, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
 FINAL = (MessageState.SENT, MessageState.FAILED)
-
-
-@pytest.fixture
-async def pool(upstream_factory: object) -> AsyncIterator[SMTPPool]:
-    smtp_pool = SMTPPool(cleanup_interval=0.05, close_grace=2.0)
-    yield smtp_pool
-    await smtp_pool.close_all(grace=2.0)
-    gc.collect()
 
 
 class Recorder:
@@ -56,7 +46,7 @@ class Recorder:
 
 @contextlib.asynccontextmanager
 async def running(store: QueueStore, pool: SMTPPool, **options: Any) -> AsyncIterator[DeliveryWorker]:
-    options = {"owner": "worker-a", "concurrency": 4, "lease_seconds": 30.0, "policy": FAST, "min_wait": 0.02, **options}
+    options = {"owner": "worker-a", "concurrency": 4, "lease_seconds": 30.0, "policy": FAST_RETRY, "min_wait": 0.02, **options}
     options.setdefault("max_wait", 0.5)
     worker = DeliveryWorker(store, pool_send(pool, acquire_timeout=5.0), **options)
     task = asyncio.create_task(worker.run())
@@ -119,7 +109,7 @@ async def test_upstream_down_then_back(store: QueueStore, pool: SMTPPool, test_c
         assert stored.state in (MessageState.DEFERRED, MessageState.SENDING)
         assert stored.last_reply is not None and stored.last_reply.code == 451
         # Backoff is honoured: each retry waits at least half of the first delay (0.1 s).
-        assert stored.attempts <= down / (FAST.first_delay / 2) + 2
+        assert stored.attempts <= down / (FAST_RETRY.first_delay / 2) + 2
     assert [(await get(store, i)).state for i in ids] == [MessageState.SENT] * 3
     assert len(upstream.messages) == 3
 
@@ -222,7 +212,7 @@ async def test_killed_worker_leaves_its_message_to_another(store: QueueStore, po
     pool.configure(ACCOUNT, settings_for(upstream))
     upstream.hold_replies()  # the upstream takes the message in and keeps its 250 back
     message_id = await store.enqueue(message())
-    worker = DeliveryWorker(store, pool_send(pool), owner="doomed", lease_seconds=1.0, policy=FAST, min_wait=0.02)
+    worker = DeliveryWorker(store, pool_send(pool), owner="doomed", lease_seconds=1.0, policy=FAST_RETRY, min_wait=0.02)
     task = asyncio.create_task(worker.run())
     await asyncio.to_thread(upstream.held_event.wait, 10)
     task.cancel()  # dies mid-send: no result recorded, the lease is left to expire

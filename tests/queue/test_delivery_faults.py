@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -29,26 +28,16 @@ from mailgate.queue.errors import LeaseLost, QueueUnavailable
 from mailgate.queue.model import AttemptResult, ClaimedMessage, FinishedAndClaimed, Outcome
 from mailgate.queue.pool_send import pool_send
 from mailgate.queue.postgres import BOOKKEEPING_POOL_SIZE
-from mailgate.queue.retry import RetryPolicy
 from tests.queue.postgres import PostgresServer
-from tests.queue.support import message
+from tests.queue.support import FAST_RETRY, message
 from tests.smtp_servers import Upstream, settings_for
 
 ACCOUNT = "mail/alerts"
-FAST = RetryPolicy(first_delay=0.2, max_delay=0.4, throttle_delay=30.0, throttle_max_delay=30.0, busy_delay=0.1)
 # Terminates every mailgate backend (the stores' pools and LISTEN connections, not the killer's); returns how many.
 KILL = """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE application_name = 'mailgate' AND pid <> pg_backend_pid()"""
 NOT_RECORDED = "could not record an attempt"
 DROPPED = "result dropped"
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[SMTPPool]:
-    smtp_pool = SMTPPool(cleanup_interval=0.05, close_grace=2.0)
-    yield smtp_pool
-    await smtp_pool.close_all(grace=2.0)
-    gc.collect()
 
 
 class Ledger:
@@ -71,7 +60,8 @@ class Ledger:
 @contextlib.asynccontextmanager
 async def started(store: QueueStore, pool: SMTPPool, **options: Any) -> AsyncIterator[asyncio.Task[None]]:
     """A running worker; yields its ``run`` task, so that a test can tell the loop is still alive."""
-    options = {"concurrency": 8, "policy": FAST, "min_wait": 0.02, "max_wait": 0.5, "serves": lambda account: True, **options}
+    defaults = {"concurrency": 8, "policy": FAST_RETRY, "min_wait": 0.02, "max_wait": 0.5, "serves": lambda account: True}
+    options = {**defaults, **options}
     worker = DeliveryWorker(store, pool_send(pool, acquire_timeout=5.0), **options)
     task = asyncio.create_task(worker.run())
     try:

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
@@ -126,14 +124,6 @@ async def test_a_connection_killed_between_statements_is_a_queue_outage_not_a_cr
             assert proxy.injected == 2 and stored is not None and stored.state is MessageState.QUEUED
         finally:
             await store.close()
-
-
-@pytest.fixture
-async def pool() -> AsyncIterator[SMTPPool]:
-    smtp_pool = SMTPPool(cleanup_interval=0.05, close_grace=2.0)
-    yield smtp_pool
-    await smtp_pool.close_all(grace=2.0)
-    gc.collect()
 
 
 async def test_an_unexpected_store_error_does_not_end_the_delivery_loop(
