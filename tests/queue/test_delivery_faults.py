@@ -36,6 +36,8 @@ ACCOUNT = "mail/alerts"
 # Terminates every mailgate backend (the stores' pools and LISTEN connections, not the killer's); returns how many.
 KILL = """SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) FROM pg_stat_activity
     WHERE application_name = 'mailgate' AND pid <> pg_backend_pid()"""
+# How many mailgate backends are connected (the same set KILL terminates).
+CONNECTED = """SELECT count(*) FROM pg_stat_activity WHERE application_name = 'mailgate' AND pid <> pg_backend_pid()"""
 NOT_RECORDED = "could not record an attempt"
 DROPPED = "result dropped"
 
@@ -81,6 +83,16 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float, task: asyn
         assert task is None or not task.done(), "the delivery loop ended"
         assert time.monotonic() < deadline, "condition not reached in time"
         await asyncio.sleep(0.05)
+
+
+async def a_backend_to_kill(killer: asyncpg.Connection, task: asyncio.Task[None]) -> None:
+    """Wait until the stores have reconnected since the last kill. How soon they do depends on the machine's speed
+    (on a loaded one, longer than the 40 ms between kills); a kill that finds no backend would test nothing."""
+    deadline = time.monotonic() + 10.0
+    while not await killer.fetchval(CONNECTED):
+        assert not task.done(), "the delivery loop ended"
+        assert time.monotonic() < deadline, "no mailgate backend reconnected"
+        await asyncio.sleep(0.005)
 
 
 async def states(store: QueueStore, ids: Sequence[str]) -> list[QueuedMessage]:
@@ -145,6 +157,7 @@ async def test_backends_killed_during_a_drain(
                 landed, terminated = 0, 0
                 for _ in range(kills):
                     await asyncio.sleep(0.04)
+                    await a_backend_to_kill(killer, task)
                     hit = await killer.fetchval(KILL)
                     landed += hit > 0
                     terminated += hit
