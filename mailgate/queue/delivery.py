@@ -58,7 +58,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -149,6 +149,7 @@ class _Finish:
     results: Sequence[AttemptResult]
     next_attempt: float
     reply: Reply | None
+    expired: bool = False  # expired since the last expire run: put back for ``expire`` to fail it at once
 
 
 class _Pause(NamedTuple):
@@ -289,11 +290,8 @@ class DeliveryWorker:
     async def _cycle(self) -> None:
         now = self.clock()
         if now >= self._next_expire:
-            expired = await self.store.expire(now=now)
+            await self._expire(now)
             self._next_expire = now + self.expire_interval
-            if expired:
-                log.info("delivery loop: %d messages expired", len(expired))
-                self.observer.expired(expired)
         self._slot_freed.clear()  # before looking: a slot freed from here on ends the wait below
         free = self.concurrency - len(self._tasks)
         if free <= 0:  # nothing to claim for until a slot frees
@@ -406,14 +404,12 @@ class DeliveryWorker:
         current: ClaimedMessage | None = claimed
         while current is not None:
             step = await self._attempt(current)
-            failure: BaseException | None
-            if isinstance(step, _Finish):
-                failure, current = await self._finish(step, claim_next=self._may_claim_next(account))
-            else:
-                recorded, following = await asyncio.gather(step, self._claim_next(account), return_exceptions=True)
-                if isinstance(following, BaseException):  # _claim_next handles the store's errors: a bug, or cancelled
-                    raise following
-                failure, current = (recorded if isinstance(recorded, BaseException) else None), following
+            failure, current = await self._finish(step, claim_next=self._may_claim_next(account))
+            if failure is None and step.expired:
+                try:
+                    await self._expire(self.clock())
+                except QueueError as exc:
+                    failure = exc
             if failure is not None:
                 if current is None:
                     raise failure
@@ -427,28 +423,16 @@ class DeliveryWorker:
             return False
         return self._may_take(account) and self._free_capacity(account) >= 0
 
-    async def _claim_next(self, account: str) -> ClaimedMessage | None:
-        if not self._may_claim_next(account):
-            return None
-        try:
-            claimed = await self.store.claim(
-                self.owner, limit=1, lease_seconds=self.lease_seconds, now=self.clock(), accounts=[account]
-            )
-        except QueueError as exc:  # the loop claims again once the store is back
-            log.debug("delivery slot: claim failed (%s)", type(exc).__name__)
-            return None
-        return claimed[0] if claimed else None
-
-    async def _attempt(self, claimed: ClaimedMessage) -> _Finish | Awaitable[None]:
-        """Send ``claimed`` (or decide not to); returns the result to record, or what records it (more than a
-        result: a pause, an expiry) for the caller to await."""
+    async def _attempt(self, claimed: ClaimedMessage) -> _Finish:
+        """Send ``claimed`` (or decide not to); returns the result to record. A pause it starts moves the
+        account's other messages before the result is recorded."""
         message = claimed.message
         lease = claimed.lease
         now = self.clock()
         pause = self._paused.get(message.account)
         paused = pause.until if pause is not None else None
         if now >= message.expires_at:  # expired since the last expire run: put it back for expire to fail
-            return self._put_back_expired(message, lease, now)
+            return _Finish(message, lease, [], message.expires_at, message.last_reply, expired=True)
         if paused is not None and paused > now:  # enqueued while its account is paused: back to the pause's end
             return _Finish(message, lease, [], min(paused, message.expires_at), message.last_reply)
         keeper = asyncio.create_task(self._keep_lease(lease))
@@ -463,28 +447,28 @@ class DeliveryWorker:
         next_attempt = self._schedule(message, verdict, now)
         if verdict.throttled is not None:
             until = self._pause(message.account, now, verdict.throttled, self._throttles, self.policy.throttle)
-            return self._record_paused(message, lease, verdict, verdict.throttled, until, now)
+            await self._defer_paused(message.account, verdict, verdict.throttled, until, now)
+            return _Finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply)
         if verdict.dead is not None:
             until = self._pause(message.account, now, verdict.dead, self._dead, self.policy.backoff)
-            return self._record_paused(message, lease, verdict, verdict.dead, until, now)
+            await self._defer_paused(message.account, verdict, verdict.dead, until, now)
+            return _Finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply)
         if any(r.outcome is Outcome.SENT for r in verdict.results):
             self._throttles.pop(message.account, None)
             self._dead.pop(message.account, None)
         return _Finish(message, lease, verdict.results, min(next_attempt, message.expires_at), verdict.reply)
 
-    async def _put_back_expired(self, message: QueuedMessage, lease: Lease, now: float) -> None:
-        await self._record(_Finish(message, lease, [], message.expires_at, message.last_reply))
+    async def _expire(self, now: float) -> None:
         expired = await self.store.expire(now=now)
         if expired:
+            log.info("delivery loop: %d messages expired", len(expired))
             self.observer.expired(expired)
 
-    async def _record_paused(
-        self, message: QueuedMessage, lease: Lease, verdict: Verdict, why: Reply, until: float, now: float
-    ) -> None:
-        moved = await self.store.defer_account(message.account, until, reply=why, now=now)
+    async def _defer_paused(self, account: str, verdict: Verdict, why: Reply, until: float, now: float) -> None:
+        """The account's other pending messages wait for the pause's end, untried (raises QueueError)."""
+        moved = await self.store.defer_account(account, until, reply=why, now=now)
         cause = "throttled upstream" if verdict.throttled is not None else "upstream unreachable"
-        log.info("account %s %s; paused %.0f s (%d messages moved)", message.account, cause, until - now, moved)
-        await self._record(_Finish(message, lease, verdict.results, min(until, message.expires_at), verdict.reply))
+        log.info("account %s %s; paused %.0f s (%d messages moved)", account, cause, until - now, moved)
 
     async def _send(self, message: QueuedMessage, data: bytes | None) -> SendOutcome:
         started = time.monotonic()
@@ -532,7 +516,7 @@ class DeliveryWorker:
             log.warning("could not extend the lease of message %s (%s)", lease.message_id, type(exc).__name__)
             return lease
 
-    async def _finish(self, step: _Finish, *, claim_next: bool = False) -> tuple[Exception | None, ClaimedMessage | None]:
+    async def _finish(self, step: _Finish, *, claim_next: bool) -> tuple[Exception | None, ClaimedMessage | None]:
         """Record ``step`` and, with ``claim_next``, claim its account's next due message at the same time; returns
         why recording failed (None: recorded, or its lease was lost, which drops the result) and the claim."""
         message = step.message
@@ -553,9 +537,3 @@ class DeliveryWorker:
         elif step.results:
             self.observer.recorded(done.finished)
         return None, done.claimed
-
-    async def _record(self, step: _Finish) -> None:
-        """Record ``step`` alone; raises QueueError when that failed."""
-        failure, _ = await self._finish(step)
-        if failure is not None:
-            raise failure
