@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from mailgate.queue import NewMessage
+from mailgate.queue import NewMessage, QueueStore
 from mailgate.queue.retry import RetryPolicy
 
 T0 = 1_700_000_000.0  # the tests' clock: every store call gets an explicit `now`
@@ -21,3 +21,13 @@ def message(
 ) -> NewMessage:
     data = f"From: app@example.com\r\nTo: {', '.join(recipients)}\r\nSubject: test\r\n\r\n{body}\r\n".encode()
     return NewMessage(account=account, sender="app@example.com", recipients=recipients, data=data, **fields)
+
+
+class WatchedStore:
+    """The real store, every method passed through; a subclass overrides the ones it watches (counting calls)."""
+
+    def __init__(self, store: QueueStore) -> None:
+        self._store = store
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)

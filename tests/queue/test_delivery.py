@@ -22,7 +22,7 @@ from mailgate.queue.model import FinishedAndClaimed, Reply
 from mailgate.queue.pool_send import pool_send
 from mailgate.queue.retry import RetryPolicy, is_throttling
 from mailgate.queue.store import EXPIRED_REASON
-from tests.queue.support import FAST_RETRY, message
+from tests.queue.support import FAST_RETRY, WatchedStore, message
 from tests.smtp_servers import TestCA, Upstream, settings_for
 
 ACCOUNT = "mail/alerts"
@@ -277,15 +277,12 @@ def test_throttling_replies(reply: Reply, throttling: bool) -> None:
     assert is_throttling(reply) is throttling
 
 
-class CountingStore:
+class CountingStore(WatchedStore):
     """The real store, counting the delivery loop's look-ups (each one a round trip to PostgreSQL)."""
 
     def __init__(self, store: QueueStore) -> None:
-        self._store = store
+        super().__init__(store)
         self.lookups = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     async def due_accounts(self, **options: Any) -> list[str]:
         self.lookups += 1

@@ -29,7 +29,7 @@ from mailgate.queue.model import AttemptResult, ClaimedMessage, FinishedAndClaim
 from mailgate.queue.pool_send import pool_send
 from mailgate.queue.postgres import BOOKKEEPING_POOL_SIZE
 from tests.queue.postgres import PostgresServer
-from tests.queue.support import FAST_RETRY, message
+from tests.queue.support import FAST_RETRY, WatchedStore, message
 from tests.smtp_servers import Upstream, settings_for
 
 ACCOUNT = "mail/alerts"
@@ -110,15 +110,12 @@ def copies(upstream: Upstream) -> collections.Counter[bytes]:
     return collections.Counter(m.data.split(b"\r\n\r\n", 1)[1] for m in list(upstream.messages))
 
 
-class Witness:
+class Witness(WatchedStore):
     """The real store, counting the slots' combined steps (a claim asked for with the result) that failed to record."""
 
     def __init__(self, store: QueueStore) -> None:
-        self._store = store
+        super().__init__(store)
         self.combined_failures = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._store, name)
 
     async def finish_and_claim(self, *args: Any, claim_from: str | None = None, **options: Any) -> FinishedAndClaimed:
         done = await self._store.finish_and_claim(*args, claim_from=claim_from, **options)
